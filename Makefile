@@ -1,0 +1,48 @@
+# fashionrec: `make run` (install, run the pipeline, serve) and `make test` (install, run every test).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install browser run repro test test-fast lint mlflow-ui clean-outputs
+
+install: $(STAMP)
+
+# Torch first, from this machine's pip cache/disk (pip only: uv and poetry don't see it), then the package.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+# Debian's chromium for the real-browser tests (Playwright never downloads a browser here).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+repro: install
+	@test -d .dvc || $(BIN)/dvc init -q
+	$(BIN)/dvc repro
+	@echo "Outputs: data/ (manifest, subset, validated), reports/ (validation Data Docs, plots), models/, metrics/"
+
+run: repro
+
+test: install browser
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" -x -q
+
+lint: install
+	$(BIN)/ruff check .
+
+mlflow-ui: install
+	@mkdir -p mlflow/artifacts
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --workers 1 \
+	  --backend-store-uri sqlite:///mlflow/mlflow.db --default-artifact-root mlflow/artifacts \
+	  --host 127.0.0.1 --port 5000

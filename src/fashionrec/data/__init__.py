@@ -1,0 +1,1 @@
+"""Dataset steps: ingest, subset, validate, describe, and the image decoding they all share."""
