@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -10,9 +11,14 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
+
+from fashionrec.config import Params, load_params, set_dotted
+from fashionrec.data.synthetic import TinyDataset, make_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,10 +52,8 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=10)
 
 
@@ -83,3 +87,65 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+# --- tiny dataset (data stages) ------------------------------------------------------------------------
+
+
+@dataclass
+class TinyProject:
+    """The tiny dataset run through ingest -> subset -> validate in a project-like folder.
+
+    `params` is loaded from `root/params.yaml` (the project's params with the tiny source, its classes and
+    small minimums), so `params.path(...)` resolves under root like `dvc repro` would.
+    """
+
+    root: Path
+    params: Params
+    source: TinyDataset
+    manifest: Path      # data/manifest (ingest)
+    subset: Path        # data/subset
+    validated: Path     # data/validated: manifest.parquet, dataset.json, quarantine.csv
+    reports: Path       # reports/validate
+
+
+def tiny_params(root: Path, source: TinyDataset) -> Params:
+    """Write root/params.yaml: the project's params pointed at the tiny source, then load it."""
+    tree = yaml.safe_load((ROOT / "params.yaml").read_text())
+    set_dotted(tree, "ingest.source", str(source.root))
+    set_dotted(tree, "subset.classes", list(source.classes))
+    set_dotted(tree, "validate.min_per_class", 2)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    return load_params(root / "params.yaml")
+
+
+def run_data_stages(params: Params) -> None:
+    """ingest -> subset -> validate through the library functions, paths resolved from params."""
+    from fashionrec.data.ingest import ingest
+    from fashionrec.data.subset import subset
+    from fashionrec.data.validate import validate
+
+    s = params.section("ingest")
+    ingest(params.path(s["source"]), params.path(s["out"]), s)
+    s = params.section("subset")
+    subset(params.path(s["manifest"]), params.path(s["out"]), s)
+    s = params.section("validate")
+    validate(params.path(s["subset"]), params.path(s["out"]), params.path(s["reports"]), s)
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> TinyDataset:
+    """A generated dataset in the upstream layout (`.root`): 4 learnable classes x 12 images, plus mess."""
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny_source") / "clothing-dataset")
+
+
+@pytest.fixture(scope="session")
+def tiny_validated(tiny_source: TinyDataset, tmp_path_factory: pytest.TempPathFactory) -> TinyProject:
+    """tiny_source ingested, subset (published split 32/8/8) and validated; treat it as read-only."""
+    root = tmp_path_factory.mktemp("tiny_project")
+    params = tiny_params(root, tiny_source)
+    run_data_stages(params)
+    return TinyProject(root=root, params=params, source=tiny_source, manifest=root / "data/manifest",
+                       subset=root / "data/subset", validated=root / "data/validated",
+                       reports=root / "reports/validate")

@@ -1,0 +1,128 @@
+"""Stage `ingest`: the source folder -> `manifest.parquet` (one row per image) and `problems.json`.
+
+The source's mess is recorded, not fatal: rows without image files and files without rows are listed
+in `problems.json`; unreadable files stay in the manifest without size or mode so that `validate`
+quarantines or refuses them by name. The source's CSV files are copied beside the manifest (`source/`)
+so later stages never reach outside the project, and `source.json` records where the data came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from fashionrec.data.manifest import MANIFEST, category_of, image_facts, labels_of, write_manifest
+from fashionrec.data.source import fingerprint, resolve_source
+from fashionrec.errors import DataError
+
+CSV_COLUMNS = ("image", "sender_id", "label", "kids")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+EXAMPLES = 20  # ids listed per problem in the result (problems.json lists all)
+
+
+@dataclass
+class IngestResult:
+    source: str
+    origin: str
+    manifest: str
+    n_rows: int
+    n_files: int
+    n_images: int
+    problems: dict[str, int]
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    label_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ingest(source: str | Path, out: Path, params: dict[str, Any], *, shared_path: Path | None = None,
+           download_dir: Path | None = None) -> IngestResult:
+    """Build `out/manifest.parquet` from a source folder (`source` is a path or `auto`)."""
+    resolved = resolve_source(source, shared_path=shared_path, download_url=params.get("download_url"),
+                              download_dir=download_dir)
+    folder = resolved.path
+    rows, bad_rows = read_images_csv(folder / "images.csv")
+    files = {p.stem: p for p in sorted((folder / "images").iterdir())
+             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+
+    without_files = sorted(set(rows["image"]) - set(files))
+    without_rows = sorted(set(files) - set(rows["image"]))
+    matched = rows[rows["image"].isin(files)].reset_index(drop=True)
+
+    records, unreadable = [], []
+    for row in tqdm(matched.itertuples(index=False), total=len(matched), desc="ingest", unit="img"):
+        path = files[row.image].resolve()
+        try:
+            facts = image_facts(path)
+        except DataError as exc:
+            data = path.read_bytes()
+            facts = {"width": None, "height": None, "mode": None, "bytes": len(data),
+                     "sha256": hashlib.sha256(data).hexdigest()}
+            unreadable.append({"id": row.image, "path": str(path), "error": str(exc)})
+        category = category_of(row.label)
+        records.append({"id": row.image, "path": str(path), "label": row.label, "category": category,
+                        "labels": labels_of(category, {"kids": row.kids}), "kids": row.kids,
+                        "sender_id": row.sender_id, **facts})
+
+    out.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(records, columns=list(records[0]) if records else None)
+    manifest = write_manifest(frame, out / MANIFEST)
+    copy_csvs(folder, out / "source")
+    label_counts = {str(k): int(v) for k, v in rows["label"].value_counts().items()}
+    problems = {"rows_without_images": without_files, "images_without_rows": without_rows,
+                "unreadable_files": unreadable, "bad_rows": bad_rows, "label_counts": label_counts}
+    (out / "problems.json").write_text(json.dumps(problems, indent=2) + "\n")
+    provenance = {**resolved.to_dict(), **fingerprint(folder)}
+    (out / "source.json").write_text(json.dumps(provenance, indent=2) + "\n")
+
+    return IngestResult(
+        source=str(folder), origin=resolved.origin, manifest=str(manifest), n_rows=len(rows) + len(bad_rows),
+        n_files=len(files), n_images=len(records),
+        problems={k: len(v) for k, v in problems.items() if k != "label_counts"},
+        examples={"rows_without_images": without_files[:EXAMPLES],
+                  "images_without_rows": without_rows[:EXAMPLES],
+                  "unreadable_files": [u["id"] for u in unreadable[:EXAMPLES]]},
+        label_counts=label_counts)
+
+
+def read_images_csv(path: Path) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Parse `images.csv`; rows with an empty or malformed field are returned apart, with the reason."""
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read CSV ({type(exc).__name__}: {exc})") from exc
+    missing = [c for c in CSV_COLUMNS if c not in raw.columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing} (expected {list(CSV_COLUMNS)})")
+    good, bad = [], []
+    seen: set[str] = set()
+    for line, rec in enumerate(raw[list(CSV_COLUMNS)].to_dict("records"), start=2):
+        image, label = rec["image"].strip(), rec["label"].strip()
+        kids = rec["kids"].strip().lower()
+        reason = (("empty image" if not image else "") or ("empty label" if not label else "")
+                  or ("duplicate image" if image in seen else "")
+                  or ("" if rec["sender_id"].strip().lstrip("-").isdigit() else "sender_id is not an integer")
+                  or ("" if kids in ("true", "false", "1", "0") else "kids is not a boolean"))
+        if reason:
+            bad.append({"line": line, "image": image, "reason": reason})
+            continue
+        seen.add(image)
+        good.append({"image": image, "sender_id": int(rec["sender_id"]), "label": label,
+                     "kids": kids in ("true", "1")})
+    return pd.DataFrame(good, columns=list(CSV_COLUMNS)), bad
+
+
+def copy_csvs(folder: Path, dest: Path) -> None:
+    """Copy the source's CSV files (images.csv, top10-splits.csv...) beside the manifest."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for csv in sorted(folder.glob("*.csv")):
+        shutil.copyfile(csv, dest / csv.name)

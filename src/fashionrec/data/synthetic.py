@@ -1,0 +1,126 @@
+"""A tiny dataset in the upstream clothing-dataset layout, generated for tests.
+
+Each class is a distinct colour and shape on a noisy background, so a small CNN learns it in a few
+epochs; the folder carries the real dataset's mess (`Not sure` and `Skip` rows, a row without a file,
+a file without a row, a label that `top10-splits.csv` corrects) so every stage meets it.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# source label -> (RGB colour, shape); categories are the lower-cased labels
+CLASSES: dict[str, tuple[tuple[int, int, int], str]] = {
+    "T-Shirt": ((220, 40, 40), "tee"),
+    "Pants": ((40, 70, 220), "legs"),
+    "Shoes": ((30, 170, 60), "ellipse"),
+    "Dress": ((235, 200, 30), "triangle"),
+}
+SPLIT_CYCLE = ("train", "train", "train", "train", "validation", "test")
+
+
+@dataclass
+class TinyDataset:
+    """Where the dataset is and what a correct ingest/subset must find in it."""
+
+    root: Path
+    classes: list[str]                               # categories (lower-cased labels)
+    splits: dict[str, list[str]]                     # published split -> image ids
+    kids: list[str]                                  # ids whose kids flag is true
+    rows_without_images: list[str] = field(default_factory=list)
+    images_without_rows: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)       # id -> label (Not sure, Skip)
+    relabelled: dict[str, str] = field(default_factory=dict)    # id -> label in images.csv (wrong)
+
+    @property
+    def n_published(self) -> int:
+        return sum(len(v) for v in self.splits.values())
+
+
+def draw_item(label: str, rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    """A noisy picture of one class: its colour (jittered) and shape (moved a little) on grey noise."""
+    w, h = size
+    base = rng.normal(128, 30, (h, w, 3)).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(base)
+    colour, shape = CLASSES[label]
+    fill = tuple(int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in colour)
+    dx, dy = (int(v) for v in rng.integers(-w // 10, w // 10 + 1, 2))
+    cx, cy = w // 2 + dx, h // 2 + dy
+    a, b = w // 3, h // 3
+    draw = ImageDraw.Draw(img)
+    if shape == "tee":
+        draw.rectangle([cx - a // 2, cy - b // 2, cx + a // 2, cy + b], fill=fill)
+        draw.rectangle([cx - a, cy - b // 2, cx + a, cy - b // 6], fill=fill)
+    elif shape == "legs":
+        draw.rectangle([cx - a // 2, cy - b, cx - a // 8, cy + b], fill=fill)
+        draw.rectangle([cx + a // 8, cy - b, cx + a // 2, cy + b], fill=fill)
+        draw.rectangle([cx - a // 2, cy - b, cx + a // 2, cy - b // 2], fill=fill)
+    elif shape == "ellipse":
+        draw.ellipse([cx - a, cy, cx + a, cy + b], fill=fill)
+    else:
+        draw.polygon([(cx, cy - b), (cx - a, cy + b), (cx + a, cy + b)], fill=fill)
+    noise = rng.normal(0, 12, (h, w, 3))
+    return Image.fromarray((np.asarray(img, dtype=np.float64) + noise).clip(0, 255).astype(np.uint8))
+
+
+def make_tiny_dataset(root: Path, *, per_class: int = 12, senders: int = 8, seed: int = 0,
+                      min_side: int = 64, max_side: int = 96) -> TinyDataset:
+    """Write `images/`, `images.csv` and `top10-splits.csv` under root; return what they contain."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, object]] = []
+    splits: dict[str, list[str]] = {s: [] for s in dict.fromkeys(SPLIT_CYCLE)}
+    published: list[tuple[str, str, str]] = []
+    kids: list[str] = []
+
+    def new_image(label: str) -> str:
+        image_id = f"{len(rows) + 1:04d}-{label.lower()}-{int(rng.integers(1 << 30)):08x}"
+        size = tuple(int(v) for v in rng.integers(min_side, max_side + 1, 2))
+        draw_item(label, rng, size).save(root / "images" / f"{image_id}.jpg", quality=90)
+        return image_id
+
+    for label in CLASSES:
+        for i in range(per_class):
+            image_id = new_image(label)
+            is_kids = i % 6 == 1
+            rows.append({"image": image_id, "sender_id": int(rng.integers(senders)) + 100,
+                         "label": label, "kids": is_kids})
+            split = SPLIT_CYCLE[i % len(SPLIT_CYCLE)]
+            published.append((image_id, label.lower(), split))
+            splits[split].append(image_id)
+            if is_kids:
+                kids.append(image_id)
+
+    info = TinyDataset(root=root, classes=[c.lower() for c in CLASSES], splits=splits, kids=kids)
+    # the published split corrects one images.csv label, as in the real dataset
+    wrong = "Pants" if rows[0]["label"] != "Pants" else "Dress"
+    info.relabelled[str(rows[0]["image"])] = wrong
+    rows[0]["label"] = wrong
+    # rows with labels that subset drops (their files exist)
+    for label, drawn in (("Not sure", "Dress"), ("Skip", "Shoes")):
+        image_id = new_image(drawn)
+        rows.append({"image": image_id, "sender_id": 100, "label": label, "kids": False})
+        info.dropped[image_id] = label
+    # a row without a file and a file without a row
+    missing = f"{len(rows) + 1:04d}-missing-file"
+    rows.append({"image": missing, "sender_id": 101, "label": "T-Shirt", "kids": False})
+    info.rows_without_images.append(missing)
+    orphan = new_image("Shoes")
+    info.images_without_rows.append(orphan)
+
+    order = rng.permutation(len(rows))
+    with open(root / "images.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["image", "sender_id", "label", "kids"])
+        writer.writeheader()
+        writer.writerows(rows[i] for i in order)
+    with open(root / "top10-splits.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "label", "split"])
+        writer.writerows(published)
+    return info

@@ -1,0 +1,103 @@
+"""Stage subset: classes, dropped labels, the cap, both split policies and the self-contained folder."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from fashionrec.data.manifest import read_manifest
+from fashionrec.data.subset import subset
+from fashionrec.errors import DataError
+
+
+def params(tiny, **over):
+    base = {"classes": list(tiny.classes), "drop_labels": ["Not sure", "Skip", "Other"],
+            "attributes": ["kids"], "max_per_class": None, "seed": 42,
+            "split": {"policy": "published", "published_file": "top10-splits.csv",
+                      "shares": {"train": 0.8, "validation": 0.1, "test": 0.1}}}
+    return {**base, **over}
+
+
+def test_published_subset_is_self_contained(tiny_validated):
+    tiny, folder = tiny_validated.source, tiny_validated.subset
+    df = read_manifest(folder)
+    assert {s: sorted(df.loc[df["split"] == s, "id"]) for s in tiny.splits} == \
+        {s: sorted(ids) for s, ids in tiny.splits.items()}
+    assert all(p.startswith("images/") for p in df["path"])
+    for p, sha in zip(df["abspath"], df["sha256"], strict=True):
+        assert p.startswith(str(folder.resolve())) and len(sha) == 64
+    assert len(list((folder / "images").iterdir())) == len(df) == tiny.n_published
+    # the published label wins over images.csv
+    (wrong_id, wrong_label), = tiny.relabelled.items()
+    row = df.set_index("id").loc[wrong_id]
+    assert row["label"] == wrong_label and row["category"] != wrong_label.lower()
+    assert row["category"] in tiny.classes and row["labels"][0] == row["category"]
+    info = json.loads((folder / "dataset.json").read_text())
+    assert info["labels"] == [*tiny.classes, "kids"] and info["split_policy"] == "published"
+    assert sum(info["counts"]["train"].values()) == len(tiny.splits["train"])
+    assert set(df.loc[df["kids"], "id"]) == set(tiny.kids)
+
+
+def test_classes_drop_and_cap(tiny_validated, tmp_path):
+    tiny = tiny_validated.source
+    manifest = tiny_validated.manifest / "manifest.parquet"
+    two = tiny.classes[:2]
+    res = subset(manifest, tmp_path / "a", params(tiny, classes=two, max_per_class=5))
+    df = read_manifest(tmp_path / "a")
+    assert sorted(df["category"].unique()) == sorted(two)
+    assert df["category"].value_counts().max() == 5 and res.capped == 2 * (12 - 5)
+    assert res.dropped_labels == {"Not sure": 1, "Skip": 1}
+    again = read_manifest(subset(manifest, tmp_path / "b", params(tiny, classes=two, max_per_class=5)).out)
+    assert sorted(again["id"]) == sorted(df["id"])  # seeded
+    seven = params(tiny, classes=two, max_per_class=5, seed=7)
+    other = read_manifest(subset(manifest, tmp_path / "c", seven).out)
+    assert sorted(other["id"]) != sorted(df["id"])
+
+
+def test_dropped_labels_come_from_params(tiny_validated, tmp_path):
+    tiny = tiny_validated.source
+    res = subset(tiny_validated.manifest / "manifest.parquet", tmp_path / "s",
+                 params(tiny, drop_labels=["Pants"], split={"policy": "grouped",
+                        "shares": {"train": 0.8, "validation": 0.1, "test": 0.1}}, classes=None))
+    df = read_manifest(tmp_path / "s")
+    in_csv = (pd.read_csv(tiny.root / "images.csv")["label"] == "Pants").sum()
+    assert res.dropped_labels["Pants"] == in_csv >= 12 and "Pants" not in set(df["label"])
+    # with no class list and no drop of Not sure/Skip they become classes of their own
+    assert {"not sure", "skip"} <= set(df["category"])
+
+
+def test_grouped_split_keeps_each_sender_in_one_split(tiny_validated, tmp_path):
+    tiny = tiny_validated.source
+    res = subset(tiny_validated.manifest / "manifest.parquet", tmp_path / "g", params(tiny, split={
+        "policy": "grouped", "shares": {"train": 0.6, "validation": 0.2, "test": 0.2}}))
+    df = read_manifest(tmp_path / "g")
+    assert (df.groupby("sender_id")["split"].nunique() == 1).all()
+    assert set(df["split"]) == {"train", "validation", "test"} and res.counts["train"] > res.counts["test"]
+    assert set(df.loc[df["split"] == "train", "category"]) == set(tiny.classes)
+    info = json.loads((tmp_path / "g" / "dataset.json").read_text())
+    assert info["split_policy"] == "grouped" and info["expected_shares"]["train"] == pytest.approx(0.6)
+
+
+def test_grouped_split_is_stratified_on_a_larger_population(tmp_path):
+    """Many senders: every split gets close to its share of every class."""
+    from fashionrec.data.subset import grouped_split
+
+    rows = [{"sender_id": s, "category": c} for s in range(200) for c in ("a", "b", "c")[: 1 + s % 3]
+            for _ in range(1 + s % 4)]
+    df = pd.DataFrame(rows)
+    split = grouped_split(df, {"train": 0.8, "validation": 0.1, "test": 0.1}, seed=1)
+    shares = pd.crosstab(df["category"], split, normalize="index")
+    assert (shares["train"] - 0.8).abs().max() < 0.02 and (shares["test"] - 0.1).abs().max() < 0.02
+    assert (df.assign(split=split).groupby("sender_id")["split"].nunique() == 1).all()
+
+
+def test_bad_params_are_named(tiny_validated, tmp_path):
+    tiny, manifest = tiny_validated.source, tiny_validated.manifest / "manifest.parquet"
+    with pytest.raises(DataError, match=r"subset.classes: no images for \['hat'\]"):
+        subset(manifest, tmp_path / "x", params(tiny, classes=["dress", "hat"]))
+    with pytest.raises(DataError, match=r"subset.split.policy: 'random'"):
+        subset(manifest, tmp_path / "x", params(tiny, split={"policy": "random"}))
+    with pytest.raises(DataError, match=r"subset.split.shares"):
+        subset(manifest, tmp_path / "x", params(tiny, split={"policy": "grouped", "shares": {"train": 1}}))

@@ -1,0 +1,186 @@
+"""Stage validate: every expectation fails by name on the data that breaks it; quarantine; CLI exit code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fashionrec import cli
+from fashionrec.data.manifest import read_manifest, write_manifest
+from fashionrec.data.subset import subset
+from fashionrec.data.validate import validate
+from fashionrec.errors import ValidationFailed
+
+
+@pytest.fixture
+def project(tiny_validated, tmp_path) -> Path:
+    """A writable copy of the tiny project's params and subset folder (the manifest stays shared)."""
+    shutil.copy(tiny_validated.root / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(tiny_validated.subset, tmp_path / "data" / "subset")
+    return tmp_path
+
+
+def run(project: Path, tiny_validated, **over):
+    params = {**tiny_validated.params.section("validate"), **over}
+    return validate(project / "data/subset", project / "data/validated", project / "reports/validate", params)
+
+
+def edit_manifest(project: Path, change) -> pd.DataFrame:
+    folder = project / "data" / "subset"
+    df = read_manifest(folder).drop(columns=["abspath"])
+    df = change(df)
+    write_manifest(df, folder / "manifest.parquet")
+    return df
+
+
+def pick(project: Path, split: str = "train", n: int = 0) -> pd.Series:
+    df = read_manifest(project / "data" / "subset")
+    return df[df["split"] == split].sort_values("id").iloc[n]
+
+
+def test_validated_folder_and_reports(tiny_validated):
+    df = read_manifest(tiny_validated.validated)
+    assert len(df) == tiny_validated.source.n_published
+    assert all(p.startswith("../subset/images/") for p in df["path"])
+    assert all(Path(p).is_file() for p in df["abspath"])
+    info = json.loads((tiny_validated.validated / "dataset.json").read_text())
+    assert info["counts"]["validation"] == {c: 2 for c in tiny_validated.source.classes}
+    assert pd.read_csv(tiny_validated.validated / "quarantine.csv").empty
+    summary = json.loads((tiny_validated.reports / "summary.json").read_text())
+    names = {c["name"] for c in summary["checks"]}
+    assert summary["success"] and {"unique ids", "no identical content in two splits (leakage)",
+                                   "images per class and split", "split shares within tolerance"} <= names
+    html = "".join(p.read_text() for p in (tiny_validated.reports / "data_docs").rglob("*.html"))
+    assert (tiny_validated.reports / "data_docs" / "index.html").is_file()
+    assert "sha256_splits" in html and "images per class and split" in html
+
+
+def test_missing_file_fails_naming_it(project, tiny_validated):
+    victim = pick(project)
+    Path(victim["abspath"]).unlink()
+    with pytest.raises(ValidationFailed, match=rf"file exists and decodes.*{victim['id']}.*not found"):
+        run(project, tiny_validated, on_bad_file="fail")
+    assert not (project / "data/validated").exists()
+    summary = json.loads((project / "reports/validate/summary.json").read_text())
+    assert not summary["success"] and (project / "reports/validate/data_docs/index.html").is_file()
+
+
+def test_undecodable_file_fails_naming_it(project, tiny_validated):
+    victim = pick(project, n=1)
+    Path(victim["abspath"]).write_bytes(Path(victim["abspath"]).read_bytes()[:200])  # truncated JPEG
+    with pytest.raises(ValidationFailed, match=rf"file exists and decodes.*{victim['id']}.*cannot decode"):
+        run(project, tiny_validated, on_bad_file="fail")
+
+
+def test_quarantine_drops_bad_files_and_goes_on(project, tiny_validated):
+    missing, broken = pick(project, n=0), pick(project, n=1)
+    Path(missing["abspath"]).unlink()
+    Path(broken["abspath"]).write_bytes(b"GIF89a not an image")
+    result = run(project, tiny_validated, on_bad_file="quarantine")
+    assert result.success and result.n_passed == result.n_checked - 2
+    q = pd.read_csv(project / "data/validated/quarantine.csv")
+    assert sorted(q["id"]) == sorted([missing["id"], broken["id"]])
+    assert q.set_index("id").loc[broken["id"], "reason"].count("cannot decode") == 1
+    kept = read_manifest(project / "data/validated")
+    assert not set(q["id"]) & set(kept["id"])
+    assert json.loads((project / "data/validated/dataset.json").read_text())["quarantined"] == 2
+
+
+def test_unknown_label_fails_naming_row(project, tiny_validated):
+    victim = pick(project, n=2)
+
+    def change(df):
+        df.loc[df["id"] == victim["id"], "category"] = "sweater"
+        df.loc[df["id"] == victim["id"], "labels"] = pd.Series([["sweater", "hoodie"]], index=df.index[
+            df["id"] == victim["id"]])
+        return df
+
+    edit_manifest(project, change)
+    with pytest.raises(ValidationFailed) as info:
+        run(project, tiny_validated)
+    msg = str(info.value)
+    assert "'category in vocabulary'" in msg and f"{victim['id']}" in msg and "sweater" in msg
+    assert "'labels in vocabulary'" in msg and "unknown hoodie,sweater" in msg
+
+
+def test_identical_content_in_two_splits_is_leakage(project, tiny_validated):
+    train, test = pick(project, "train"), pick(project, "test")
+    shutil.copyfile(train["abspath"], test["abspath"])  # the same photo under two ids
+
+    def change(df):
+        df.loc[df["id"] == test["id"], "sha256"] = train["sha256"]
+        return df
+
+    edit_manifest(project, change)
+    with pytest.raises(ValidationFailed, match=r"leakage") as info:
+        run(project, tiny_validated)
+    msg = str(info.value)
+    assert train["id"] in msg and test["id"] in msg and "in 2 splits" in msg
+    assert "matches the manifest" not in msg
+
+
+def test_changed_file_content_is_caught(project, tiny_validated):
+    a, b = pick(project, n=3), pick(project, n=4)
+    shutil.copyfile(a["abspath"], b["abspath"])  # same split: no leakage, but b is not what subset copied
+    with pytest.raises(ValidationFailed, match=rf"matches the manifest sha256.*{b['id']}"):
+        run(project, tiny_validated)
+
+
+def test_too_few_images_per_class_names_split_and_class(project, tiny_validated):
+    with pytest.raises(ValidationFailed, match=r"images per class and split.*validation/dress=2"):
+        run(project, tiny_validated, min_per_class=3)
+
+
+def test_small_images_and_skewed_shares_fail(project, tiny_validated):
+    df = read_manifest(project / "data/subset")
+    small = sorted(df.loc[df["width"] < 70, "id"])
+    assert small, "the generator makes sides between 64 and 96 px"
+    with pytest.raises(ValidationFailed, match=rf"minimum width.*{small[0]}"):
+        run(project, tiny_validated, min_width=70)
+    moved = sorted(df.loc[df["split"] == "train", "id"])[:6]
+    edit_manifest(project, lambda d: d.assign(split=d["split"].mask(d["id"].isin(moved), "test")))
+    with pytest.raises(ValidationFailed, match=r"split shares within tolerance.*test=0.125"):
+        run(project, tiny_validated)
+
+
+def test_sender_in_two_splits_fails_under_grouped(project, tiny_validated):
+    folder = project / "data/subset"
+    shutil.rmtree(folder)
+    params = {**tiny_validated.params.section("subset"), "split": {
+        "policy": "grouped", "shares": {"train": 0.6, "validation": 0.2, "test": 0.2}}}
+    subset(tiny_validated.manifest / "manifest.parquet", folder, params)
+    assert run(project, tiny_validated, min_per_class=1, split_tolerance=0.2).success
+    victim = pick(project, "train")
+
+    def change(df):
+        df.loc[df["id"] == victim["id"], "split"] = "test"
+        return df
+
+    edit_manifest(project, change)
+    with pytest.raises(ValidationFailed, match=rf"no sender in two splits.*{victim['id']}.*"
+                                               rf"sender {victim['sender_id']} in 2 splits"):
+        run(project, tiny_validated, min_per_class=1, split_tolerance=0.2)
+
+
+def test_cli_exit_codes(project, tiny_validated, monkeypatch, capsys):
+    def main(*args: str) -> int:
+        argv = ["fashionrec", "validate", "-p", str(project / "params.yaml"), *args]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as info:
+            cli.main()
+        return info.value.code
+
+    assert main() == 0
+    assert json.loads(capsys.readouterr().out)["success"] is True
+    victim = pick(project)
+    Path(victim["abspath"]).unlink()
+    assert main("--on-bad-file", "fail") == 1
+    err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert err.startswith("error: expectation 'file exists and decodes'") and victim["id"] in err
+    assert main("-s", "validate.on_bad_file=maybe") == 1
+    assert "validate.on_bad_file: 'maybe'" in capsys.readouterr().err
