@@ -1,0 +1,1 @@
+"""Gate, ONNX export with parity checks, and the MLflow registry (aliases, promotion, rollback)."""

@@ -1,0 +1,161 @@
+"""The gate: pick the winner among the evaluated candidates and decide whether it may be registered.
+
+The winner is the candidate with the best primary metric. It passes when every gated metric reaches its
+minimum in params and none trails the current champion's value by more than `max_regression` (δ). All
+gated metrics are higher-is-better. The decision is a plain dict, written as JSON whether it passes or
+not, so a person can read why a model was refused. It holds no timestamp: the same inputs give the same
+file, so DVC does not re-run export and register for nothing (MLflow records when it ran).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fashionrec.errors import DataError, FashionrecError
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The registry's current champion as the gate sees it: a version and its flattened metrics."""
+
+    version: str
+    metrics: dict[str, float]
+    candidate: str | None = None
+
+
+@dataclass
+class Decision:
+    """The gate's verdict; `to_dict()` is what reports/select/decision.json holds."""
+
+    passed: bool
+    winner: str
+    primary_metric: str
+    ranking: list[dict[str, Any]]
+    checks: list[dict[str, Any]]
+    reason: str
+    champion: dict[str, Any] | None
+    metrics: dict[str, float]
+    max_regression: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "winner": self.winner, "reason": self.reason,
+                "primary_metric": self.primary_metric, "max_regression": self.max_regression,
+                "checks": self.checks, "ranking": self.ranking, "champion": self.champion,
+                "metrics": self.metrics}
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """{'test': {'micro_f1': 0.9}} -> {'test.micro_f1': 0.9}; non-numeric leaves are dropped."""
+    flat: dict[str, float] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{dotted}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[dotted] = float(value)
+    return flat
+
+
+def read_metrics(metrics_dir: Path, candidates: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Flattened metrics/<candidate>.json of every candidate; a missing or unreadable file is an error."""
+    out: dict[str, dict[str, float]] = {}
+    for name in candidates:
+        path = Path(metrics_dir) / f"{name}.json"
+        if not path.is_file():
+            raise DataError(f"{path}: metrics of candidate '{name}' not found (was it evaluated?)")
+        try:
+            out[name] = flatten(json.loads(path.read_text()))
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise DataError(f"{path}: not a JSON object of metrics ({exc})") from exc
+    return out
+
+
+def check_params(params: Mapping[str, Any]) -> tuple[str, dict[str, float], float]:
+    """(primary metric, {metric: minimum}, δ) from the select params, with clear errors."""
+    primary = params.get("primary_metric")
+    if not isinstance(primary, str) or not primary:
+        raise FashionrecError("params select.primary_metric: must name a metric, e.g. test.micro_f1")
+    thresholds = params.get("thresholds")
+    if not isinstance(thresholds, Mapping) or not thresholds:
+        raise FashionrecError("params select.thresholds: must map metric names to minimum values")
+    clean: dict[str, float] = {}
+    for metric, minimum in thresholds.items():
+        if isinstance(minimum, bool) or not isinstance(minimum, int | float) or math.isnan(minimum):
+            raise FashionrecError(f"params select.thresholds.{metric}: must be a number, got {minimum!r}")
+        clean[str(metric)] = float(minimum)
+    delta = params.get("max_regression", 0.0)
+    if isinstance(delta, bool) or not isinstance(delta, int | float) or delta < 0:
+        raise FashionrecError(f"params select.max_regression: must be a number >= 0, got {delta!r}")
+    return primary, clean, float(delta)
+
+
+def decide(metrics: Mapping[str, Mapping[str, float]], params: Mapping[str, Any],
+           champion: Champion | None) -> Decision:
+    """Rank the candidates by the primary metric and gate the best one (pure: no files, no registry)."""
+    primary, thresholds, delta = check_params(params)
+    if not metrics:
+        raise FashionrecError("select: no candidates to choose from (train.candidates is empty)")
+    missing = [name for name, m in metrics.items() if primary not in m]
+    if len(missing) == len(metrics):
+        raise DataError(f"select.primary_metric '{primary}' is in no candidate's metrics "
+                        f"(candidates: {', '.join(metrics)})")
+    ranking = sorted(({"candidate": name, "value": m.get(primary)} for name, m in metrics.items()),
+                     key=lambda r: (r["value"] is None, -(r["value"] or 0.0), r["candidate"]))
+    winner = ranking[0]["candidate"]
+    got = dict(metrics[winner])
+
+    checks: list[dict[str, Any]] = []
+    failures: list[str] = []
+    for metric, minimum in thresholds.items():
+        value = got.get(metric)
+        champ = champion.metrics.get(metric) if champion else None
+        ok_min = value is not None and value >= minimum
+        ok_champ = champ is None or (value is not None and value >= champ - delta)
+        checks.append({"metric": metric, "value": value, "threshold": minimum, "champion": champ,
+                       "passes_threshold": ok_min, "passes_champion": ok_champ,
+                       "passed": ok_min and ok_champ})
+        if value is None:
+            failures.append(f"{metric} is missing from metrics/{winner}.json")
+            continue
+        if not ok_min:
+            failures.append(f"{metric} = {value:.4f} is below the minimum {minimum:.4f}")
+        if not ok_champ:
+            failures.append(f"{metric} = {value:.4f} trails champion v{champion.version} "  # type: ignore[union-attr]
+                            f"({champ:.4f}) by more than {delta:.4f}")
+    passed = not failures
+    if passed:
+        versus = f" and is not worse than champion v{champion.version}" if champion else " (no champion yet)"
+        reason = f"{winner} passes every threshold{versus}"
+    else:
+        reason = f"{winner} refused: " + "; ".join(failures)
+    return Decision(passed=passed, winner=winner, primary_metric=primary, ranking=ranking, checks=checks,
+                    reason=reason, metrics=got, max_regression=delta,
+                    champion=None if champion is None else {"version": champion.version,
+                                                            "candidate": champion.candidate,
+                                                            "metrics": champion.metrics})
+
+
+def write_decision(decision: Decision, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(decision.to_dict(), indent=2) + "\n")
+    return path
+
+
+def read_decision(path: Path) -> dict[str, Any]:
+    """A decision JSON written by `select`; missing or malformed files raise with the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: gate decision not found (run `fashionrec select` first)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    for key in ("passed", "winner", "metrics"):
+        if key not in data:
+            raise DataError(f"{path}: field '{key}' is missing")
+    return data

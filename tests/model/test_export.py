@@ -1,0 +1,149 @@
+"""Export to ONNX of real candidates (factory-built simple_cnn and ImageNet efficientnet_lite0), the
+preprocessing they carry, parity with PyTorch on real images, a tampered graph refused, and int8."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from regkit import export_params, real_model, save_candidate
+
+from fashionrec.data.images import Preprocessing
+from fashionrec.data.manifest import read_dataset
+from fashionrec.errors import FashionrecError, ParityError
+from fashionrec.models.base import EmbeddingModel
+from fashionrec.onnx_runtime import create_session
+from fashionrec.registry.export import METADATA_KEY, export, export_onnx, parity_images, read_metadata, verify
+
+
+@pytest.fixture(scope="module")
+def vocab(tiny_validated) -> tuple[list[str], list[str]]:
+    info = read_dataset(tiny_validated.validated)
+    return list(info["classes"]), list(info["attributes"])
+
+
+@pytest.fixture(scope="module")
+def cnn(vocab) -> EmbeddingModel:
+    return real_model("simple_cnn", *vocab, pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def effnet(vocab) -> EmbeddingModel:
+    return real_model("efficientnet_lite0", *vocab, pretrained=True)
+
+
+@pytest.fixture(scope="module")
+def cnn_onnx(cnn, tmp_path_factory) -> Path:
+    return export_onnx(cnn, tmp_path_factory.mktemp("cnn_onnx"))[0]
+
+
+def manifest(tiny_validated) -> Path:
+    return tiny_validated.validated / "manifest.parquet"
+
+
+def test_graph_contract_and_preprocessing(cnn: EmbeddingModel, cnn_onnx: Path) -> None:
+    graph = onnx.load(str(cnn_onnx))
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    (inp,) = graph.graph.input
+    assert inp.name == "image" and inp.type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [3, 64, 64]
+    assert [o.name for o in graph.graph.output] == ["embedding", "logits"]
+
+    spec = json.loads((cnn_onnx.parent / "preprocessing.json").read_text())
+    assert read_metadata(cnn_onnx) == spec and METADATA_KEY in {p.key for p in graph.metadata_props}
+    assert Preprocessing.from_dict(spec) == cnn.card.prep
+    assert spec["labels"] == cnn.card.labels and spec["classes"] == cnn.card.classes
+    assert (spec["size"], spec["mean"], spec["std"], spec["resize"]) == (64, [0.5] * 3, [0.5] * 3,
+                                                                          "shorter_side_then_center_crop")
+
+    session = create_session(cnn_onnx)
+    assert session.providers[-1] == "CPUExecutionProvider" and session.provider in session.requested
+    for n in (1, 5):  # dynamic batch axis
+        out = session.run(np.random.default_rng(n).standard_normal((n, 3, 64, 64)).astype(np.float32))
+        assert out["embedding"].shape == (n, cnn.card.embedding_dim)
+        assert out["logits"].shape == (n, len(cnn.card.labels))
+        np.testing.assert_allclose(np.linalg.norm(out["embedding"], axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["cnn", "effnet"])
+def test_parity_on_real_test_images(which: str, request, tiny_validated, tmp_path: Path) -> None:
+    model = request.getfixturevalue(which)
+    onnx_path, _ = export_onnx(model, tmp_path)
+    queries, inventory = parity_images(manifest(tiny_validated), export_params(), model)
+    assert queries.batch.shape[1:] == (3, model.card.prep.size, model.card.prep.size)
+    report = verify(model, onnx_path, queries, inventory, export_params(), tmp_path / "parity.json")
+    assert report["passed"], report["reason"]
+    assert report["embedding_max_abs_diff"] <= 1e-4
+    assert report["neighbours"]["identical"] + report["neighbours"]["tie_swaps"] == len(queries.ids) > 0
+    assert report["neighbours"]["mismatch_count"] == 0 and report["same_argmax"] == 1.0
+    assert report["provider"] == "CPUExecutionProvider" or report["provider"].startswith("CUDA")
+    assert json.loads((tmp_path / "parity.json").read_text())["onnx_sha256"] == report["onnx_sha256"]
+
+
+def tamper(src: Path, dst: Path) -> Path:
+    """Perturb the largest initializer (the dense layer's weights): a graph that still runs but lies."""
+    graph = onnx.load(str(src))
+    init = max(graph.graph.initializer, key=lambda t: np.prod(t.dims))
+    w = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array(w + np.float32(0.05) * np.sign(w), init.name))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(graph, str(dst))
+    return dst
+
+
+def test_tampered_graph_fails_parity(cnn: EmbeddingModel, cnn_onnx: Path, tiny_validated,
+                                     tmp_path: Path) -> None:
+    bad = tamper(cnn_onnx, tmp_path / "model.onnx")
+    queries, inventory = parity_images(manifest(tiny_validated), export_params(), cnn)
+    with pytest.raises(ParityError, match=r"does not reproduce PyTorch \(embedding max abs diff"):
+        verify(cnn, bad, queries, inventory, export_params(), tmp_path / "parity.json")
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["passed"] is False and report["embedding_max_abs_diff"] > 1e-3
+
+
+def test_export_step_writes_everything_and_int8(cnn: EmbeddingModel, tiny_validated, tmp_path: Path) -> None:
+    save_candidate(tmp_path / "models", cnn)
+    decision = tmp_path / "decision.json"
+    decision.write_text(json.dumps({"passed": True, "winner": "simple_cnn", "metrics": {}}))
+    params = export_params()
+    params["quantize"]["enabled"] = True
+    result = export(tmp_path / "models", decision, manifest(tiny_validated), tmp_path / "export", params)
+    files = set(result.files)
+    assert {"model.onnx", "preprocessing.json", "parity.json", "model.int8.onnx",
+            "quantization.json"} <= files
+    assert "model.pre.onnx" not in files and result.parity["passed"] and result.export_seconds > 0
+    q = json.loads((tmp_path / "export/quantization.json").read_text())
+    assert q["size_mb_int8"] < q["size_mb_fp32"] / 2  # int8 weights
+    assert 0.0 <= q["accuracy_int8"] <= 1.0 and q["images_per_s_int8"] > 0 and q["eval_images"] == 8
+    assert q["embedding_mean_cosine"] > 0.5 and isinstance(q["accepted"], bool)
+    # int8 and fp32 answer to the same input/output names
+    emb = create_session(tmp_path / "export/model.int8.onnx").run(
+        np.zeros((2, 3, 64, 64), np.float32))["embedding"]
+    assert emb.shape == (2, cnn.card.embedding_dim)
+
+
+def test_export_refuses_a_failed_decision(tmp_path: Path) -> None:
+    decision = tmp_path / "decision.json"
+    decision.write_text(json.dumps({"passed": False, "winner": "simple_cnn", "reason": "too weak",
+                                    "metrics": {}}))
+    with pytest.raises(FashionrecError, match="gate refused simple_cnn \\(too weak\\); nothing to export"):
+        export(tmp_path / "models", decision, tmp_path / "m.parquet", tmp_path / "export", export_params())
+    assert not (tmp_path / "export").exists()
+
+
+def test_opset_below_17_is_refused(cnn: EmbeddingModel, tmp_path: Path) -> None:
+    with pytest.raises(FashionrecError, match="export.opset: must be >= 17"):
+        export_onnx(cnn, tmp_path, opset=13)
+
+
+def test_torch_and_onnx_agree_on_category(cnn: EmbeddingModel, cnn_onnx: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
+    with torch.inference_mode():
+        _, logits = cnn(torch.from_numpy(x))
+    got = create_session(cnn_onnx).run(x)["logits"]
+    np.testing.assert_allclose(got, logits.numpy(), atol=1e-4)
