@@ -1,0 +1,115 @@
+"""The inventory: a catalog CSV of items (item_id, image, title, category, attributes).
+
+`image` is a path (relative to the CSV's folder, or absolute) or an http(s) URL; `attributes` is a
+`;`-separated list (e.g. `kids`). By default the inventory is every validated image of the dataset,
+turned into the same table by `catalog_from_manifest`.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+
+from fashionrec.errors import DataError
+
+COLUMNS = ["item_id", "image", "title", "category", "attributes"]
+REQUIRED = ["item_id", "image"]
+
+
+def is_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
+
+
+def _split_attributes(value: object) -> list[str]:
+    if not isinstance(value, str):
+        return []
+    return [a.strip().lower() for a in value.replace(",", ";").split(";") if a.strip()]
+
+
+def normalise(df: pd.DataFrame, origin: str, base: Path) -> pd.DataFrame:
+    """Check the table and give it fixed columns; `image` becomes an absolute path or stays a URL."""
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise DataError(f"{origin}: catalog lacks column(s) {missing}; expected {COLUMNS}")
+    out = pd.DataFrame({"item_id": df["item_id"].map(lambda v: "" if pd.isna(v) else str(v).strip())})
+    blank = [int(i) + 2 for i in out.index[out["item_id"] == ""]]
+    if blank:
+        raise DataError(f"{origin}: empty item_id on row(s) {blank[:10]}")
+    dup = out["item_id"][out["item_id"].duplicated(keep=False)]
+    if len(dup):
+        rows = [int(i) + 2 for i in dup.index[:10]]
+        raise DataError(f"{origin}: duplicate item_id {sorted(set(dup))[:5]} on rows {rows}")
+    images = []
+    for i, raw in zip(df.index, df["image"], strict=True):
+        if pd.isna(raw) or not str(raw).strip():
+            raise DataError(f"{origin}: row {int(i) + 2} (item {out.at[i, 'item_id']}): empty image")
+        text = str(raw).strip()
+        images.append(text if is_url(text) else str((base / Path(text).expanduser()).resolve()))
+    out["image"] = images
+    category = df["category"] if "category" in df.columns else pd.Series([""] * len(df), index=df.index)
+    out["category"] = category.map(lambda v: "" if pd.isna(v) else str(v).strip().lower())
+    title = df["title"] if "title" in df.columns else pd.Series([None] * len(df), index=df.index)
+    out["title"] = [str(t) if not pd.isna(t) and str(t).strip() else (c.title() or i)
+                    for t, c, i in zip(title, out["category"], out["item_id"], strict=True)]
+    attrs = df["attributes"] if "attributes" in df.columns else pd.Series([None] * len(df), index=df.index)
+    out["attributes"] = attrs.map(_split_attributes)
+    out["kids"] = out["attributes"].map(lambda a: "kids" in a)
+    return out.reset_index(drop=True)
+
+
+def read_catalog(path: str | Path) -> pd.DataFrame:
+    """Read and check a catalog CSV; relative image paths resolve against the CSV's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"catalog not found: {path}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read catalog CSV ({type(exc).__name__}: {exc})") from exc
+    if df.empty:
+        raise DataError(f"{path}: catalog has no items")
+    return normalise(df, str(path), path.parent.resolve())
+
+
+def catalog_from_manifest(manifest: str | Path) -> pd.DataFrame:
+    """Every image of a (validated) manifest as an item: title from its category, `kids` as attribute."""
+    from fashionrec.data.manifest import read_manifest
+
+    df = read_manifest(manifest)
+    if df.empty:
+        raise DataError(f"{manifest}: manifest has no rows to build an inventory from")
+    kids = df["kids"].fillna(False).astype(bool)
+    table = pd.DataFrame({
+        "item_id": df["id"].astype(str),
+        "image": df["abspath"],
+        "title": [f"{c.title()}{' (kids)' if k else ''} · {i[:8]}"
+                  for c, k, i in zip(df["category"].astype(str), kids, df["id"].astype(str), strict=True)],
+        "category": df["category"].astype(str),
+        "attributes": ["kids" if k else "" for k in kids],
+    })
+    return normalise(table, str(manifest), Path("/"))
+
+
+def write_catalog(df: pd.DataFrame, path: Path) -> Path:
+    """Write a normalised table back as a catalog CSV (attributes joined with `;`)."""
+    out = df[["item_id", "image", "title", "category"]].copy()
+    out["attributes"] = df["attributes"].map(";".join)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(path, index=False)
+    return path
+
+
+def fetch_image(source: str, max_bytes: int, timeout: float = 20.0) -> bytes | str:
+    """A local path is returned as is (open_image reads it); a URL is downloaded, at most max_bytes."""
+    if not is_url(source):
+        return source
+    try:
+        with urllib.request.urlopen(source, timeout=timeout) as resp:  # noqa: S310 - http(s) only
+            data = resp.read(max_bytes + 1)
+    except OSError as exc:
+        raise DataError(f"{source}: download failed ({exc})") from exc
+    if len(data) > max_bytes:
+        raise DataError(f"{source}: larger than {max_bytes} bytes")
+    return data

@@ -1,0 +1,95 @@
+"""Approximate search with hnswlib (HNSW graph), for inventories where exact search gets slow.
+
+Same contract as the exact kinds: `query(queries, k) -> (distances, indices)` with Euclidean distances,
+nearest first. The graph is saved in hnswlib's own binary format (never a pickle) so a deploy bundle can
+carry it and a server need not rebuild it; `auto_kind` picks exact or approximate by inventory size.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from fashionrec.errors import DataError
+from fashionrec.index.base import NeighbourIndex, as_matrix
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or int(value) < 1:
+        raise DataError(f"index.hnsw.{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class HnswIndex(NeighbourIndex):
+    """Hierarchical navigable small-world graph over squared-L2 (the order of cosine on unit vectors).
+
+    Built single-threaded with a fixed seed, so the same embeddings give the same graph. `ef_search`
+    trades recall for speed; a query asking for more than `ef_search` neighbours raises ef for itself.
+    Given a saved `graph_file` of the first m rows, it loads that graph and inserts only rows m.. (the
+    incremental add of new inventory items).
+    """
+
+    kind = "hnsw"
+
+    def __init__(self, embeddings: np.ndarray, M: int = 16, ef_construction: int = 200,  # noqa: N803
+                 ef_search: int = 64, seed: int = 42, graph_file: str | Path | None = None) -> None:
+        import hnswlib
+
+        super().__init__(embeddings)
+        self.M = _positive_int("M", M)
+        self.ef_construction = _positive_int("ef_construction", ef_construction)
+        self.ef_search = _positive_int("ef_search", ef_search)
+        self.seed = int(seed)
+        data = as_matrix(embeddings, "index embeddings")
+        self._lock = threading.Lock()  # set_ef mutates the graph object: queries with a raised ef serialise
+        self._index = hnswlib.Index(space="l2", dim=self.dim)
+        if graph_file is not None:
+            path = Path(graph_file)
+            if not path.is_file():
+                raise DataError(f"hnsw graph file not found: {path}")
+            try:
+                self._index.load_index(str(path), max_elements=self.size)
+            except Exception as exc:  # hnswlib raises RuntimeError for truncated or foreign files
+                raise DataError(f"{path}: cannot load the hnsw graph ({exc})") from exc
+            held = self._index.get_current_count()
+            if held > self.size:
+                raise DataError(f"{path}: graph holds {held} items, more than the {self.size} embeddings")
+            if held < self.size:  # an incremental add: only the new rows are inserted
+                self._index.add_items(data[held:], np.arange(held, self.size), num_threads=1)
+        else:
+            self._index.init_index(max_elements=self.size, M=self.M, ef_construction=self.ef_construction,
+                                   random_seed=self.seed)
+            self._index.add_items(data, np.arange(self.size), num_threads=1)
+        self._index.set_ef(self.ef_search)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the graph in hnswlib's binary format (the embeddings are stored separately)."""
+        path = Path(path)
+        self._index.save_index(str(path))
+        return path
+
+    def _query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            ef = max(self.ef_search, k)
+            self._index.set_ef(ef)
+            try:
+                labels, sq = self._index.knn_query(queries, k=k, num_threads=1)
+            finally:
+                if ef != self.ef_search:
+                    self._index.set_ef(self.ef_search)
+        return np.sqrt(np.maximum(sq, 0.0)), labels.astype(np.int64)
+
+
+def auto_kind(size: int, exact_max: int) -> str:
+    """`auto`: exact BallTree up to `exact_max` items (fast enough and perfect recall), HNSW above."""
+    return "balltree" if size <= exact_max else "hnsw"
+
+
+def recall_at_k(approx: NeighbourIndex, exact: NeighbourIndex, queries: np.ndarray, k: int) -> float:
+    """Mean share of the exact top-k that the index under test also returns in its top-k."""
+    _, got = approx.query(queries, k)
+    _, want = exact.query(queries, k)
+    hits = [len(set(g.tolist()) & set(w.tolist())) / len(w) for g, w in zip(got, want, strict=True)]
+    return float(np.mean(hits)) if hits else 1.0

@@ -1,0 +1,120 @@
+"""One immutable serving state: a bundle's model session, index and item table, loaded together.
+
+A server holds exactly one `ServingState` at a time and swaps it by reference, so every answer comes from
+one (model version, index version) pair; the deploy smoke test drives the same object before a bundle
+goes live.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fashionrec.data.images import Preprocessing
+from fashionrec.deploy.bundle import BundleError, LoadedBundle, load_bundle
+from fashionrec.deploy.catalog import is_url
+from fashionrec.index.base import NeighbourIndex
+from fashionrec.onnx_runtime import DEFAULT_PROVIDERS, OnnxSession, create_session
+
+
+@dataclass(frozen=True)
+class Hit:
+    row: int
+    score: float   # cosine similarity (1 - d^2 / 2 on unit vectors)
+
+
+class ServingState:
+    """Everything one answer needs. Built once, never mutated afterwards."""
+
+    def __init__(self, bundle: LoadedBundle, session: OnnxSession, index: NeighbourIndex,
+                 inventory_root: Path | None) -> None:
+        self.bundle = bundle
+        self.session = session
+        self.index = index
+        self.prep = Preprocessing.from_dict(bundle.preprocessing)
+        self.version = bundle.version
+        self.model_version = bundle.model_version
+        self.inventory_root = inventory_root.resolve() if inventory_root is not None else None
+        items = bundle.items
+        self.item_ids: list[str] = items["item_id"].astype(str).tolist()
+        self.rows = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        self.titles: list[str] = items["title"].astype(str).tolist()
+        self.category = items["category"].astype(str).to_numpy()
+        self.kids = items["kids"].astype(bool).to_numpy()
+        self.attributes: list[list[str]] = items["attributes"].tolist()
+        self.images: list[str] = items["image"].astype(str).tolist()
+        self.categories: list[str] = sorted(set(self.category.tolist()) - {""})
+
+    @property
+    def size(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def provider(self) -> str:
+        return self.session.provider
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """RGB images -> (B, D) L2-normalised embeddings, through the bundle's own model."""
+        batch = np.stack([self.prep(img) for img in images])
+        emb = np.asarray(self.session.run(batch)["embedding"], np.float32)
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+    def mask(self, category: str | None, kids: bool | None) -> np.ndarray | None:
+        if category is None and kids is None:
+            return None
+        keep = np.ones(self.size, bool)
+        if category is not None:
+            keep &= self.category == category
+        if kids is not None:
+            keep &= self.kids == kids
+        return keep
+
+    def search(self, vector: np.ndarray, k: int, category: str | None = None,
+               kids: bool | None = None) -> list[Hit]:
+        """Top-k items for one embedding; with filters the search widens until k items pass them."""
+        keep = self.mask(category, kids)
+        want = k if keep is None else min(k, int(keep.sum()))
+        if want == 0:
+            return []
+        depth = min(self.size, k if keep is None else 4 * k)
+        while True:
+            dist, idx = self.index.query(vector.reshape(1, -1), depth)
+            rows = idx[0] if keep is None else idx[0][keep[idx[0]]]
+            if len(rows) >= want or depth >= self.size:
+                break
+            depth = min(self.size, depth * 4)
+        dist_by_row = dict(zip(idx[0].tolist(), dist[0].tolist(), strict=True))
+        return [Hit(int(r), float(1.0 - dist_by_row[int(r)] ** 2 / 2.0)) for r in rows[:want]]
+
+    def item(self, row: int) -> dict[str, Any]:
+        item_id = self.item_ids[row]
+        return {"item_id": item_id, "title": self.titles[row], "category": self.category[row],
+                "kids": bool(self.kids[row]), "attributes": list(self.attributes[row]),
+                "image_url": self.images[row] if is_url(self.images[row]) else f"/items/{item_id}/image"}
+
+    def image_source(self, row: int) -> Path | str | None:
+        """The item's image file inside the inventory root, or its URL; None if it would escape the root."""
+        image = self.images[row]
+        if is_url(image):
+            return image
+        if self.inventory_root is None or Path(image).is_absolute():
+            return None
+        path = (self.inventory_root / image).resolve()
+        return path if path.is_relative_to(self.inventory_root) else None
+
+
+def load_state(bundle_dir: Path, inventory_root: Path | None = None, intra_op_threads: int = 0,
+               providers: tuple[str, ...] = DEFAULT_PROVIDERS) -> ServingState:
+    """Verify and load a bundle, open its model and build its index: all or nothing."""
+    bundle = load_bundle(bundle_dir, verify=True)
+    session = create_session(bundle.model_file, providers=providers, intra_op_threads=intra_op_threads)
+    if "embedding" not in session.output_names:
+        raise BundleError(f"{bundle.model_file}: model has no 'embedding' output ({session.output_names})")
+    root = inventory_root
+    if root is None and bundle.manifest["items"].get("inventory_root"):
+        root = Path(bundle.manifest["items"]["inventory_root"])
+    return ServingState(bundle, session, bundle.build_index(), root)

@@ -1,0 +1,272 @@
+"""Bundles: build, checksums, smoke test, switch and rollback, pruning, incremental adds, index kinds."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from deploykit import make_catalog, write_params
+
+from fashionrec.config import Params
+from fashionrec.deploy.build import add_items, build_index_bundle
+from fashionrec.deploy.bundle import MANIFEST, SUMS, BundleError, list_versions, load_bundle, verify_bundle
+from fashionrec.deploy.catalog import read_catalog
+from fashionrec.deploy.rollout import SmokeTestFailed, activate, current_version, read_history, rollback
+from fashionrec.errors import DataError, FashionrecError
+from fashionrec.index.brute import BruteIndex
+from fashionrec.index.hnsw import HnswIndex, recall_at_k
+from fashionrec.serve.engine import load_state
+
+
+def bundles(params: Params) -> Path:
+    return params.path("bundles")
+
+
+def test_build_writes_a_complete_checksummed_bundle(project: Params) -> None:
+    result = build_index_bundle(project)
+    folder = Path(result.bundle)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["model.onnx", "preprocessing.json", "embeddings.npy", "items.parquet", MANIFEST, SUMS])
+    assert not list(folder.glob("*.pkl")) and not list(folder.glob("*.pickle"))
+    manifest = verify_bundle(folder)
+    assert manifest["items"]["count"] == 40 and result.embedded == 40
+    assert manifest["model"]["version"].startswith("local-")
+    assert manifest["index"]["kind"] == "balltree" and manifest["index"]["recall_at_k"] == 1.0
+    assert set(manifest["files"]) == {"model.onnx", "preprocessing.json", "embeddings.npy", "items.parquet"}
+    assert manifest["created_at"]
+    emb = np.load(folder / "embeddings.npy", allow_pickle=False)
+    assert emb.shape[0] == 40 and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    # `sha256sum -c` agrees with our own check
+    assert subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=folder).returncode == 0
+    assert current_version(bundles(project)) == result.version
+    assert result.rollout["smoke"]["image_queries"] == 3
+    summary = json.loads(project.path("reports/index/summary.json").read_text())
+    assert summary["version"] == result.version
+
+
+def test_each_item_finds_itself_through_the_served_model(project: Params) -> None:
+    result = build_index_bundle(project)
+    state = load_state(Path(result.bundle))
+    from fashionrec.data.images import open_image
+    for row in range(0, 40, 7):
+        vector = state.embed([open_image(state.image_source(row))])[0]
+        assert state.search(vector, 1)[0].row == row
+
+
+@pytest.mark.parametrize("damage", ["flip_byte", "delete_file", "extra_file"])
+def test_a_corrupted_bundle_is_refused_at_load(project: Params, damage: str) -> None:
+    folder = Path(build_index_bundle(project, do_activate=False).bundle)
+    target = folder / "embeddings.npy"
+    target.chmod(0o644)
+    if damage == "flip_byte":
+        data = bytearray(target.read_bytes())
+        data[-3] ^= 0xFF
+        target.write_bytes(bytes(data))
+        words = "checksum mismatch"
+    elif damage == "delete_file":
+        target.unlink()
+        words = "missing file"
+    else:
+        (folder / "notes.txt").write_text("hello")
+        words = "unexpected file"
+    with pytest.raises(BundleError, match=words):
+        load_bundle(folder)
+    with pytest.raises(BundleError, match=words):
+        activate(bundles(project), folder.name, project)
+    assert current_version(bundles(project)) is None
+
+
+def test_rollout_switches_and_rollback_returns(project: Params, assets) -> None:
+    first = build_index_bundle(project)
+    second = build_index_bundle(project, model=str(assets.model_b))
+    assert second.rollout["previous"] == first.version
+    assert current_version(bundles(project)) == second.version
+    assert load_bundle(Path(second.bundle)).model_version != load_bundle(Path(first.bundle)).model_version
+    back = rollback(bundles(project), project)
+    assert (back.version, back.previous) == (first.version, second.version)
+    assert current_version(bundles(project)) == first.version
+    with pytest.raises(BundleError, match="no previous bundle"):
+        rollback(bundles(project), project)
+    assert current_version(bundles(project)) == first.version
+    log = read_history(bundles(project))["log"]
+    assert [e["action"] for e in log] == ["activate", "activate", "rollback"]
+
+
+def test_rollback_deploy_cli(project: Params, assets) -> None:
+    first = build_index_bundle(project)
+    build_index_bundle(project, model=str(assets.model_b))
+    cli = Path(sys.executable).with_name("fashionrec")
+    out = subprocess.run([str(cli), "rollback-deploy", "-p", str(project.root / "params.yaml")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["version"] == first.version
+    assert os.readlink(bundles(project) / "current") == first.version
+    again = subprocess.run([str(cli), "rollback-deploy", "-p", str(project.root / "params.yaml")],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1
+    assert again.stderr.startswith("error: ") and "no previous bundle" in again.stderr
+
+
+def test_old_bundles_are_pruned_but_current_and_previous_kept(tmp_path: Path, assets) -> None:
+    params = write_params(tmp_path, assets.model_a, assets.catalog, index__keep=2)
+    versions = [build_index_bundle(params).version for _ in range(4)]
+    assert list_versions(bundles(params)) == versions[-2:]
+    assert rollback(bundles(params), params).version == versions[-2]
+
+
+def test_smoke_test_refuses_a_bundle_whose_model_does_not_match_its_embeddings(project: Params,
+                                                                              assets) -> None:
+    good = Path(build_index_bundle(project, do_activate=False).bundle)
+    bad = bundles(project) / "v9999-20260101T000000Z"
+    shutil.copytree(good, bad)
+    for p in bad.iterdir():
+        p.chmod(0o644)
+    shutil.copyfile(assets.model_b, bad / "model.onnx")    # the other model, checksums made to match
+    from fashionrec.deploy.bundle import sha256_file
+    manifest = json.loads((bad / MANIFEST).read_text())
+    manifest["version"] = bad.name
+    (bad / MANIFEST).write_text(json.dumps(manifest))
+    (bad / SUMS).write_text("".join(f"{sha256_file(p)}  {p.name}\n" for p in sorted(bad.iterdir())
+                                    if p.name != SUMS))
+    with pytest.raises(SmokeTestFailed, match="model and embeddings disagree"):
+        activate(bundles(project), bad.name, project)
+    assert current_version(bundles(project)) is None
+
+
+def test_add_items_embeds_only_the_new_items(project: Params, assets, tmp_path: Path) -> None:
+    first = build_index_bundle(project)
+    old_images = Path(assets.catalog).parent / "images"
+    hidden = tmp_path / "hidden_images"
+    shutil.copytree(old_images, hidden)
+    shutil.rmtree(old_images)   # old items cannot be re-embedded: any attempt would fail
+    try:
+        result = add_items(project, assets.extra, do_activate=False)
+    finally:
+        shutil.copytree(hidden, old_images)
+    assert (result.embedded, result.items, result.parent) == (8, 48, first.version)
+    activate(bundles(project), result.version, project)   # the smoke test re-embeds old and new items
+    old, new = load_bundle(Path(first.bundle)), load_bundle(Path(result.bundle))
+    assert np.array_equal(new.embeddings[:40], old.embeddings)   # the old vectors, untouched
+    assert new.items["item_id"].tolist()[40:] == [f"extra{i:03d}" for i in range(8)]
+    assert new.model_version == old.model_version
+    assert current_version(bundles(project)) == result.version
+    # the new rows are what a fresh embedding of those images gives
+    state = load_state(Path(result.bundle))
+    from fashionrec.data.images import open_image
+    fresh = state.embed([open_image(state.image_source(45))])[0]
+    assert float(fresh @ new.embeddings[45]) > 0.999
+    # and item images of both generations are served from inside the (widened) inventory root
+    assert state.image_source(0).is_file() and state.image_source(45).is_file()
+
+
+def test_add_items_refuses_ids_already_in_the_bundle(project: Params, assets) -> None:
+    build_index_bundle(project)
+    with pytest.raises(DataError, match="already in bundle"):
+        add_items(project, assets.catalog)
+
+
+def test_unreadable_inventory_images_are_skipped_and_listed(tmp_path: Path, assets) -> None:
+    catalog = make_catalog(tmp_path / "inv", 10, seed=3)
+    (tmp_path / "inv/images/item004.jpg").write_bytes(b"broken")
+    (tmp_path / "inv/images/item006.jpg").unlink()
+    params = write_params(tmp_path, assets.model_a, catalog)
+    result = build_index_bundle(params)
+    assert result.items == 8
+    assert {s["item_id"] for s in result.skipped} == {"item004", "item006"}
+    assert any("cannot decode" in s["reason"] for s in result.skipped)
+
+
+def test_catalog_errors_name_the_row(tmp_path: Path) -> None:
+    bad = tmp_path / "c.csv"
+    bad.write_text("item_id,image\na,x.jpg\na,y.jpg\n")
+    with pytest.raises(DataError, match=r"duplicate item_id \['a'\] on rows \[2, 3\]"):
+        read_catalog(bad)
+    bad.write_text("id,picture\n1,x.jpg\n")
+    with pytest.raises(DataError, match="lacks column"):
+        read_catalog(bad)
+
+
+def test_hnsw_index_behind_the_same_interface(tmp_path: Path, assets) -> None:
+    params = write_params(tmp_path, assets.model_a, assets.catalog, index__kind="hnsw")
+    result = build_index_bundle(params)
+    assert result.index["kind"] == "hnsw" and result.index["recall_at_k"] >= 0.9
+    assert (Path(result.bundle) / "index.hnsw").is_file()
+    state = load_state(Path(result.bundle))
+    assert state.index.kind == "hnsw"
+    grown = add_items(params, assets.extra)          # the graph is extended, not rebuilt
+    assert grown.index["kind"] == "hnsw" and grown.embedded == 8
+    assert load_state(Path(grown.bundle)).index.size == 48
+
+
+def test_auto_picks_exact_for_small_and_hnsw_for_large(tmp_path: Path, assets) -> None:
+    params = write_params(tmp_path, assets.model_a, assets.catalog, index__auto_exact_max=20)
+    assert build_index_bundle(params).index["kind"] == "hnsw"
+    params = write_params(tmp_path, assets.model_a, assets.catalog, index__auto_exact_max=1000)
+    assert build_index_bundle(params).index["kind"] == "balltree"
+
+
+def test_hnsw_recall_against_exact_on_random_vectors() -> None:
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(3000, 32)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    queries = data[:100] + 0.05 * rng.normal(size=(100, 32)).astype(np.float32)
+    good = HnswIndex(data, ef_search=64)
+    poor = HnswIndex(data, M=2, ef_construction=4, ef_search=1)
+    exact = BruteIndex(data)
+    assert recall_at_k(good, exact, queries, 10) >= 0.95
+    assert recall_at_k(poor, exact, queries, 10) < recall_at_k(good, exact, queries, 10)
+    d_good, i_good = good.query(queries[:5], 5)
+    d_exact, i_exact = exact.query(queries[:5], 5)
+    assert np.allclose(np.sort(d_good, axis=1), d_good)
+    assert np.allclose(d_good[:, 0], d_exact[:, 0], atol=1e-4)
+
+
+def test_catalog_from_the_validated_dataset(tiny_validated, assets, tmp_path: Path) -> None:
+    params = write_params(tmp_path, assets.model_a, None,
+                          index__manifest=str(tiny_validated.validated / "manifest.parquet"))
+    result = build_index_bundle(params)
+    manifest = pd.read_parquet(tiny_validated.validated / "manifest.parquet")
+    assert result.items + len(result.skipped) == len(manifest)
+    items = load_bundle(Path(result.bundle)).items
+    assert set(items["item_id"]) <= set(manifest["id"].astype(str))
+    assert set(items["category"]) <= set(manifest["category"])
+
+
+def test_index_pulls_the_champion_from_the_registry(mlflow_server: str, tmp_path: Path, assets) -> None:
+    """`models:/fashionrec@champion` on a real MLflow server: the alias is resolved to a version and the
+    bundle records it; a new champion gives a new model version in the next bundle."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from fashionrec.registry.steps import log_onnx
+
+    mlflow.set_tracking_uri(mlflow_server)
+    name = f"fashionrec-deploy-{tmp_path.name}"
+    client = MlflowClient()
+    versions = []
+    for onnx_path in (assets.model_a, assets.model_b):
+        spec_path = Path(onnx_path).parent / "preprocessing.json"
+        with mlflow.start_run():
+            info = log_onnx(Path(onnx_path), json.loads(spec_path.read_text()), spec_path, name, {})
+        versions.append(str(info.registered_model_version))
+    params = write_params(tmp_path, Path("unused.onnx"), assets.catalog,
+                          index__model=f"models:/{name}@champion")
+    with pytest.raises(FashionrecError, match="promote one"):
+        build_index_bundle(params)                       # registered, but nothing promoted yet
+    client.set_registered_model_alias(name, "champion", versions[0])
+    first = build_index_bundle(params)
+    assert first.model_version == f"{name}/{versions[0]}"
+    assert load_bundle(Path(first.bundle)).manifest["model"]["uri"] == f"models:/{name}/{versions[0]}"
+    client.set_registered_model_alias(name, "champion", versions[1])
+    second = build_index_bundle(params)
+    assert second.model_version == f"{name}/{versions[1]}"
+    a = load_bundle(Path(first.bundle)).embeddings
+    b = load_bundle(Path(second.bundle)).embeddings
+    assert not np.allclose(a, b)
