@@ -1,0 +1,317 @@
+"""The evaluate stage: one candidate on the test split, as labels, category retrieval and instance retrieval.
+
+Queries are the test images; the inventory (the store) is train + validation. Every image is decoded and
+embedded once (ONNX Runtime by default), the inventory goes into the index serving would use, and the
+results become `metrics/<candidate>.json` (nested, for `dvc metrics`), pictures and a per-class CSV in
+`reports/evaluate/<candidate>/`, and metrics + artifacts in the candidate's MLflow training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fashionrec.data.images import open_image
+from fashionrec.data.manifest import read_manifest
+from fashionrec.errors import FashionrecError, TrainingError
+from fashionrec.evaluate import metrics as m
+from fashionrec.evaluate.instance import Augmentation, make_queries, sample_sources
+from fashionrec.evaluate.plots import GridRow, confusion_matrix_png, retrieval_grid_png
+from fashionrec.evaluate.retrieval import (
+    INSTANCE_KS,
+    RETRIEVAL_KS,
+    category_retrieval,
+    instance_retrieval,
+    query_latency,
+)
+from fashionrec.index import build_index
+from fashionrec.models.base import EmbeddingModel, ModelCard, load_model
+from fashionrec.models.inference import BACKENDS, embed_images, make_runner
+from fashionrec.tracking import RUN_REF, read_run_ref
+
+THRESHOLD = 0.5          # multi-label decision: sigmoid(logit) >= 0.5, as the model contract says
+INVENTORY_SPLITS = ("train", "validation")
+TEST_SPLIT = "test"
+
+
+@dataclass
+class EvaluateResult:
+    candidate: str
+    metrics: dict[str, dict[str, float]]
+    metrics_path: str
+    reports: list[str]
+    counts: dict[str, int]
+    backend: str
+    seconds: dict[str, float]
+    mlflow_run_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"candidate": self.candidate, "metrics": self.metrics, "metrics_path": self.metrics_path,
+                "reports": self.reports, "counts": self.counts, "backend": self.backend,
+                "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+                "mlflow_run_id": self.mlflow_run_id, "notes": self.notes}
+
+
+# --- parameters ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    backend: str
+    device: str
+    batch_size: int
+    flip_tta: bool
+    index_kind: str
+    index_params: dict[str, Any]
+    latency_queries: int
+    instance_queries: int
+    augmentation: Augmentation
+    grid_queries: int
+    thumb: int
+    seed: int
+    mlflow: bool
+
+
+def _positive_int(params: dict[str, Any], key: str, default: int) -> int:
+    node: Any = params
+    for part in key.split("."):
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    value = default if node == {} else node
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TrainingError(f"params evaluate.{key}: expected a positive integer, got {value!r}")
+    return value
+
+
+def read_config(params: dict[str, Any]) -> EvalConfig:
+    """Check the `evaluate` section; every error names its parameter."""
+    backend = params.get("backend", "auto")
+    if backend not in BACKENDS:
+        raise TrainingError(f"params evaluate.backend: '{backend}' is not one of {', '.join(BACKENDS)}")
+    flip = params.get("flip_tta", False)
+    if not isinstance(flip, bool):
+        raise TrainingError(f"params evaluate.flip_tta: expected true or false, got {flip!r}")
+    index = dict(params.get("index") or {})
+    kind = index.get("kind", "balltree")
+    kind_params = index.get(kind) or {}
+    if not isinstance(kind_params, dict):
+        raise TrainingError(f"params evaluate.index.{kind}: expected a mapping of the index's parameters")
+    instance = dict(params.get("instance") or {})
+    return EvalConfig(
+        backend=backend, device=str(params.get("device", "cpu")),
+        batch_size=_positive_int(params, "batch_size", 32), flip_tta=flip,
+        index_kind=kind, index_params=dict(kind_params),
+        latency_queries=_positive_int(params, "latency_queries", 200),
+        instance_queries=_positive_int(params, "instance.n_queries", 300),
+        augmentation=Augmentation.from_params(instance),
+        grid_queries=_positive_int(params, "grid.n_queries", 8),
+        thumb=_positive_int(params, "grid.thumb", 128),
+        seed=int(params.get("seed", 42)), mlflow=bool(params.get("mlflow", True)))
+
+
+# --- data ----------------------------------------------------------------------------------------------
+
+
+def split_frames(df: pd.DataFrame, card: ModelCard, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(test queries, train + validation inventory); refuses splits that cannot be evaluated."""
+    if "split" not in df.columns:
+        raise TrainingError(f"{source}: manifest has no 'split' column (evaluate needs data/validated)")
+    test = df[df["split"] == TEST_SPLIT].reset_index(drop=True)
+    inventory = df[df["split"].isin(INVENTORY_SPLITS)].reset_index(drop=True)
+    if test.empty:
+        raise TrainingError(f"{source}: the test split is empty; nothing to evaluate")
+    present = sorted(test["category"].unique())
+    if len(present) < 2:
+        raise TrainingError(f"{source}: the test split holds a single class ({present[0]!r}, {len(test)} "
+                            "images); accuracy and retrieval need at least two classes")
+    unknown = sorted(set(df["category"]) - set(card.classes))
+    if unknown:
+        raise TrainingError(f"{source}: categories {unknown} are not among the classes of candidate "
+                            f"'{card.candidate}' ({card.classes}); was it trained on another dataset?")
+    need = max(*RETRIEVAL_KS, *INSTANCE_KS)
+    if len(inventory) < need:
+        raise TrainingError(f"{source}: the inventory (train + validation) has {len(inventory)} images; "
+                            f"top-{need} retrieval needs at least {need}")
+    return test, inventory
+
+
+def label_matrix(labels: pd.Series, vocabulary: list[str]) -> np.ndarray:
+    """Multi-label targets (N, len(vocabulary)) from the manifest's `labels` lists."""
+    position = {name: i for i, name in enumerate(vocabulary)}
+    out = np.zeros((len(labels), len(vocabulary)), dtype=bool)
+    for row, names in enumerate(labels):
+        for name in names:
+            if name in position:
+                out[row, position[name]] = True
+    return out
+
+
+# --- metrics -------------------------------------------------------------------------------------------
+
+
+def label_metrics(logits: np.ndarray, test: pd.DataFrame,
+                  card: ModelCard) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
+    """test.{accuracy, micro_f1, macro_f1}, the per-class report and the confusion matrix."""
+    n_classes = len(card.classes)
+    if logits.shape[1] != len(card.labels):
+        raise TrainingError(f"candidate '{card.candidate}' returns {logits.shape[1]} logits for "
+                            f"{len(card.labels)} labels in its card")
+    class_index = {c: i for i, c in enumerate(card.classes)}
+    y_true = test["category"].map(class_index).to_numpy()
+    y_pred = logits[:, :n_classes].argmax(axis=1)
+    truth = label_matrix(test["labels"], card.labels)
+    predicted = 1.0 / (1.0 + np.exp(-logits.astype(np.float64))) >= THRESHOLD
+    scores = {"accuracy": m.accuracy(y_true, y_pred), "micro_f1": m.micro_f1(truth, predicted),
+              "macro_f1": m.macro_f1(truth, predicted)}
+    # Classes as the argmax decides them (the confusion-matrix view); attributes by their sigmoid.
+    classes = m.per_label_report(m.one_hot(y_true, n_classes), m.one_hot(y_pred, n_classes), card.classes)
+    classes.insert(1, "decision", "argmax")
+    attributes = m.per_label_report(truth[:, n_classes:], predicted[:, n_classes:], card.labels[n_classes:])
+    attributes.insert(1, "decision", f"sigmoid>={THRESHOLD}")
+    report = pd.concat([classes, attributes], ignore_index=True)
+    return scores, report, m.confusion_matrix(y_true, y_pred, n_classes)
+
+
+def grid_rows(test: pd.DataFrame, inventory: pd.DataFrame, distances: np.ndarray, indices: np.ndarray,
+              card: ModelCard, n: int, k: int, thumb: int, seed: int) -> list[GridRow]:
+    """A seeded pick of test queries, one per class first, with their top-k inventory results."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(test))
+    picked: list[int] = []
+    seen: set[str] = set()
+    for i in order:  # one per class, then any
+        if test["category"].iat[i] not in seen:
+            picked.append(int(i))
+            seen.add(test["category"].iat[i])
+    picked = (picked + [int(i) for i in order if int(i) not in picked])[:n]
+    # The model's framing at a size people can see (the model's own input may be 16 px).
+    view = dataclasses.replace(card.prep, size=thumb)
+
+    def pixels(path: str) -> np.ndarray:
+        return np.asarray(view.resize_crop(open_image(path)))
+
+    return [GridRow(query=pixels(test["abspath"].iat[q]), query_label=test["category"].iat[q],
+                    results=[pixels(inventory["abspath"].iat[j]) for j in indices[q, :k]],
+                    result_labels=[inventory["category"].iat[j] for j in indices[q, :k]],
+                    distances=[float(d) for d in distances[q, :k]]) for q in picked]
+
+
+# --- MLflow --------------------------------------------------------------------------------------------
+
+
+def flatten(tree: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{section}.{key}": value for section, values in tree.items() for key, value in values.items()}
+
+
+def training_run_ref(model_dir: Path) -> dict[str, str]:
+    """The training run's reference (`mlflow.json`), read before any work so a missing one fails fast."""
+    try:
+        return read_run_ref(model_dir)
+    except FashionrecError as exc:
+        raise TrainingError(f"{exc}; or set evaluate.mlflow=false to evaluate without logging") from exc
+
+
+def log_to_training_run(model_dir: Path, tree: dict[str, dict[str, float]], files: list[Path],
+                        tags: dict[str, str]) -> str:
+    """Add the metrics, report files and tags to the run in `<model_dir>/mlflow.json`; returns its id."""
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    ref = training_run_ref(model_dir)
+    run_id, where = ref["run_id"], model_dir / RUN_REF
+    # The run lives where training logged it; MLFLOW_TRACKING_URI only when the reference does not say.
+    client = MlflowClient(tracking_uri=ref.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI"))
+    try:
+        client.get_run(run_id)
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in flatten(tree).items()])
+        for path in files:
+            client.log_artifact(run_id, str(path), artifact_path="evaluation")
+        for key, value in {"evaluated": "true", **tags}.items():
+            client.set_tag(run_id, key, value)
+    except MlflowException as exc:
+        raise TrainingError(f"MLflow run {run_id} (from {where}) at {client.tracking_uri}: "
+                            f"{exc.message}") from exc
+    return run_id
+
+
+# --- the stage -----------------------------------------------------------------------------------------
+
+
+def evaluate(model_dir: Path, data_dir: Path, metrics_path: Path, reports_dir: Path,
+             params: dict[str, Any], *, progress: bool = True) -> EvaluateResult:
+    """Evaluate the candidate saved in model_dir on data_dir's test split (see the module docstring)."""
+    started = time.perf_counter()
+    cfg = read_config(params)
+    model_dir, data_dir = Path(model_dir), Path(data_dir)
+    if cfg.mlflow:
+        training_run_ref(model_dir)
+    model: EmbeddingModel = load_model(model_dir)
+    card = model.card
+    df = read_manifest(data_dir)
+    test, inventory = split_frames(df, card, str(data_dir))
+    runner = make_runner(model, cfg.backend, cfg.device)
+    embed = dict(batch_size=cfg.batch_size, prep=card.prep, flip_tta=cfg.flip_tta, progress=progress)
+
+    # Test images and inventory in one pass: each decoded once, one warm session.
+    out = embed_images(runner, [*test["abspath"], *inventory["abspath"]], desc=f"embed {card.candidate}",
+                       **embed)
+    queries, stock = out.embeddings[:len(test)], out.embeddings[len(test):]
+    scores, per_class, cm = label_metrics(out.logits[:len(test)], test, card)
+
+    index = build_index(stock, cfg.index_kind, **cfg.index_params)
+    k = max(*RETRIEVAL_KS, *INSTANCE_KS)
+    distances, indices = index.query(queries, k)
+    retrieval = category_retrieval(indices[:, :max(RETRIEVAL_KS)], test["category"].to_numpy(),
+                                   inventory["category"].to_numpy())
+    latency = query_latency(index, queries, 5, cfg.latency_queries)
+    latency["embed_ms_per_image"] = out.ms_per_image
+
+    t_instance = time.perf_counter()
+    sources = sample_sources(len(inventory), cfg.instance_queries, cfg.seed)
+    shots = make_queries(inventory["abspath"].to_numpy()[sources], cfg.augmentation, card.prep, cfg.seed,
+                         progress=progress)
+    shot_emb = embed_images(runner, shots, desc="embed instance queries", **embed).embeddings
+    instance = instance_retrieval(index.query(shot_emb, k)[1], sources)
+    t_instance = time.perf_counter() - t_instance
+
+    tree = {"test": scores, "retrieval": retrieval, "instance": instance, "latency": latency}
+    tree = {s: {key: round(float(v), 6) for key, v in values.items()} for s, values in tree.items()}
+    bad = [key for key, v in flatten(tree).items() if not math.isfinite(v)]
+    if bad:
+        raise TrainingError(f"candidate '{card.candidate}': non-finite metrics {bad}")
+
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    per_class_path = reports_dir / "per_class.csv"
+    per_class.to_csv(per_class_path, index=False, float_format="%.4f")
+    cm_path = confusion_matrix_png(cm, card.classes, reports_dir / "confusion_matrix.png",
+                                   f"{card.candidate}: test accuracy {scores['accuracy']:.3f}")
+    grid_path = retrieval_grid_png(
+        grid_rows(test, inventory, distances, indices, card, cfg.grid_queries, 5, cfg.thumb, cfg.seed),
+        reports_dir / "retrieval_grid.png",
+        f"{card.candidate}: test query -> top-5 of the inventory ({cfg.index_kind}, Euclidean distance)")
+    metrics_path = Path(metrics_path)
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(tree, indent=2) + "\n")
+
+    files = [metrics_path, per_class_path, cm_path, grid_path]
+    tags = {"evaluate.backend": out.backend, "evaluate.index": cfg.index_kind}
+    run_id = log_to_training_run(model_dir, tree, files, tags) if cfg.mlflow else None
+    return EvaluateResult(
+        candidate=card.candidate, metrics=tree, metrics_path=str(metrics_path),
+        reports=[str(p) for p in files[1:]],
+        counts={"test": len(test), "inventory": len(inventory), "instance_queries": len(sources)},
+        backend=out.backend,
+        seconds={"embed": out.seconds, "instance": t_instance, "total": time.perf_counter() - started},
+        mlflow_run_id=run_id, notes=[f"flip_tta={'on' if cfg.flip_tta else 'off'}"])

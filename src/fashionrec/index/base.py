@@ -1,0 +1,57 @@
+"""What every nearest-neighbour index offers, so evaluation and serving can swap kinds freely."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from fashionrec.errors import DataError
+
+
+def as_matrix(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
+    """Check a (N, D) finite float matrix (a single vector becomes one row) and return it as float32."""
+    arr = np.asarray(x)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise DataError(f"{name}: expected a 2-D array (n, dim), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"{name}: expected numbers, got dtype {arr.dtype}")
+    if dim is not None and arr.shape[1] != dim:
+        raise DataError(f"{name}: dimension {arr.shape[1]} does not match the index dimension {dim}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise DataError(f"{name}: contains NaN or infinite values")
+    return arr
+
+
+class NeighbourIndex(ABC):
+    """Exact k-nearest-neighbour search by Euclidean distance.
+
+    On L2-normalised embeddings the Euclidean order is the cosine order (|a-b|^2 = 2 - 2 cos), so every
+    kind returns the same neighbours and Euclidean distances; they differ only in speed.
+    """
+
+    kind: str = ""
+
+    def __init__(self, embeddings: np.ndarray) -> None:
+        data = as_matrix(embeddings, "index embeddings")
+        if data.shape[0] == 0:
+            raise DataError("index embeddings: no vectors to index")
+        self.size, self.dim = data.shape
+
+    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return (distances, indices), each (Q, min(k, size)), nearest first."""
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise DataError(f"index query: k must be a positive integer, got {k!r}")
+        q = as_matrix(queries, "index queries", dim=self.dim)
+        k = min(int(k), self.size)
+        if q.shape[0] == 0:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        distances, indices = self._query(q, k)
+        return distances.astype(np.float32, copy=False), indices.astype(np.int64, copy=False)
+
+    @abstractmethod
+    def _query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search validated float32 queries for 1 <= k <= size neighbours."""

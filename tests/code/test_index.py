@@ -1,0 +1,76 @@
+"""Index kinds agree with each other and with an exact cosine ranking; bad input is refused clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fashionrec.errors import DataError
+from fashionrec.index import KINDS, build_index
+
+
+def normalised(n: int, dim: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("dim", [8, 64])
+def test_kinds_agree_on_random_normalised_data(dim: int) -> None:
+    data, queries = normalised(500, dim, 0), normalised(40, dim, 1)
+    results = {kind: build_index(data, kind).query(queries, 10) for kind in KINDS}
+    (d_ball, i_ball), (d_brute, i_brute) = results["balltree"], results["brute"]
+    assert np.array_equal(i_ball, i_brute)
+    np.testing.assert_allclose(d_ball, d_brute, atol=1e-5)
+    # Euclidean order on unit vectors is cosine order: the reference ranking by dot product.
+    expected = np.argsort(-(queries @ data.T), axis=1, kind="stable")[:, :10]
+    assert np.array_equal(i_brute, expected)
+    np.testing.assert_allclose(d_brute ** 2, 2 - 2 * np.take_along_axis(queries @ data.T, expected, 1),
+                               atol=1e-5)
+    assert np.all(np.diff(d_brute, axis=1) >= 0)
+
+
+def test_each_item_finds_itself_first() -> None:
+    data = normalised(200, 16, 2)
+    for kind in KINDS:
+        dist, idx = build_index(data, kind, **({"leaf_size": 5} if kind == "balltree" else {})).query(data, 3)
+        assert np.array_equal(idx[:, 0], np.arange(200)), kind
+        assert np.allclose(dist[:, 0], 0.0, atol=1e-3), kind
+
+
+def test_brute_blocks_give_the_same_answer() -> None:
+    data, queries = normalised(300, 12, 3), normalised(50, 12, 4)
+    a = build_index(data, "brute", block_size=7).query(queries, 5)
+    b = build_index(data, "brute").query(queries, 5)
+    assert np.array_equal(a[1], b[1])
+
+
+def test_k_larger_than_inventory_is_clamped_and_single_vectors_work() -> None:
+    data = normalised(4, 8, 5)
+    for kind in KINDS:
+        index = build_index(data, kind)
+        dist, idx = index.query(data[0], 10)
+        assert idx.shape == (1, 4) and sorted(idx[0].tolist()) == [0, 1, 2, 3]
+        assert index.size == 4 and index.dim == 8
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_bad_input_is_refused_with_a_clear_error(kind: str) -> None:
+    data = normalised(10, 4, 6)
+    index = build_index(data, kind)
+    with pytest.raises(DataError, match="dimension 5 does not match"):
+        index.query(normalised(2, 5, 7), 3)
+    with pytest.raises(DataError, match="k must be a positive integer"):
+        index.query(data[:1], 0)
+    bad = data.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        build_index(bad, kind)
+    with pytest.raises(DataError, match="no vectors"):
+        build_index(np.zeros((0, 4)), kind)
+
+
+def test_unknown_kind_or_parameter_names_it() -> None:
+    with pytest.raises(DataError, match="'annoy' is unknown"):
+        build_index(normalised(5, 4, 0), "annoy")
+    with pytest.raises(DataError, match="leaf_sise"):
+        build_index(normalised(5, 4, 0), "balltree", leaf_sise=10)

@@ -1,0 +1,200 @@
+"""The evaluate stage end to end on the tiny dataset, and its refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fashionrec.data.manifest import read_dataset, read_manifest
+from fashionrec.errors import TrainingError
+from fashionrec.evaluate.evaluate import evaluate
+from fashionrec.models.base import save_model
+from fashionrec.models.factory import build_model, new_card
+from fashionrec.models.inference import embed_images
+
+KEYS = {
+    "test": {"accuracy", "micro_f1", "macro_f1"},
+    "retrieval": {"precision_at_1", "precision_at_5", "precision_at_10", "hit_at_1", "hit_at_5",
+                  "hit_at_10", "map_at_10"},
+    "instance": {"top1", "top5", "top10", "top20"},
+    "latency": {"query_ms_p50", "query_ms_p99", "embed_ms_per_image"},
+}
+FAST = {"instance": {"n_queries": 24}, "latency_queries": 20, "mlflow": False}
+
+
+def eval_params(project, **changes) -> dict:
+    s = project.params.section("evaluate")
+    for key, value in {**FAST, **changes}.items():
+        s[key] = {**s[key], **value} if isinstance(value, dict) else value
+    return s
+
+
+@pytest.fixture(scope="module")
+def pixels_dir(tiny_validated, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pixels candidate fitted on the tiny train split (nearest centroids: no gradient training)."""
+    info = read_dataset(tiny_validated.validated)
+    block = {"arch": "pixels", "size": 16}
+    model = build_model(new_card("pixels", block, info["classes"], info["labels"]))
+    df = read_manifest(tiny_validated.validated)
+    train = df[df["split"] == "train"]
+    emb = embed_images(model, list(train["abspath"]), backend="torch", progress=False).embeddings
+    targets = torch.tensor([[lab in labels for lab in model.card.labels] for labels in train["labels"]])
+    model.fit(torch.from_numpy(emb), targets)
+    out = tmp_path_factory.mktemp("models") / "pixels"
+    save_model(model, out)
+    return out
+
+
+def test_evaluate_writes_metrics_reports_and_pictures(tiny_validated, pixels_dir: Path, tmp_path: Path):
+    metrics_path, reports = tmp_path / "metrics" / "pixels.json", tmp_path / "reports" / "pixels"
+    result = evaluate(pixels_dir, tiny_validated.validated, metrics_path, reports,
+                      eval_params(tiny_validated), progress=False)
+    tree = json.loads(metrics_path.read_text())
+    assert {k: set(v) for k, v in tree.items()} == KEYS
+    for section in ("test", "retrieval", "instance"):
+        for key, value in tree[section].items():
+            assert 0.0 <= value <= 1.0, f"{section}.{key}={value}"
+    assert all(v > 0 for v in tree["latency"].values())
+    # Coloured shapes: raw pixels already separate the classes well above chance (0.25).
+    assert tree["test"]["accuracy"] > 0.5 and tree["retrieval"]["precision_at_1"] > 0.5
+    assert tree["instance"]["top20"] >= tree["instance"]["top1"]
+    per_class = pd.read_csv(reports / "per_class.csv")
+    assert list(per_class.columns) == ["label", "decision", "precision", "recall", "f1", "support"]
+    assert set(per_class["label"]) == set(read_dataset(tiny_validated.validated)["labels"])
+    assert per_class.loc[per_class["decision"] == "argmax", "support"].sum() == result.counts["test"]
+    for name in ("confusion_matrix.png", "retrieval_grid.png"):
+        assert (reports / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.counts["inventory"] == 40 and result.counts["test"] == 8
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(tiny_validated, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """simple_cnn really trained (1 epoch) on the tiny dataset, its run on the test MLflow server."""
+    from fashionrec.train.loop import train
+
+    section = tiny_validated.params.section("train")
+    section["models"]["simple_cnn"].update(epochs=1, size=32, batch_size=16)
+    root = tmp_path_factory.mktemp("trained")
+    out = root / "models" / "simple_cnn"
+    train("simple_cnn", section, manifest=tiny_validated.validated / "manifest.parquet", out_dir=out,
+          cache_dir=root / ".cache" / "features", checkpoint_dir=root / ".cache" / "checkpoints",
+          tracking_params=tiny_validated.params, seed=0)
+    return out
+
+
+def test_evaluate_a_trained_candidate_logs_into_its_training_run(tiny_validated, trained_cnn: Path,
+                                                                  mlflow_server: str, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    metrics_path, reports = tmp_path / "metrics" / "simple_cnn.json", tmp_path / "reports" / "simple_cnn"
+    result = evaluate(trained_cnn, tiny_validated.validated, metrics_path, reports,
+                      eval_params(tiny_validated, mlflow=True), progress=False)
+    tree = json.loads(metrics_path.read_text())
+    assert {k: set(v) for k, v in tree.items()} == KEYS
+    for section in ("test", "retrieval", "instance"):
+        assert all(0.0 <= v <= 1.0 for v in tree[section].values()), tree[section]
+    assert result.backend.startswith("onnx:")  # the default backend really ran in ONNX Runtime
+
+    run_id = json.loads((trained_cnn / "mlflow.json").read_text())["run_id"]
+    assert result.mlflow_run_id == run_id
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(run_id)
+    for section, values in tree.items():
+        for key, value in values.items():
+            assert run.data.metrics[f"{section}.{key}"] == pytest.approx(value), f"{section}.{key}"
+    assert "best_val_micro_f1" in run.data.metrics  # the same run training logged into
+    assert run.data.tags["evaluated"] == "true" and run.data.tags["evaluate.index"] == "balltree"
+    logged = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert logged == {f"evaluation/{n}" for n in ("simple_cnn.json", "per_class.csv", "confusion_matrix.png",
+                                                  "retrieval_grid.png")}
+
+
+def test_missing_run_reference_fails_before_any_work(tiny_validated, pixels_dir: Path,
+                                                     tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="mlflow.json"):
+        evaluate(pixels_dir, tiny_validated.validated, tmp_path / "m.json", tmp_path / "r",
+                 eval_params(tiny_validated, mlflow=True), progress=False)
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "r").exists()
+
+
+def _copy_with_splits(project, tmp_path: Path, change) -> Path:
+    """A validated folder whose manifest has its splits changed by `change` (absolute image paths)."""
+    df = read_manifest(project.validated)
+    df["path"] = df["abspath"]
+    df = change(df.drop(columns=["abspath"]))
+    out = tmp_path / "validated"
+    out.mkdir()
+    df.to_parquet(out / "manifest.parquet", index=False)
+    shutil.copy(project.validated / "dataset.json", out / "dataset.json")
+    return out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "test split is empty"),
+    ("single", "single class"),
+])
+def test_unusable_test_split_fails_clearly(tiny_validated, pixels_dir: Path, tmp_path: Path,
+                                           case: str, message: str) -> None:
+    def change(df: pd.DataFrame) -> pd.DataFrame:
+        test = df["split"] == "test"
+        if case == "empty":
+            df.loc[test, "split"] = "train"
+        else:
+            keep = df["category"] == df.loc[test, "category"].iloc[0]
+            df = df[~test | keep]
+        return df
+
+    data = _copy_with_splits(tiny_validated, tmp_path, change)
+    with pytest.raises(TrainingError, match=message):
+        evaluate(pixels_dir, data, tmp_path / "m.json", tmp_path / "r", eval_params(tiny_validated),
+                 progress=False)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_bad_params_name_the_key(tiny_validated, pixels_dir: Path, tmp_path: Path) -> None:
+    for change, key in (({"batch_size": 0}, "evaluate.batch_size"),
+                        ({"backend": "tpu"}, "evaluate.backend"),
+                        ({"instance": {"crop_scale": [0.5, 2.0]}}, "evaluate.instance.crop_scale")):
+        with pytest.raises(TrainingError, match=key.replace(".", r"\.")):
+            evaluate(pixels_dir, tiny_validated.validated, tmp_path / "m.json", tmp_path / "r",
+                     eval_params(tiny_validated, **change), progress=False)
+
+
+def test_index_kinds_give_the_same_retrieval_metrics(tiny_validated, pixels_dir: Path,
+                                                     tmp_path: Path) -> None:
+    trees = {}
+    for kind in ("balltree", "brute"):
+        path = tmp_path / f"{kind}.json"
+        evaluate(pixels_dir, tiny_validated.validated, path, tmp_path / kind,
+                 eval_params(tiny_validated, index={"kind": kind}), progress=False)
+        trees[kind] = json.loads(path.read_text())
+    for section in ("test", "retrieval", "instance"):
+        assert trees["balltree"][section] == pytest.approx(trees["brute"][section])
+    assert np.isfinite(trees["brute"]["latency"]["query_ms_p99"])
+
+
+def test_cli_runs_the_stage_and_reports_errors_in_one_line(tiny_validated, pixels_dir: Path,
+                                                           tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).with_name("fashionrec"))
+    base = [exe, "evaluate", "-p", str(tiny_validated.root / "params.yaml"),
+            "-s", f"evaluate.models_dir={pixels_dir.parent}", "-s", f"evaluate.metrics_dir={tmp_path / 'm'}",
+            "-s", f"evaluate.reports={tmp_path / 'r'}", "-s", "evaluate.instance.n_queries=8",
+            "-s", "evaluate.latency_queries=5", "--no-mlflow", "--index", "brute"]
+    done = subprocess.run([*base, "pixels"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["metrics"] == json.loads((tmp_path / "m" / "pixels.json").read_text())
+    assert (tmp_path / "r" / "pixels" / "retrieval_grid.png").is_file()
+    failed = subprocess.run([*base, "no_such_candidate"], capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1].startswith("error: model file not found")
+    assert "no_such_candidate" in failed.stderr
