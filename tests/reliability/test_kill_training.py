@@ -1,0 +1,100 @@
+"""`kill -9` a `fashionrec train` process mid-run: `--resume` finishes it, and the result matches an
+uninterrupted run (same history and weights within float tolerance), logged into the same MLflow run."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+EPOCHS = 8
+CLI = str(Path(sys.executable).with_name("fashionrec"))
+
+
+def project(tiny_validated, root: Path) -> Path:
+    """A params.yaml under root: the tiny dataset's params, simple_cnn slowed to a few hundred ms/epoch."""
+    tree = yaml.safe_load((tiny_validated.root / "params.yaml").read_text())
+    tree["train"].update(manifest=str(tiny_validated.validated / "manifest.parquet"), models_dir="models",
+                         cache_dir=".cache/features", checkpoints_dir=".cache/checkpoints", device="cpu")
+    tree["train"]["models"]["simple_cnn"].update(epochs=EPOCHS, size=64, batch_size=2, patience=100)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    return root / "params.yaml"
+
+
+def train_cmd(params: Path, *extra: str) -> list[str]:
+    return [CLI, "train", "simple_cnn", "-p", str(params), *extra]
+
+
+def env() -> dict[str, str]:
+    """The test's environment (MLFLOW_TRACKING_URI names the fixture's server), one thread for determinism."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def history(root: Path) -> list[dict[str, float]]:
+    with open(root / "models" / "simple_cnn" / "history.csv") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def test_kill_9_mid_training_then_resume_matches_an_uninterrupted_run(tiny_validated, mlflow_server: str,
+                                                                      tmp_path: Path) -> None:
+    whole_params = project(tiny_validated, tmp_path / "whole")
+    split_params = project(tiny_validated, tmp_path / "split")
+    t0 = time.monotonic()
+    subprocess.run(train_cmd(whole_params), check=True, capture_output=True, env=env(), timeout=300,
+                   cwd=whole_params.parent)
+    print(f"uninterrupted run: {time.monotonic() - t0:.1f} s")
+
+    last = tmp_path / "split" / ".cache" / "checkpoints" / "simple_cnn" / "last.pt"
+    proc = subprocess.Popen(train_cmd(split_params), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env(), cwd=split_params.parent, start_new_session=True)
+    rng = np.random.default_rng(7)
+    try:
+        seen: set[float] = set()
+        deadline = time.monotonic() + 240
+        while len(seen) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            if last.is_file():
+                seen.add(last.stat().st_mtime)
+            time.sleep(0.01)
+        assert proc.poll() is None, "training ended before it could be killed: make its epochs longer"
+        time.sleep(float(rng.uniform(0.05, 0.25)))   # land inside the next epoch
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = torch.load(last, weights_only=False)
+    assert 2 <= killed_at["epoch"] < EPOCHS
+    assert not (tmp_path / "split" / "models" / "simple_cnn" / "model.pt").exists()
+    client = MlflowClient(tracking_uri=mlflow_server)
+    assert client.get_run(killed_at["run_id"]).info.status == "RUNNING"   # nobody could end it
+
+    done = subprocess.run(train_cmd(split_params, "--resume"), capture_output=True, text=True, env=env(),
+                          timeout=300, cwd=split_params.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    a, b = history(tmp_path / "whole"), history(tmp_path / "split")
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == list(range(1, EPOCHS + 1))
+    for ra, rb in zip(a, b, strict=True):
+        for key in ra:
+            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-6), (key, ra, rb)
+    wa, wb = (torch.load(tmp_path / name / "models/simple_cnn/model.pt", weights_only=True)["state_dict"]
+              for name in ("whole", "split"))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key].float(), wb[key].float(), rtol=1e-4, atol=1e-6), key
+    run = client.get_run(killed_at["run_id"])
+    assert run.info.status == "FINISHED"
+    steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "val_micro_f1")})
+    assert steps == list(range(1, EPOCHS + 1))
