@@ -23,7 +23,7 @@ import pytest
 from deploykit import TOKEN, export_model, make_catalog, start_server, stop, write_params
 
 from fashionrec.deploy.build import build_index_bundle
-from fashionrec.deploy.bundle import list_versions, verify_bundle
+from fashionrec.deploy.bundle import BundleError, deploy_lock, list_versions, verify_bundle
 from fashionrec.deploy.rollout import current_version, read_history
 
 CLI = str(Path(sys.executable).with_name("fashionrec"))
@@ -152,3 +152,14 @@ def test_two_concurrent_deploys_leave_one_complete_bundle_serving(models, tmp_pa
     assert leftovers(bundles) == []
     summary = json.loads((tmp_path / "reports" / "index" / "summary.json").read_text())
     assert summary["version"] in versions
+
+
+def test_deploy_refused_while_another_deploy_holds_the_lock(models, tmp_path: Path) -> None:
+    """The loser of two concurrent deploys fails at once with a clear error and writes nothing."""
+    params = write_params(tmp_path, models["a"], models["catalog"])
+    bundles = tmp_path / "bundles"
+    with deploy_lock(bundles), pytest.raises(BundleError, match="another deploy is in progress"):
+        build_index_bundle(params)
+    assert list_versions(bundles) == [] and current_version(bundles) is None
+    assert leftovers(bundles) == []
+    assert build_index_bundle(params).version in list_versions(bundles)   # the lock was released

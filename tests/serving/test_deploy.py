@@ -206,10 +206,12 @@ def test_hnsw_index_behind_the_same_interface(tmp_path: Path, assets) -> None:
 
 
 def test_auto_picks_exact_for_small_and_hnsw_for_large(tmp_path: Path, assets) -> None:
-    params = write_params(tmp_path, assets.model_a, assets.catalog, index__auto_exact_max=20)
+    params = write_params(tmp_path, assets.model_a, assets.catalog, index__kind="auto",
+                          index__auto_exact_max=20)
     assert build_index_bundle(params).index["kind"] == "hnsw"
-    params = write_params(tmp_path, assets.model_a, assets.catalog, index__auto_exact_max=1000)
-    assert build_index_bundle(params).index["kind"] == "balltree"
+    params = write_params(tmp_path, assets.model_a, assets.catalog, index__kind="auto",
+                          index__auto_exact_max=1000)
+    assert build_index_bundle(params).index["kind"] == "brute"
 
 
 def test_hnsw_recall_against_exact_on_random_vectors() -> None:

@@ -28,6 +28,7 @@ from fashionrec.deploy.bundle import (
     BundleContent,
     BundleError,
     LoadedBundle,
+    deploy_lock,
     load_bundle,
     make_index,
     write_bundle,
@@ -154,6 +155,12 @@ def build_index_bundle(params: Params, model: str | None = None, catalog: Path |
                        do_activate: bool | None = None) -> IndexResult:
     """The deploy stage: champion (or a local ONNX) + inventory -> a new bundle, then roll over to it."""
     sec = params.section("index")
+    with deploy_lock(params.path(sec["bundles"])):
+        return _build_index_bundle(params, sec, model, catalog, do_activate)
+
+
+def _build_index_bundle(params: Params, sec: dict[str, Any], model: str | None, catalog: Path | None,
+                        do_activate: bool | None) -> IndexResult:
     spec = model or str(sec.get("model") or "models:/fashionrec@champion")
     if catalog is not None:
         table = read_catalog(catalog)
@@ -185,6 +192,12 @@ def add_items(params: Params, catalog: Path, do_activate: bool | None = None) ->
     kind; an HNSW graph is extended rather than rebuilt)."""
     sec = params.section("index")
     bundles = params.path(sec["bundles"])
+    with deploy_lock(bundles):
+        return _add_items(params, sec, bundles, catalog, do_activate)
+
+
+def _add_items(params: Params, sec: dict[str, Any], bundles: Path, catalog: Path,
+               do_activate: bool | None) -> IndexResult:
     current = current_version(bundles)
     if current is None:
         raise BundleError(f"{bundles}: no current bundle to add items to; run `fashionrec index` first")

@@ -71,6 +71,29 @@ def bundles_lock(bundles_dir: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def deploy_lock(bundles_dir: Path) -> Iterator[None]:
+    """One deploy at a time per bundles folder: a second concurrent deploy fails at once, cleanly,
+    rather than queueing and then activating a bundle built from a possibly older model."""
+    bundles_dir.mkdir(parents=True, exist_ok=True)
+    with open(bundles_dir / ".deploy.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise BundleError(f"{bundles_dir}: another deploy is in progress ({holder}); "
+                              "nothing was changed, try again when it has finished") from None
+        try:
+            fh.truncate(0)
+            fh.write(f"pid {os.getpid()}")
+            fh.flush()
+            yield
+        finally:
+            fh.truncate(0)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def list_versions(bundles_dir: Path) -> list[str]:
     """Complete bundle folders, oldest first."""
     if not bundles_dir.is_dir():
