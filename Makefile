@@ -31,6 +31,7 @@ repro: install
 	@echo "Outputs: data/ (manifest, subset, validated), reports/ (validation Data Docs, plots), models/, metrics/"
 
 run: repro
+	$(BIN)/fashionrec serve    # http://127.0.0.1:8000 (the bundle `dvc repro` just built and activated)
 
 test: install browser
 	$(BIN)/python -m pytest
@@ -41,8 +42,28 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 
+# Benchmarks (not tests): each writes bench/results/<name>.json and prints a table; see docs/BENCHMARKS.md.
+# BENCH_ARGS_<NAME> passes flags to one script, e.g. BENCH_ARGS_INDEX="--sizes 5000 100000".
+.PHONY: bench
+bench: install
+	nice -n 10 $(BIN)/python bench/embed.py $(BENCH_ARGS_EMBED)
+	nice -n 10 $(BIN)/python bench/index.py $(BENCH_ARGS_INDEX)
+	nice -n 10 $(BIN)/python bench/serve.py $(BENCH_ARGS_SERVE)
+	nice -n 10 $(BIN)/python bench/pipeline.py $(BENCH_ARGS_PIPELINE)
+
+# The UI over the project's embedded tracking store (what `fashionrec train` logs to without MLFLOW_TRACKING_URI).
+MLFLOW_PORT ?= 5000
 mlflow-ui: install
 	@mkdir -p mlflow/artifacts
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --workers 1 \
 	  --backend-store-uri sqlite:///mlflow/mlflow.db --default-artifact-root mlflow/artifacts \
-	  --host 127.0.0.1 --port 5000
+	  --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# Kubeflow: compile the spec (pipelines/training_pipeline.yaml); run it here with kfp.local (no cluster).
+# `make pipeline-local` uses the generated tiny dataset; SOURCE=path/to/clothing-dataset runs the real one.
+.PHONY: pipeline-compile pipeline-local
+pipeline-compile: install
+	$(BIN)/fashionrec kfp compile
+
+pipeline-local: install
+	$(BIN)/fashionrec kfp local $(if $(SOURCE),--source $(SOURCE))

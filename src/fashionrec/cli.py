@@ -18,8 +18,10 @@ from fashionrec.errors import FashionrecError
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="fashionrec pipeline steps (see README.md).")
 
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Params file (paths inside are relative to it).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: key.path=value (repeatable).")]
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p",
+                                         help="Params file (paths inside are relative to it).")]
+SetOpt = Annotated[list[str] | None,
+                  typer.Option("--set", "-s", help="Override: key.path=value (repeatable).")]
 
 
 def load(params_file: Path, sets: list[str] | None, **flags: Any) -> Params:
@@ -55,7 +57,10 @@ def ingest(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
     from fashionrec.data.ingest import ingest as run
 
     p = load(params, sets, ingest__source=source, ingest__out=out)
-    report(run(p))
+    s = p.section("ingest")
+    src = s["source"] if s["source"] == "auto" else p.path(s["source"])
+    report(run(src, p.path(s["out"]), s, shared_path=p.path(s["shared_path"]),
+               download_dir=p.path(s["download_dir"])))
 
 
 @app.command()
@@ -66,7 +71,8 @@ def subset(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
     from fashionrec.data.subset import subset as run
 
     p = load(params, sets, subset__split__policy=policy, subset__out=out)
-    report(run(p))
+    s = p.section("subset")
+    report(run(p.path(s["manifest"]), p.path(s["out"]), s))
 
 
 @app.command()
@@ -76,7 +82,8 @@ def validate(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
     from fashionrec.data.validate import validate as run
 
     p = load(params, sets, validate__on_bad_file=on_bad_file)
-    report(run(p))
+    s = p.section("validate")
+    report(run(p.path(s["subset"]), p.path(s["out"]), p.path(s["reports"]), s))
 
 
 @app.command()
@@ -84,13 +91,238 @@ def describe(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> No
     """Plot label distributions, image sizes and a contact sheet per class."""
     from fashionrec.data.describe import describe as run
 
-    report(run(load(params, sets)))
+    p = load(params, sets)
+    s = p.section("describe")
+    report(run(p.path(s["manifest"]), p.path(s["out"]), s))
 
 
 # --- training and evaluation stages ------------------------------------------------------------------
 
 
+@app.command()
+def train(candidate: Annotated[str, typer.Argument(help="Candidate name (a block of train.models).")],
+          params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+          resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+          epochs: Annotated[int | None, typer.Option(help="Epochs (overrides the candidate's).")] = None,
+          lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+          batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+          device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None) -> None:
+    """Train one candidate and write models/<candidate>/ (model, card, history, loss curve, MLflow run)."""
+    from fashionrec.train.loop import train as run
+
+    m = f"train__models__{candidate}__"
+    p = load(params, sets, **{m + "epochs": epochs, m + "lr": lr, m + "batch_size": batch_size},
+             train__device=device)
+    s = p.section("train")
+    report(run(candidate, s, manifest=p.path(s["manifest"]), out_dir=p.path(s["models_dir"]) / candidate,
+               cache_dir=p.path(s["cache_dir"]), checkpoint_dir=p.path(s["checkpoints_dir"]) / candidate,
+               tracking_params=p, seed=int(p.get("seed", 42)), resume=resume))
+
+
+@app.command()
+def evaluate(candidate: Annotated[str, typer.Argument(help="Candidate name: evaluates models/<candidate>/.")],
+             params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+             backend: Annotated[str | None, typer.Option(help="auto | onnx | torch")] = None,
+             index: Annotated[str | None, typer.Option(help="Index kind: balltree | brute")] = None,
+             mlflow: Annotated[bool | None, typer.Option("--mlflow/--no-mlflow",
+                                                         help="Log into the training run.")] = None) -> None:
+    """Evaluate a trained candidate on the test split: labels, category and instance retrieval, latency."""
+    from fashionrec.evaluate.evaluate import evaluate as run
+
+    p = load(params, sets, evaluate__backend=backend, evaluate__index__kind=index, evaluate__mlflow=mlflow)
+    s = p.section("evaluate")
+    report(run(p.path(s["models_dir"]) / candidate, p.path(s["data"]),
+               p.path(s["metrics_dir"]) / f"{candidate}.json", p.path(s["reports"]) / candidate, s))
+
+
+
 # --- gate, export and registry -----------------------------------------------------------------------
+
+ByOpt = Annotated[str | None, typer.Option(help="Who makes the change (default: your user name).")]
+ReasonOpt = Annotated[str, typer.Option(help="Why: kept in the champion history.")]
+
+
+def registry_name(p: Params) -> str:
+    return str(p.get("register.name") or "fashionrec")
+
+
+def user(by: str | None) -> str:
+    import getpass
+
+    return by or getpass.getuser()
+
+
+@app.command()
+def select(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+           out: Annotated[Path | None, typer.Option(help="Decision JSON (written even on failure).")] = None
+           ) -> None:
+    """Gate: pick the best candidate by the primary metric, check thresholds and the champion."""
+    from fashionrec.registry.steps import candidate_names
+    from fashionrec.registry.steps import select as run
+    from fashionrec.tracking import configure
+
+    p = load(params, sets, select__out=out)
+    configure(p)
+    s = p.section("select")
+    report(run(p.path(s["metrics_dir"]), candidate_names(p.section("train")), p.path(s["out"]), s,
+               name=registry_name(p)))
+
+
+@app.command()
+def export(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+           quantize: Annotated[bool | None, typer.Option("--quantize/--no-quantize",
+                                                         help="Also write an int8 model.")] = None) -> None:
+    """Export the gate's winner to ONNX and check parity with PyTorch on real images."""
+    from fashionrec.registry.export import export as run
+
+    p = load(params, sets, export__quantize__enabled=quantize)
+    s = p.section("export")
+    report(run(p.path(s["models_dir"]), p.path(s["decision"]), p.path(s["manifest"]), p.path(s["out"]), s))
+
+
+@app.command()
+def register(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+             promotion: Annotated[str | None, typer.Option(help="auto | manual")] = None,
+             by: ByOpt = None) -> None:
+    """Register the exported winner in MLflow (alias challenger; champion too when promotion is auto)."""
+    from fashionrec.registry.steps import register as run
+    from fashionrec.tracking import configure, run_tags
+
+    p = load(params, sets, register__promotion=promotion)
+    configure(p)
+    s = p.section("register")
+    tags = run_tags(p, p.path(p.get("export.manifest", "data/validated/manifest.parquet")))
+    report(run(p.path(s["export_dir"]), p.path(s["models_dir"]), p.path(s["decision"]), p.path(s["out"]), s,
+               tags=tags, by=user(by)))
+
+
+@app.command()
+def promote(version: Annotated[str, typer.Argument(help="Model version to make champion.")],
+            params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, by: ByOpt = None,
+            reason: ReasonOpt = "promoted from the CLI",
+            force: Annotated[bool, typer.Option(help="Promote even without a passed gate.")] = False) -> None:
+    """Make VERSION the champion (the current one becomes previous-champion)."""
+    from fashionrec.registry.steps import promote_version
+    from fashionrec.tracking import configure
+
+    p = load(params, sets)
+    configure(p)
+    report(promote_version(version, registry_name(p), by=user(by), reason=reason, force=force))
+
+
+@app.command()
+def rollback(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, by: ByOpt = None,
+             reason: ReasonOpt = "rolled back from the CLI") -> None:
+    """Give the champion alias back to the previous champion (repeat to go further back)."""
+    from fashionrec.registry.steps import rollback_champion
+    from fashionrec.tracking import configure
+
+    p = load(params, sets)
+    configure(p)
+    report(rollback_champion(registry_name(p), by=user(by), reason=reason))
 
 
 # --- deploy and serving ------------------------------------------------------------------------------
+
+
+@app.command()
+def index(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+          model: Annotated[str | None, typer.Option(
+              help="models:/NAME@ALIAS, models:/NAME/VERSION or an ONNX file.")] = None,
+          catalog: Annotated[Path | None, typer.Option(
+              help="Catalog CSV (default: the validated dataset).")] = None,
+          kind: Annotated[str | None, typer.Option(help="auto | balltree | brute | hnsw")] = None,
+          activate: Annotated[bool | None, typer.Option(
+              "--activate/--no-activate", help="Smoke-test and switch serving to it.")] = None) -> None:
+    """Embed the inventory with the champion's ONNX model into a new bundle and roll serving over to it."""
+    from fashionrec.deploy.build import build_index_bundle
+
+    p = load(params, sets, index__model=model, index__catalog=catalog, index__kind=kind,
+             index__activate=activate)
+    report(build_index_bundle(p))
+
+
+@app.command("add-items")
+def add_items(catalog: Annotated[Path, typer.Argument(help="Catalog CSV of the new items only.")],
+              params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+              activate: Annotated[bool | None, typer.Option("--activate/--no-activate")] = None) -> None:
+    """A new bundle version = the current one + these items (only they are embedded)."""
+    from fashionrec.deploy.build import add_items as run
+
+    p = load(params, sets, index__activate=activate)
+    report(run(p, catalog))
+
+
+@app.command("rollback-deploy")
+def rollback_deploy(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
+    """Switch serving back to the previous bundle."""
+    from fashionrec.deploy.rollout import rollback as run
+
+    p = load(params, sets)
+    report(run(p.path(p.section("index")["bundles"]), p))
+
+
+@app.command()
+def serve(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+          host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+          port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+          bundle: Annotated[Path | None, typer.Option(help="Serve this bundle folder only.")] = None) -> None:
+    """Serve recommendations (FastAPI + ONNX Runtime under uvicorn) and the web page."""
+    from fashionrec.serve.app import serve as run
+
+    run(load(params, sets, serve__host=host, serve__port=port, serve__bundle=bundle))
+
+
+# --- Kubeflow Pipelines ------------------------------------------------------------------------------
+
+kfp_app = typer.Typer(no_args_is_help=True, help="The pipeline on Kubeflow: compile, run locally, submit, "
+                      "schedule (arguments come from params.yaml and --set).")
+app.add_typer(kfp_app, name="kfp")
+
+HostOpt = Annotated[str | None, typer.Option(help="KFP API endpoint (default: kfp.host).")]
+PackageOpt = Annotated[Path | None, typer.Option(help="Compiled pipeline (default: kfp.package).")]
+ExperimentOpt = Annotated[str | None, typer.Option(help="KFP experiment (default: kfp.experiment).")]
+TokenOpt = Annotated[str | None, typer.Option(envvar="KFP_TOKEN", help="Bearer token for the KFP API.")]
+
+
+@kfp_app.command("compile")
+def kfp_compile(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+                out: Annotated[Path | None, typer.Option(help="Output YAML (default: kfp.package).")] = None
+                ) -> None:
+    """Compile pipelines/training_pipeline.py to its YAML spec (defaults: params.yaml)."""
+    from fashionrec.kfp_client import compile_pipeline
+
+    p = load(params, sets)
+    report({"package": str(compile_pipeline(out or p.path(p.section("kfp")["package"])))})
+
+
+@kfp_app.command("local")
+def kfp_local(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+              source: Annotated[str | None, typer.Option(
+                  help="tiny (generated, the default) or a dataset folder.")] = None) -> None:
+    """Run the whole pipeline on this machine with kfp.local (no cluster, no Docker)."""
+    from fashionrec.kfp_client import run_local
+
+    report(run_local(load(params, sets), source))
+
+
+@kfp_app.command("submit")
+def kfp_submit(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, host: HostOpt = None,
+               package: PackageOpt = None, experiment: ExperimentOpt = None, token: TokenOpt = None,
+               run_name: Annotated[str | None, typer.Option(help="Name of the run.")] = None) -> None:
+    """Create a run of the compiled pipeline on a Kubeflow cluster."""
+    from fashionrec.kfp_client import submit
+
+    report(submit(load(params, sets), host, package, run_name, experiment, token))
+
+
+@kfp_app.command("schedule")
+def kfp_schedule(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, host: HostOpt = None,
+                 cron: Annotated[str | None, typer.Option(
+                     help="KFP cron, seconds first (default: kfp.schedule.cron).")] = None,
+                 package: PackageOpt = None, experiment: ExperimentOpt = None, token: TokenOpt = None,
+                 name: Annotated[str | None, typer.Option(help="Recurring run name.")] = None) -> None:
+    """Create a recurring run of the compiled pipeline on a Kubeflow cluster."""
+    from fashionrec.kfp_client import schedule
+
+    report(schedule(load(params, sets), host, cron, package, name, experiment, token))

@@ -1,0 +1,1 @@
+"""Training: data, caches, the epoch loop, checkpoints and the `train` stage."""

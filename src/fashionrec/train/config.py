@@ -1,0 +1,93 @@
+"""The training keys of a candidate block (its architecture keys belong to the model's config)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fashionrec.errors import TrainingError
+from fashionrec.models.factory import ARCHES, arch_of, config_from_dict, field_names
+from fashionrec.models.losses import METRIC_LOSSES
+
+SCHEDULES = ("constant", "cosine", "onecycle")
+OPTIMIZERS = ("adam", "adamw")
+CLASS_WEIGHTS = ("none", "balanced")
+VIEWS = ("center", "hflip")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adamw"          # adam | adamw
+    lr: float = 1e-3
+    backbone_lr_mult: float = 1.0     # lr of the pretrained layers relative to the head
+    weight_decay: float = 0.01
+    schedule: str = "cosine"          # constant | cosine | onecycle (per step)
+    warmup_epochs: float = 0.0        # linear warm-up (cosine); onecycle warms up over its pct_start
+    pct_start: float = 0.25           # onecycle: share of steps spent warming up
+    label_smoothing: float = 0.0
+    class_weights: str = "none"       # none | balanced (inverse category frequency per sample)
+    ce_weight: float = 0.0            # add softmax CE over the categories to the per-label BCE
+    metric_loss: str = "none"         # none | supcon | triplet (on the embedding)
+    metric_weight: float = 0.0
+    temperature: float = 0.1
+    margin: float = 0.2
+    patience: int = 3                 # early stopping on validation micro-F1 (epochs without gain)
+    min_delta: float = 0.0
+    augment: bool = True              # raw images: random resized crop, flip, colour jitter
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    color_jitter: float = 0.3
+    views: tuple[str, ...] = VIEWS    # cached inputs: the views computed per image (one drawn per step)
+    bn_train: bool = True             # False: the trainable backbone's batch norms keep ImageNet stats
+    num_workers: int = 1              # image decoding processes (raw-image training and caches)
+    cache_batch_size: int = 32
+    max_steps_per_epoch: int | None = None   # cap (smoke runs of big configs)
+
+    def validate(self, where: str) -> list[str]:
+        errors = []
+
+        def check(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                errors.append(f"{where}.{key}: {getattr(self, key)!r} {why}")
+
+        check(self.epochs >= 0, "epochs", "must be >= 0")
+        check(self.batch_size >= 2, "batch_size", "must be >= 2")
+        check(self.optimizer in OPTIMIZERS, "optimizer", f"is not one of {list(OPTIMIZERS)}")
+        check(self.lr > 0, "lr", "must be positive")
+        check(self.backbone_lr_mult >= 0, "backbone_lr_mult", "must be >= 0")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(self.schedule in SCHEDULES, "schedule", f"is not one of {list(SCHEDULES)}")
+        check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+        check(0 < self.pct_start < 1, "pct_start", "must be in (0, 1)")
+        check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        check(self.class_weights in CLASS_WEIGHTS, "class_weights", f"is not one of {list(CLASS_WEIGHTS)}")
+        check(self.ce_weight >= 0, "ce_weight", "must be >= 0")
+        check(self.metric_loss in METRIC_LOSSES, "metric_loss", f"is not one of {list(METRIC_LOSSES)}")
+        check(self.metric_weight >= 0, "metric_weight", "must be >= 0")
+        check(self.temperature > 0, "temperature", "must be positive")
+        check(self.patience >= 1, "patience", "must be >= 1")
+        check(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+              "crop_scale", "must be [min, max] with 0 < min <= max <= 1")
+        check(0 <= self.color_jitter <= 1, "color_jitter", "must be in [0, 1]")
+        check(bool(self.views) and all(v in VIEWS for v in self.views), "views",
+              f"must be a non-empty list of {list(VIEWS)}")
+        check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        check(self.cache_batch_size >= 1, "cache_batch_size", "must be >= 1")
+        check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
+              "must be >= 1 or null")
+        return errors
+
+
+def train_config(candidate: str, block: Mapping[str, Any]) -> TrainConfig:
+    """Training keys of a candidate block; any key neither the architecture nor training knows is an error."""
+    where = f"train.models.{candidate}"
+    if not isinstance(block, Mapping):
+        raise TrainingError(f"{where}: must be a mapping with an 'arch' key, got {block!r}")
+    arch_cls, _ = ARCHES[arch_of(candidate, block)]
+    known = {"arch"} | field_names(arch_cls) | field_names(TrainConfig)
+    unknown = sorted(set(block) - known)
+    if unknown:
+        raise TrainingError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return config_from_dict(TrainConfig, block, where)

@@ -1,0 +1,332 @@
+"""Stage `train@<candidate>`: fit one candidate and write `models/<candidate>/` (see docs/ARCHITECTURE.md).
+
+Device-agnostic (CUDA with autocast when present, else CPU), seeded, resumable from the checkpoint written
+after every epoch, early stopping on validation micro-F1 with the best weights kept, logged to MLflow
+(params, per-epoch metrics, tags `data_version` and `git_commit`, the model folder and the loss curve).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fashionrec import tracking
+from fashionrec.config import Params
+from fashionrec.errors import TrainingError
+from fashionrec.evaluate.metrics import accuracy, micro_f1
+from fashionrec.models.base import EmbeddingModel, save_model
+from fashionrec.models.efficientnet import EfficientNetLite
+from fashionrec.models.factory import arch_config, build_model, new_card
+from fashionrec.models.losses import LossConfig, compute_loss
+from fashionrec.models.pixels import PixelsModel
+from fashionrec.train.checkpoint import (
+    fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from fashionrec.train.config import TrainConfig, train_config
+from fashionrec.train.data import TrainingData, load_training_data, to_input
+from fashionrec.train.features import cached_pixels
+from fashionrec.train.inputs import ArrayInputs, ImageInputs, as_numpy, make_inputs
+from fashionrec.train.report import plot_history, write_history
+
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    candidate: str
+    out_dir: str
+    epochs_run: int
+    best_epoch: int
+    val_micro_f1: float
+    val_accuracy: float
+    seconds: float
+    run_id: str
+    device: str
+    resumed_from_epoch: int | None = None
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def candidate_block(section: dict[str, Any], candidate: str) -> dict[str, Any]:
+    models = section.get("models") or {}
+    if candidate not in models:
+        raise TrainingError(f"train.models: no candidate '{candidate}' (have: {sorted(models)})")
+    return dict(models[candidate])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"train.device: '{name}' requested but no CUDA device is available")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise TrainingError(f"train.device: '{name}' is not a torch device ({exc})") from exc
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, pct_start: float = 0.25) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step` of `total`."""
+    if schedule == "constant" or total <= 0:
+        return 1.0
+    if schedule == "onecycle":
+        up = max(1, round(pct_start * total))
+        if step < up:
+            return 0.04 + 0.96 * step / up
+        progress = (step - up) / max(1, total - up)
+        return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: EmbeddingModel, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Trainable parameters: decay on weights only; pretrained backbone layers at lr * backbone_lr_mult."""
+    if isinstance(model, EfficientNetLite):
+        backbone, head = model.trainable_parameters()
+        sets = [(backbone, cfg.lr * cfg.backbone_lr_mult), (head, cfg.lr)]
+    else:
+        sets = [([p for p in model.parameters() if p.requires_grad], cfg.lr)]
+    groups = []
+    for params, lr in sets:
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        groups += [{"params": decay, "lr": lr, "weight_decay": cfg.weight_decay},
+                   {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def set_train_mode(model: EmbeddingModel, cfg: TrainConfig) -> None:
+    model.train()
+    if isinstance(model, EfficientNetLite) and not cfg.bn_train:
+        for module in [*model.blocks, model.head_conv, model.stem]:
+            for bn in module.modules():
+                if isinstance(bn, torch.nn.BatchNorm2d):
+                    bn.eval()
+
+
+@torch.no_grad()
+def validate(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs, loss_cfg: LossConfig,
+             device: torch.device, amp: torch.dtype | None) -> dict[str, float]:
+    """Validation loss (the training's classification loss, comparable with train_loss when no metric
+    loss is added), micro-F1 (sigmoid >= 0.5 over all labels) and category accuracy."""
+    model.eval()
+    plain = dataclasses.replace(loss_cfg, metric_loss="none")
+    losses, logits_all, targets_all = [], [], []
+    for x, y in inputs.val_batches(128):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            emb, logits = inputs.forward(model, x.to(device), views=True)
+        loss, _ = compute_loss(plain, emb, logits, y.to(device))
+        losses.append(float(loss) * len(y))
+        logits_all.append(as_numpy(logits))
+        targets_all.append(y.numpy())
+    logits = np.concatenate(logits_all)
+    targets = np.concatenate(targets_all).astype(bool)
+    n = loss_cfg.n_classes
+    return {"val_loss": sum(losses) / len(targets),
+            "val_micro_f1": micro_f1(targets, logits >= 0.0),
+            "val_accuracy": accuracy(targets[:, :n].argmax(1), logits[:, :n].argmax(1))}
+
+
+def fit_pixels(model: PixelsModel, data: TrainingData, cache_dir: Path, cfg: TrainConfig,
+               loss_cfg: LossConfig, device: torch.device) -> dict[str, Any]:
+    """The baseline's one pass: label centroids of the training pixels, then validation scores."""
+    prep = model.card.prep
+    pixels = cached_pixels(data.train, prep, cache_dir, cfg.num_workers)
+    embs = torch.cat([model.embed(to_input(torch.from_numpy(pixels[i:i + 256]), prep))
+                      for i in range(0, len(pixels), 256)])
+    model.fit(embs, torch.from_numpy(data.train.targets))
+    val = ArrayInputs(torch.empty(0), torch.empty(0),
+                      torch.from_numpy(cached_pixels(data.validation, prep, cache_dir, cfg.num_workers)),
+                      torch.from_numpy(data.validation.targets), "pixels", prep)
+    return {"epoch": 0, "train_loss": math.nan, **validate(model, val, loss_cfg, device, None), "lr": 0.0}
+
+
+def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: Path, cache_dir: Path,
+          checkpoint_dir: Path, tracking_params: Params, seed: int = 42, resume: bool = False,
+          on_epoch_end: EpochCallback | None = None) -> TrainResult:
+    """Train `candidate` (a block of `section['models']`) on the validated manifest; write out_dir.
+
+    `on_epoch_end(epoch, record)` runs after each epoch's checkpoint (progress reporting, tests that
+    interrupt a run). With `resume`, training continues from `checkpoint_dir/last.pt`.
+    """
+    started = time.perf_counter()
+    block = candidate_block(section, candidate)
+    cfg = train_config(candidate, block)
+    arch_config(candidate, block)
+    device = resolve_device(str(section.get("device", "auto")))
+    amp = None
+    if device.type == "cuda":
+        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    data = load_training_data(manifest)
+    fp = fingerprint(block, seed, data.labels, data.train.shas, data.validation.shas)
+    checkpoint = load_checkpoint(checkpoint_dir, fp) if resume else None
+
+    seed_everything(seed)
+    card = new_card(candidate, block, data.classes, data.labels)
+    model = build_model(card, pretrained=True).to(device)
+    loss_cfg = LossConfig(n_classes=len(data.classes), label_smoothing=cfg.label_smoothing,
+                          ce_weight=cfg.ce_weight, metric_loss=cfg.metric_loss,
+                          metric_weight=cfg.metric_weight, temperature=cfg.temperature, margin=cfg.margin)
+    experiment_id = tracking.configure(tracking_params)
+    import mlflow
+
+    tags = tracking.run_tags(tracking_params, manifest, candidate=candidate, arch=card.arch)
+    run = tracking.start_run(checkpoint["run_id"] if checkpoint else None, candidate, tags)
+    try:
+        if not checkpoint:
+            mlflow.log_params(tracking.flatten({
+                "candidate": candidate, "seed": seed, "device": device.type, "n_train": len(data.train),
+                "n_validation": len(data.validation), **block}))
+        if isinstance(model, PixelsModel):
+            history = [fit_pixels(model, data, cache_dir, cfg, loss_cfg, device)]
+            mlflow.log_metrics({k: v for k, v in history[0].items() if k != "epoch"
+                                and not math.isnan(v)}, step=0)
+            best_epoch, stopped, start_epoch = 0, False, None
+        else:
+            history, best_epoch, stopped, start_epoch = _fit(
+                model, data, cfg, loss_cfg, device, amp, cache_dir, checkpoint_dir, checkpoint, seed, fp,
+                run.info.run_id, on_epoch_end)
+        best = next(row for row in history if row["epoch"] == best_epoch)
+        epochs_run = 0 if isinstance(model, PixelsModel) else len(history)
+        model.card.extra = {"epochs_run": epochs_run, "best_epoch": best_epoch,
+                            "val_micro_f1": best["val_micro_f1"], "val_accuracy": best["val_accuracy"],
+                            "stopped_early": stopped, "seed": seed, "device": device.type,
+                            "data_version": tags["data_version"]}
+        model = model.cpu().eval()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_model(model, out_dir)
+        write_history(history, out_dir / "history.csv")
+        plot_history(history, out_dir / "loss_curve.png", f"{candidate}: training history")
+        seconds = time.perf_counter() - started
+        mlflow.log_metrics({"best_val_micro_f1": best["val_micro_f1"],
+                            "best_val_accuracy": best["val_accuracy"], "best_epoch": best_epoch,
+                            "train_seconds": seconds})
+        for name in ("model.pt", "card.json", "history.csv"):
+            mlflow.log_artifact(str(out_dir / name), artifact_path="model" if name != "history.csv" else None)
+        mlflow.log_artifact(str(out_dir / "loss_curve.png"), artifact_path="plots")
+        tracking.write_run_ref(out_dir, run.info.run_id, experiment_id, mlflow.get_tracking_uri())
+        mlflow.end_run()
+    except BaseException:
+        mlflow.end_run(status="KILLED")
+        raise
+    tqdm.write(f"{candidate}: best val micro-F1 {best['val_micro_f1']:.4f} (epoch {best_epoch}) "
+               f"in {seconds:.0f}s")
+    return TrainResult(candidate, str(out_dir), epochs_run, best_epoch,
+                       float(best["val_micro_f1"]), float(best["val_accuracy"]), round(seconds, 1),
+                       run.info.run_id, device.type, start_epoch, stopped)
+
+
+def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: LossConfig,
+         device: torch.device, amp: torch.dtype | None, cache_dir: Path, checkpoint_dir: Path,
+         checkpoint: dict[str, Any] | None, seed: int, fp: str, run_id: str,
+         on_epoch_end: EpochCallback | None) -> tuple[list[dict[str, Any]], int, bool, int | None]:
+    """The epoch loop; returns (history, best epoch, stopped early, epoch resumed from)."""
+    import mlflow
+
+    if cfg.epochs < 1:
+        raise TrainingError(f"train.models.{model.card.candidate}.epochs: {cfg.epochs}; need at least 1")
+    inputs = make_inputs(model, data, cfg, cache_dir, device)
+    seed_everything(seed)  # filling a cache draws random numbers; a warm cache must not change the run
+    steps = math.ceil(inputs.n_train() / cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    total = steps * cfg.epochs
+    optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    groups = param_groups(model, cfg)
+    if not groups:
+        raise TrainingError(f"{model.card.candidate}: nothing to train (every parameter is frozen)")
+    optimizer = optimizer_cls(groups)
+    warmup = round(cfg.warmup_epochs * steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule, cfg.pct_start))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    weights = (torch.from_numpy(data.class_weights()).to(device) if cfg.class_weights == "balanced" else None)
+    category = torch.from_numpy(data.train.category)
+
+    history: list[dict[str, Any]] = []
+    best_f1, best_epoch, best_state, bad_epochs, start = -1.0, 0, None, 0, 1
+    if checkpoint:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        history, best_f1, best_epoch = checkpoint["history"], checkpoint["best_f1"], checkpoint["best_epoch"]
+        best_state, bad_epochs = checkpoint["best_state"], checkpoint["bad_epochs"]
+        start = checkpoint["epoch"] + 1
+        set_rng_state(checkpoint["rng"])
+        if checkpoint.get("stopped"):
+            start = cfg.epochs + 1
+    stopped = bool(checkpoint and checkpoint.get("stopped"))
+    epochs = tqdm(range(start, cfg.epochs + 1), desc=f"train {model.card.candidate}", unit="epoch",
+                  initial=start - 1, total=cfg.epochs)
+    for epoch in epochs:
+        set_train_mode(model, cfg)
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        total_loss, seen = 0.0, 0
+        batches = tqdm(inputs.train_batches(generator, cfg.batch_size), total=steps, leave=False,
+                       desc=f"epoch {epoch}", unit="batch")
+        for step, (x, y, idx) in enumerate(batches):
+            if step >= steps:
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                emb, logits = inputs.forward(model, x)
+            sample_w = weights[category[idx].to(device)] if weights is not None else None
+            loss, _ = compute_loss(loss_cfg, emb, logits, y, sample_w)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"{model.card.candidate}: loss became {float(loss)} at epoch {epoch} "
+                                    f"step {step}; lower train.models.{model.card.candidate}.lr")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total_loss += float(loss.detach()) * len(y)
+            seen += len(y)
+            batches.set_postfix(loss=f"{total_loss / seen:.4f}")
+        record = {"epoch": epoch, "train_loss": total_loss / max(seen, 1),
+                  **validate(model, inputs, loss_cfg, device, amp), "lr": optimizer.param_groups[-1]["lr"]}
+        history.append(record)
+        if record["val_micro_f1"] > best_f1 + cfg.min_delta:
+            best_f1, best_epoch, bad_epochs = record["val_micro_f1"], epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        stopped = bad_epochs >= cfg.patience and epoch < cfg.epochs
+        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+        epochs.set_postfix(val_f1=f"{record['val_micro_f1']:.4f}", acc=f"{record['val_accuracy']:.4f}")
+        save_checkpoint(checkpoint_dir, {
+            "fingerprint": fp, "epoch": epoch, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "history": history,
+            "best_f1": best_f1, "best_epoch": best_epoch, "best_state": best_state, "bad_epochs": bad_epochs,
+            "stopped": stopped, "run_id": run_id})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, copy.deepcopy(record))
+        if stopped:
+            tqdm.write(f"{model.card.candidate}: early stop after epoch {epoch} "
+                       f"(no val micro-F1 gain for {cfg.patience} epochs)")
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if isinstance(model, EfficientNetLite) and model.needs_fit:
+        model.fit_embedding(inputs.train_pooled(model, device))
+    return history, best_epoch, stopped, (start - 1 if checkpoint else None)

@@ -1,0 +1,209 @@
+"""The train stage on the tiny dataset: every candidate really trains, logs to a real MLflow server,
+saves a model that `load_model` rebuilds, resumes exactly, and refuses bad configs clearly."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from fashionrec.data.manifest import read_dataset, read_manifest
+from fashionrec.errors import TrainingError
+from fashionrec.models.base import load_model
+from fashionrec.models.factory import build_model
+from fashionrec.train.loop import train
+from fashionrec.train.report import COLUMNS
+
+TINY = {
+    "pixels": {"size": 16},
+    "simple_cnn": {"epochs": 1, "size": 32, "batch_size": 8},
+    "efficientnet_lite0": {"epochs": 1, "size": 64, "batch_size": 8},
+}
+
+
+def section_for(project, candidate: str, **changes) -> dict:
+    s = project.params.section("train")
+    s["models"][candidate].update({**TINY.get(candidate, {}), **changes})
+    return s
+
+
+def run(project, root: Path, candidate: str, section: dict, **kwargs):
+    return train(candidate, section, manifest=project.validated / "manifest.parquet",
+                 out_dir=root / "models" / candidate, cache_dir=root / ".cache" / "features",
+                 checkpoint_dir=root / ".cache" / "checkpoints" / candidate,
+                 tracking_params=project.params, seed=0, **kwargs)
+
+
+def val_batch(project, model, n: int = 3) -> torch.Tensor:
+    df = read_manifest(project.validated)
+    paths = list(df[df["split"] == "validation"]["abspath"])[:n]
+    from fashionrec.data.images import open_image
+
+    return torch.from_numpy(np.stack([model.card.prep(open_image(p)) for p in paths]))
+
+
+@pytest.mark.parametrize("candidate", ["pixels", "simple_cnn", "efficientnet_lite0"])
+def test_candidate_trains_saves_and_logs_its_run(tiny_validated, mlflow_server: str, tmp_path: Path,
+                                                 candidate: str) -> None:
+    result = run(tiny_validated, tmp_path, candidate, section_for(tiny_validated, candidate))
+    out = tmp_path / "models" / candidate
+    for name in ("model.pt", "card.json", "history.csv", "loss_curve.png", "mlflow.json"):
+        assert (out / name).is_file(), name
+
+    model = load_model(out)
+    info = read_dataset(tiny_validated.validated)
+    assert model.card.labels == info["labels"] and model.card.classes == info["classes"]
+    with torch.no_grad():
+        emb, logits = model(val_batch(tiny_validated, model))
+    assert emb.shape == (3, model.card.embedding_dim)
+    assert logits.shape == (3, len(info["labels"]))
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+
+    with (out / "history.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == COLUMNS
+    assert len(rows) == (1 if candidate == "pixels" else TINY[candidate]["epochs"])
+    assert float(rows[-1]["val_micro_f1"]) == pytest.approx(result.val_micro_f1)
+
+    ref = json.loads((out / "mlflow.json").read_text())
+    assert ref["run_id"] == result.run_id and ref["tracking_uri"] == mlflow_server
+    client = MlflowClient(tracking_uri=mlflow_server)
+    mlrun = client.get_run(result.run_id)
+    assert mlrun.info.status == "FINISHED"
+    manifest_hash = hashlib.sha256((tiny_validated.validated / "manifest.parquet").read_bytes()).hexdigest()
+    assert mlrun.data.tags["data_version"] == "sha256:" + manifest_hash[:16]  # no dvc.lock here
+    assert len(mlrun.data.tags["git_commit"]) in (40, len("unknown"))
+    assert mlrun.data.tags["candidate"] == candidate
+    assert mlrun.data.params["arch"] == model.card.arch
+    assert mlrun.data.metrics["best_val_micro_f1"] == pytest.approx(result.val_micro_f1)
+    assert 0.0 <= mlrun.data.metrics["val_accuracy"] <= 1.0
+    if candidate != "pixels":
+        steps = [m.step for m in client.get_metric_history(result.run_id, "train_loss")]
+        assert steps == list(range(1, TINY[candidate]["epochs"] + 1))
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "model")}
+    assert {"model/model.pt", "model/card.json"} <= artifacts
+    assert [a.path for a in client.list_artifacts(result.run_id, "plots")] == ["plots/loss_curve.png"]
+
+
+def test_simple_cnn_learns_the_tiny_classes(tiny_validated, mlflow_server: str, tmp_path: Path) -> None:
+    """A few epochs on four colour/shape classes must beat chance (0.25) by far: training really trains."""
+    result = run(tiny_validated, tmp_path, "simple_cnn",
+                 section_for(tiny_validated, "simple_cnn", epochs=8, lr=0.003, patience=8))
+    assert result.val_accuracy >= 0.75, result
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path / "model.pt", weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_efficientnet_trains_only_what_its_mode_says(tiny_validated, mlflow_server: str, tmp_path: Path,
+                                                     mode: str) -> None:
+    section = section_for(tiny_validated, "efficientnet_lite0", mode=mode, lr=0.01)
+    result = run(tiny_validated, tmp_path, "efficientnet_lite0", section)
+    trained = load_model(tmp_path / "models" / "efficientnet_lite0")
+    pretrained = build_model(trained.card, pretrained=True).state_dict()
+    state = trained.state_dict()
+    split = len(trained.blocks) if mode == "frozen" else len(trained.blocks) - trained.cfg.trainable_blocks
+    front = ("stem.", *(f"blocks.{i}." for i in range(split)))
+    frozen = [k for k in state if k.startswith(front)]
+    tail = [k for k in state if k.startswith(f"blocks.{split}.") or k.startswith("head_conv.0.weight")]
+    assert frozen and all(torch.equal(state[k], pretrained[k]) for k in frozen)
+    assert all(torch.equal(state[k], pretrained[k]) for k in tail) == (mode == "frozen")
+    assert result.epochs_run == 1
+
+
+def test_gpu_config_runs_one_step_on_cpu(tiny_validated, mlflow_server: str, tmp_path: Path) -> None:
+    """The GPU candidate (every block trains on raw augmented images) works end to end on a CPU."""
+    section = tiny_validated.params.section("train")
+    section["models"]["efficientnet_lite0_gpu"].update(epochs=1, max_steps_per_epoch=1, batch_size=4,
+                                                       num_workers=0)
+    section["device"] = "cpu"
+    result = run(tiny_validated, tmp_path, "efficientnet_lite0_gpu", section)
+    trained = _state(tmp_path / "models" / "efficientnet_lite0_gpu")
+    pretrained = build_model(load_model(tmp_path / "models" / "efficientnet_lite0_gpu").card,
+                             pretrained=True).state_dict()
+    assert not torch.equal(trained["stem.0.weight"], pretrained["stem.0.weight"])  # the stem trained too
+    assert result.device == "cpu" and result.epochs_run == 1
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("candidate", ["simple_cnn", "efficientnet_lite0"])
+def test_resume_after_interruption_equals_an_uninterrupted_run(tiny_validated, mlflow_server: str,
+                                                               tmp_path: Path, candidate: str) -> None:
+    section = section_for(tiny_validated, candidate, epochs=3, patience=5)
+    whole = run(tiny_validated, tmp_path / "whole", candidate, section)
+
+    def stop_after_first(epoch: int, record: dict) -> None:
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(tiny_validated, tmp_path / "split", candidate, section, on_epoch_end=stop_after_first)
+    assert not (tmp_path / "split" / "models" / candidate / "model.pt").exists()
+    client = MlflowClient(tracking_uri=mlflow_server)
+    last = tmp_path / "split" / ".cache" / "checkpoints" / candidate / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    assert ckpt["epoch"] == 1
+    assert client.get_run(ckpt["run_id"]).info.status == "KILLED"
+
+    resumed = run(tiny_validated, tmp_path / "split", candidate, section, resume=True)
+    assert resumed.resumed_from_epoch == 1 and resumed.run_id == ckpt["run_id"]
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
+    a = _state(tmp_path / "whole" / "models" / candidate)
+    b = _state(tmp_path / "split" / "models" / candidate)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ after resume"
+    ha = (tmp_path / "whole" / "models" / candidate / "history.csv").read_text()
+    hb = (tmp_path / "split" / "models" / candidate / "history.csv").read_text()
+    assert ha == hb
+    assert (whole.best_epoch, whole.val_micro_f1) == (resumed.best_epoch, resumed.val_micro_f1)
+    losses = client.get_metric_history(resumed.run_id, "train_loss")
+    assert sorted({m.step for m in losses}) == [1, 2, 3]
+
+
+def test_resume_refuses_a_changed_config_or_a_missing_checkpoint(tiny_validated, mlflow_server: str,
+                                                                 tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        run(tiny_validated, tmp_path, "simple_cnn", section_for(tiny_validated, "simple_cnn"), resume=True)
+    run(tiny_validated, tmp_path, "simple_cnn", section_for(tiny_validated, "simple_cnn"))
+    with pytest.raises(TrainingError, match="different config"):
+        run(tiny_validated, tmp_path, "simple_cnn", section_for(tiny_validated, "simple_cnn", lr=0.5),
+            resume=True)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"lrr": 0.1}, r"train\.models\.simple_cnn: unknown key\(s\) \['lrr'\]"),
+    ({"epochs": "ten"}, r"train\.models\.simple_cnn\.epochs: expected int"),
+    ({"lr": -1.0}, r"train\.models\.simple_cnn\.lr: -1\.0 must be positive"),
+    ({"size": 30}, r"train\.models\.simple_cnn\.size: 30 must be a multiple of 4"),
+    ({"arch": "resnet"}, r"train\.models\.simple_cnn\.arch: 'resnet' is not one of"),
+    ({"metric_loss": "arcface"}, r"metric_loss: 'arcface' is not one of"),
+])
+def test_bad_config_is_refused_naming_the_key(tiny_validated, tmp_path: Path, changes: dict,
+                                              message: str) -> None:
+    with pytest.raises(TrainingError, match=message):
+        run(tiny_validated, tmp_path, "simple_cnn", section_for(tiny_validated, "simple_cnn", **changes))
+    assert not (tmp_path / "models").exists()
+
+
+def test_cli_reports_an_unknown_candidate_in_one_line(tiny_validated, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    from fashionrec.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fashionrec", "train", "nosuch", "-p",
+                                      str(tiny_validated.root / "params.yaml")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: train.models: no candidate 'nosuch'") and "\n" not in err
