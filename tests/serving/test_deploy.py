@@ -245,8 +245,9 @@ def test_index_pulls_the_champion_from_the_registry(mlflow_server: str, tmp_path
     """`models:/fashionrec@champion` on a real MLflow server: the alias is resolved to a version and the
     bundle records it; a new champion gives a new model version in the next bundle."""
     import mlflow
-    from fashionrec.registry.steps import log_onnx
     from mlflow import MlflowClient
+
+    from fashionrec.registry.steps import log_onnx
 
     mlflow.set_tracking_uri(mlflow_server)
     name = f"fashionrec-deploy-{tmp_path.name}"
