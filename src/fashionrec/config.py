@@ -60,6 +60,18 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def dotted_leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: the dotted leaves of a nested mapping (the inverse of set_dotted)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(dotted_leaves(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`train.epochs=3` -> ('train.epochs', 3); the value is parsed as YAML (lists, null, numbers)."""
     if "=" not in text:

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from fashionrec.config import Params
+from fashionrec.config import Params, dotted_leaves
 from fashionrec.errors import FashionrecError
 
 RUN_REF = "mlflow.json"
@@ -118,16 +118,9 @@ def start_run(run_id: str | None, name: str, tags: dict[str, str]):
     return mlflow.start_run(run_name=name, tags=tags)
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+def flatten(tree: Mapping[str, Any]) -> dict[str, str]:
     """Nested params -> {'a.b': 'value'} for `mlflow.log_params` (values truncated to MLflow's limit)."""
-    flat: dict[str, str] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)[:6000]
-    return flat
+    return {name: str(value)[:6000] for name, value in dotted_leaves(tree).items()}
 
 
 def write_run_ref(out_dir: Path, run_id: str, experiment_id: str, uri: str) -> Path:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fashionrec.config import dotted_leaves
 from fashionrec.data.images import open_image
 from fashionrec.data.manifest import read_manifest
 from fashionrec.errors import FashionrecError, TrainingError
@@ -208,10 +209,6 @@ def grid_rows(test: pd.DataFrame, inventory: pd.DataFrame, distances: np.ndarray
 # --- MLflow --------------------------------------------------------------------------------------------
 
 
-def flatten(tree: dict[str, dict[str, float]]) -> dict[str, float]:
-    return {f"{section}.{key}": value for section, values in tree.items() for key, value in values.items()}
-
-
 def training_run_ref(model_dir: Path) -> dict[str, str]:
     """The training run's reference (`mlflow.json`), read before any work so a missing one fails fast."""
     try:
@@ -234,7 +231,8 @@ def log_to_training_run(model_dir: Path, tree: dict[str, dict[str, float]], file
     try:
         client.get_run(run_id)
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in flatten(tree).items()])
+        metrics = [Metric(k, float(v), now, 0) for k, v in dotted_leaves(tree).items()]
+        client.log_batch(run_id, metrics=metrics)
         for path in files:
             client.log_artifact(run_id, str(path), artifact_path="evaluation")
         for key, value in {"evaluated": "true", **tags}.items():
@@ -287,7 +285,7 @@ def evaluate(model_dir: Path, data_dir: Path, metrics_path: Path, reports_dir: P
 
     tree = {"test": scores, "retrieval": retrieval, "instance": instance, "latency": latency}
     tree = {s: {key: round(float(v), 6) for key, v in values.items()} for s, values in tree.items()}
-    bad = [key for key, v in flatten(tree).items() if not math.isfinite(v)]
+    bad = [key for key, v in dotted_leaves(tree).items() if not math.isfinite(v)]
     if bad:
         raise TrainingError(f"candidate '{card.candidate}': non-finite metrics {bad}")
 

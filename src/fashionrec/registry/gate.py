@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fashionrec.config import dotted_leaves
 from fashionrec.errors import DataError, FashionrecError
 
 
@@ -49,16 +50,10 @@ class Decision:
                 "metrics": self.metrics}
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+def flatten(tree: Mapping[str, Any]) -> dict[str, float]:
     """{'test': {'micro_f1': 0.9}} -> {'test.micro_f1': 0.9}; non-numeric leaves are dropped."""
-    flat: dict[str, float] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{dotted}."))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            flat[dotted] = float(value)
-    return flat
+    return {name: float(value) for name, value in dotted_leaves(tree).items()
+            if isinstance(value, int | float) and not isinstance(value, bool)}
 
 
 def read_metrics(metrics_dir: Path, candidates: Sequence[str]) -> dict[str, dict[str, float]]:
