@@ -135,6 +135,16 @@ def rss_mib(pid: int | str = "self") -> float:
     return float("nan")
 
 
+def memory_mib(pid: int | str = "self") -> dict[str, float]:
+    """A process's resident memory now (VmRSS) and its peak so far (VmHWM), in MiB."""
+    found = {"VmRSS": float("nan"), "VmHWM": float("nan")}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key = line.split(":", 1)[0]
+        if key in found:
+            found[key] = round(int(line.split()[1]) / 1024, 1)
+    return {"rss_mib": found["VmRSS"], "peak_mib": found["VmHWM"]}
+
+
 def percentile_ms(seconds: list[float], q: float) -> float:
     import numpy as np
 

@@ -5,8 +5,8 @@ trained one from models/efficientnet_lite0/ when present, else the ImageNet back
 a few seconds (PCA projection + logistic regression on frozen pooled features of --fit-images training
 photos), so int8 accuracy is measured on a head that means something; --no-fit keeps the untrained head.
 Inputs are real test-split photos of data/validated (random pixels if the dataset is absent).
-The int8 model is made by the project's `registry.quantize.quantize` (static QDQ, calibrated on training
-images), which also reports test accuracy fp32 vs int8.
+The int8 model is made by the project's `registry.quantize.quantize` with the settings of params.yaml
+`export.quantize` (static, calibrated on training images), which also reports test accuracy fp32 vs int8.
 
     nice -n 10 .venv/bin/python bench/embed.py --batches 1 32 --repeats 5
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from fashionrec.registry.export import export_onnx
 def build(models_dir: Path, manifest: Path) -> tuple[EmbeddingModel, str]:
     trained = models_dir / "efficientnet_lite0" / "model.pt"
     if trained.is_file():
-        return load_model(trained), f"trained ({trained.relative_to(ROOT)})"
+        return load_model(trained), f"trained ({os.path.relpath(trained, ROOT)})"
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
     dataset = manifest.parent / "dataset.json"
     if dataset.is_file():
@@ -119,6 +120,20 @@ def threaded(runner: TorchRunner, threads: int):
     return call
 
 
+def cuda_runners(model: EmbeddingModel) -> dict[str, Any]:
+    """Eager CUDA runners on a copy of the model (TorchRunner moves its model to the device)."""
+    import copy
+
+    runner = TorchRunner(copy.deepcopy(model), "cuda")
+
+    def bf16(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return runner(batch)
+
+    print(f"cuda: {torch.cuda.get_device_name(0)}")
+    return {"torch eager CUDA fp32": runner, "torch eager CUDA bf16": bf16}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--manifest", type=Path, default=ROOT / "data/validated/manifest.parquet")
@@ -128,12 +143,15 @@ def main() -> None:
     ap.add_argument("--min-seconds", type=float, default=2.0, help="per timed pass")
     ap.add_argument("--fit-images", type=int, default=400, help="training photos for the quick head fit")
     ap.add_argument("--no-fit", action="store_true", help="keep the untrained head")
-    ap.add_argument("--calibration-images", type=int, default=64)
+    ap.add_argument("--calibration-images", type=int, help="default: params.yaml export.quantize")
     ap.add_argument("--eval-images", type=int, default=0, help="test photos for accuracy (0: all)")
     ap.add_argument("--torch-threads", type=int, nargs="+", default=sorted({1, cores()}),
                     help="eager is timed at each; the best is the baseline (OpenMP spin-waits collapse "
                          "when the cores are shared)")
     ap.add_argument("--skip-int8", action="store_true")
+    ap.add_argument("--cuda", action="store_true",
+                    help="also time PyTorch eager on CUDA, fp32 and bf16 autocast (host-to-device copy and "
+                         "the embeddings' copy back included, as the evaluate and index steps do)")
     ap.add_argument("--fma-units", type=int, default=2, help="FMA ports per core for the peak")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -169,15 +187,19 @@ def main() -> None:
         runners: dict[str, Any] = {f"torch eager fp32 {t}t": threaded(TorchRunner(model, "cpu"), t)
                                    for t in args.torch_threads}
         runners["onnxruntime fp32"] = OnnxRunner(onnx_path.read_bytes(), device="cpu")
+        if args.cuda:
+            runners.update(cuda_runners(model))
         quant = None
         if not args.skip_int8 and have_data:
             from fashionrec.registry.export import parity_images
             from fashionrec.registry.quantize import quantize
 
+            q = yaml.safe_load((ROOT / "params.yaml").read_text())["export"]["quantize"]
+            q.update(eval_images=args.eval_images or None, batch_size=32)
+            if args.calibration_images:
+                q["calibration_images"] = args.calibration_images
             params = {"parity": {"seed": 42, "queries": 32, "inventory": 96, "top_k": 5},
-                      "providers": ["CPUExecutionProvider"],
-                      "quantize": {"calibration_images": args.calibration_images,
-                                   "eval_images": args.eval_images or None, "batch_size": 32}}
+                      "providers": ["CPUExecutionProvider"], "quantize": q}
             queries, inventory = parity_images(args.manifest, params, model)
             started = time.perf_counter()
             quant = quantize(onnx_path, args.manifest, model, queries, inventory, params, Path(tmp))
@@ -191,7 +213,8 @@ def main() -> None:
                 gflops = r["images_per_s"] * flops / 1e9
                 row = {"backend": name, "batch": batch_size, "images_per_s": round(r["images_per_s"], 1),
                        "ms_per_image": round(1000 / r["images_per_s"], 2), "gflops": round(gflops, 1),
-                       "pct_of_peak": round(100 * gflops / peak["gflops"], 1) if "fp32" in name else None}
+                       "pct_of_peak": (round(100 * gflops / peak["gflops"], 1)
+                                       if "fp32" in name and "CUDA" not in name else None)}
                 results["rows"].append(row)
                 print(f"  {name:20s} batch {batch_size:3d}: {row['images_per_s']:8.1f} images/s")
         results["quantization"] = quant and {k: v for k, v in quant.items() if k != "onnx"}

@@ -6,7 +6,8 @@ registered champion's file) over --items photos of the validated dataset (or --c
 `fashionrec serve` on a free loopback port, and drives it with an asyncio load generator (httpx
 AsyncClient): for each concurrency level, p50/p99 latency, requests/s and errors. Then the same load runs
 while the second bundle is activated mid-run (smoke test, pointer switch, `POST /admin/reload`): zero
-errors expected, and both index versions must be seen by clients. Ends with the server's RSS.
+errors expected, and both index versions must be seen by clients. The server's resident memory (VmRSS)
+and its peak so far (VmHWM) are read after the steady phases and again after the rollout phase.
 
     nice -n 10 .venv/bin/python bench/serve.py --concurrency 1 8 32 --duration 15
 """
@@ -27,7 +28,7 @@ from typing import Any
 
 import httpx
 import yaml
-from common import ROOT, Run, percentile_ms, rss_mib, table
+from common import ROOT, Run, memory_mib, percentile_ms, table
 
 from fashionrec.config import load_params
 
@@ -191,6 +192,7 @@ def main() -> None:
     proc = start_server(work / "params.yaml", port, work / "server.log")
     url = f"http://127.0.0.1:{port}"
     rows: list[dict[str, Any]] = []
+    memory: list[dict[str, Any]] = []
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
             for i in range(args.warmup):
@@ -201,6 +203,7 @@ def main() -> None:
             rows.append({"phase": "steady", **row})
             print(f"  concurrency {c:3d}: p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
                   f"{row['rps']:6.1f} req/s  errors {row['errors']}")
+        memory.append({"when": "steady", **memory_mib(proc.pid)})
         def rollout() -> dict[str, Any]:
             return activate(params.path(params.section("index")["bundles"]), b.version, params).to_dict()
 
@@ -213,20 +216,23 @@ def main() -> None:
         print(f"  rollout  c={args.rollout_concurrency}: p50 {row['p50_ms']:.1f} ms  "
               f"p99 {row['p99_ms']:.1f} ms  "
               f"{row['rps']:.1f} req/s  errors {row['errors']}  versions {row['versions_seen']}")
-        server_rss = rss_mib(proc.pid)
+        memory.append({"when": "after_rollout", **memory_mib(proc.pid)})
     finally:
         stop_server(proc)
         shutil.rmtree(work, ignore_errors=True)
     both = set(row["versions_seen"]) == {a.version, b.version}
     print()
     print(table(rows, ["phase", "concurrency", "requests", "errors", "rps", "p50_ms", "p99_ms"]))
+    print()
+    print(table(memory, ["when", "rss_mib", "peak_mib"]))
     print(f"\nrollout: {'zero errors' if row['errors'] == 0 else str(row['errors']) + ' ERRORS'}; "
           f"clients saw {'both bundles' if both else 'only ' + str(list(row['versions_seen']))}; "
-          f"provider {health['provider']}; server RSS {server_rss:.0f} MiB")
+          f"provider {health['provider']}; server RSS {memory[-1]['rss_mib']:.0f} MiB after the rollout "
+          f"(peak {memory[-1]['peak_mib']:.0f} MiB)")
     run.save({"items": a.items, "index_kind": a.index["kind"], "model": str(args.onnx or "efficientnet_lite0 "
               "(ImageNet backbone, untrained head)"), "provider": health["provider"], "rows": rows,
               "rollout_zero_errors": row["errors"] == 0, "rollout_saw_both_versions": both,
-              "server_rss_mib": round(server_rss, 1)}, args.out)
+              "server_rss_mib": memory[-1]["rss_mib"], "server_memory": memory}, args.out)
 
 
 if __name__ == "__main__":

@@ -39,11 +39,13 @@ class OnnxSession:
 
 
 def create_session(model: str | Path | bytes, providers: Sequence[str] = DEFAULT_PROVIDERS,
-                   intra_op_threads: int = 0, quiet: bool = True) -> OnnxSession:
+                   intra_op_threads: int = 0, quiet: bool = True, allow_spinning: bool = True) -> OnnxSession:
     """Open an ONNX model (path or serialized bytes) on the first available of `providers`.
 
     Providers this onnxruntime build does not know are dropped before asking (CUDA is known to
-    onnxruntime-gpu even without a GPU; it then falls back to CPU by itself).
+    onnxruntime-gpu even without a GPU; it then falls back to CPU by itself). `allow_spinning=False`
+    puts idle intra-op threads to sleep instead of busy-waiting for the next operator: a server's other
+    threads (decoding the next photo) get those cycles.
     """
     import onnxruntime as ort
 
@@ -54,6 +56,8 @@ def create_session(model: str | Path | bytes, providers: Sequence[str] = DEFAULT
     options = ort.SessionOptions()
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
+    if not allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     if not isinstance(model, bytes) and not Path(model).is_file():
         raise FashionrecError(f"ONNX model not found: {model}")

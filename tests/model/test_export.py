@@ -1,5 +1,6 @@
 """Export to ONNX of real candidates (factory-built simple_cnn and ImageNet efficientnet_lite0), the
-preprocessing they carry, parity with PyTorch on real images, a tampered graph refused, and int8."""
+preprocessing they carry, parity with PyTorch on real images, a tampered graph refused, and int8 (each
+`export.quantize` choice checked in the graph it produces)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import yaml
 from onnx import numpy_helper
 from regkit import export_params, real_model, save_candidate
 
@@ -19,6 +21,7 @@ from fashionrec.errors import FashionrecError, ParityError
 from fashionrec.models.base import EmbeddingModel
 from fashionrec.onnx_runtime import create_session
 from fashionrec.registry.export import METADATA_KEY, export, export_onnx, parity_images, read_metadata, verify
+from fashionrec.registry.quantize import DEFAULTS, quantize, settings, static_options
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +123,98 @@ def test_export_step_writes_everything_and_int8(cnn: EmbeddingModel, tiny_valida
     q = json.loads((tmp_path / "export/quantization.json").read_text())
     assert q["size_mb_int8"] < q["size_mb_fp32"] / 2  # int8 weights
     assert 0.0 <= q["accuracy_int8"] <= 1.0 and q["images_per_s_int8"] > 0 and q["eval_images"] == 8
+    assert q["settings"] == {**DEFAULTS, "calibration_images": 16}
     assert q["embedding_mean_cosine"] > 0.5 and isinstance(q["accepted"], bool)
     # int8 and fp32 answer to the same input/output names
     emb = create_session(tmp_path / "export/model.int8.onnx").run(
         np.zeros((2, 3, 64, 64), np.float32))["embedding"]
     assert emb.shape == (2, cnn.card.embedding_dim)
+
+
+def run_quantize(cnn: EmbeddingModel, cnn_onnx: Path, tiny_validated, out: Path,
+                 **choices) -> tuple[dict, onnx.ModelProto]:
+    params = export_params()
+    params["quantize"].update(choices)
+    queries, inventory = parity_images(manifest(tiny_validated), params, cnn)
+    out.mkdir()
+    report = quantize(cnn_onnx, manifest(tiny_validated), cnn, queries, inventory, params, out)
+    return report, onnx.load(str(out / "model.int8.onnx"))
+
+
+def zero_points(graph: onnx.ModelProto) -> tuple[set[str], set[str], list[int]]:
+    """QDQ graph: dtypes of the activations' and the weights' zero points, and each weight's scale count."""
+    init = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    activations, weights, scales = set(), set(), []
+    for node in graph.graph.node:
+        if node.op_type == "DequantizeLinear" and len(node.input) > 2:
+            if node.input[0] in init and init[node.input[0]].ndim > 1:  # a conv or dense weight
+                weights.add(init[node.input[2]].dtype.name)
+                scales.append(init[node.input[1]].size)
+            elif node.input[0] not in init:
+                activations.add(init[node.input[2]].dtype.name)
+    return activations, weights, scales
+
+
+def test_quantize_defaults_are_params_yaml() -> None:
+    tree = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())
+    assert settings(tree["export"]["quantize"]) == settings({}) == DEFAULTS
+
+
+def test_quantize_options_reach_onnxruntime() -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    chosen = static_options(settings({}))
+    assert (chosen["quant_format"], chosen["activation_type"], chosen["weight_type"]) == \
+        (QuantFormat.QDQ, QuantType.QUInt8, QuantType.QInt8)
+    assert chosen["per_channel"] and not chosen["reduce_range"] and chosen["nodes_to_exclude"] == []
+    assert chosen["calibrate_method"] == CalibrationMethod.Percentile
+    assert chosen["extra_options"] == {"CalibPercentile": 99.999}
+    other = static_options(settings({"format": "qoperator", "activation_type": "int8", "weight_type": "uint8",
+                                     "per_channel": False, "reduce_range": True, "calibration": "entropy"}))
+    assert (other["quant_format"], other["activation_type"], other["weight_type"]) == \
+        (QuantFormat.QOperator, QuantType.QInt8, QuantType.QUInt8)
+    assert not other["per_channel"] and other["reduce_range"] and other["extra_options"] == {}
+    assert other["calibrate_method"] == CalibrationMethod.Entropy
+    assert static_options(settings({"calibration": "minmax"}))["calibrate_method"] == CalibrationMethod.MinMax
+
+
+@pytest.mark.parametrize(("key", "value"), [("format", "qdx"), ("activation_type", "int4"),
+                                            ("weight_type", "float8"), ("calibration", "mse"),
+                                            ("percentile", 0)])
+def test_bad_quantize_choice_names_the_key(key: str, value) -> None:
+    with pytest.raises(FashionrecError, match=f"export.quantize.{key}: "):
+        settings({key: value})
+
+
+def test_int8_graph_follows_the_choices(cnn: EmbeddingModel, cnn_onnx: Path, tiny_validated,
+                                        tmp_path: Path) -> None:
+    report, graph = run_quantize(cnn, cnn_onnx, tiny_validated, tmp_path / "default")
+    activations, weights, scales = zero_points(graph)
+    assert activations == {"uint8"} and weights == {"int8"}
+    assert len(scales) == 4 and min(scales) > 1  # per channel: two convolutions, the dense layer, the head
+    assert report["settings"]["calibration"] == "percentile"
+
+    _, graph = run_quantize(cnn, cnn_onnx, tiny_validated, tmp_path / "s8", activation_type="int8",
+                            per_channel=False, calibration="minmax")
+    activations, weights, scales = zero_points(graph)
+    assert activations == {"int8"} and weights == {"int8"} and set(scales) == {1}
+
+    _, graph = run_quantize(cnn, cnn_onnx, tiny_validated, tmp_path / "qop", format="qoperator")
+    ops = {n.op_type for n in graph.graph.node}
+    assert "QLinearConv" in ops and "DequantizeLinear" in ops and "Conv" not in ops
+
+
+def test_excluded_node_stays_float(cnn: EmbeddingModel, cnn_onnx: Path, tiny_validated,
+                                   tmp_path: Path) -> None:
+    first = next(n.name for n in onnx.load(str(cnn_onnx)).graph.node if n.op_type == "Conv")
+    _, graph = run_quantize(cnn, cnn_onnx, tiny_validated, tmp_path / "ok", nodes_to_exclude=[first])
+    init = {i.name: i for i in graph.graph.initializer}
+    (conv,) = [n for n in graph.graph.node if n.name == first]
+    assert conv.op_type == "Conv" and conv.input[1] in init  # its weight: no DequantizeLinear in front
+    assert init[conv.input[1]].data_type == onnx.TensorProto.FLOAT
+    with pytest.raises(FashionrecError, match="nodes_to_exclude: no node named /no/such/Conv"):
+        run_quantize(cnn, cnn_onnx, tiny_validated, tmp_path / "bad", nodes_to_exclude=["/no/such/Conv"])
+    assert not (tmp_path / "bad" / "model.pre.onnx").exists()
 
 
 def test_export_refuses_a_failed_decision(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from fashionrec.deploy.catalog import read_catalog
 from fashionrec.deploy.rollout import SmokeTestFailed, activate, current_version, read_history, rollback
 from fashionrec.errors import DataError, FashionrecError
 from fashionrec.index.brute import BruteIndex
-from fashionrec.index.hnsw import HnswIndex, recall_at_k
+from fashionrec.index.hnsw import HnswIndex, recall_at_k, tune_ef_search
 from fashionrec.serve.engine import load_state
 
 
@@ -228,6 +228,49 @@ def test_hnsw_recall_against_exact_on_random_vectors() -> None:
     d_exact, i_exact = exact.query(queries[:5], 5)
     assert np.allclose(np.sort(d_good, axis=1), d_good)
     assert np.allclose(d_good[:, 0], d_exact[:, 0], atol=1e-4)
+
+
+def test_hnsw_build_threads_parallel_and_reproducible(tmp_path: Path) -> None:
+    """A parallel build finds what a single-threaded one finds; one thread gives the same graph twice;
+    a bad thread count names the parameter."""
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(2000, 16)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    exact = BruteIndex(data)
+    parallel = HnswIndex(data, build_threads=0)
+    assert parallel.build_threads >= 1
+    assert recall_at_k(parallel, exact, data[:50], 10) >= 0.95
+    one, again = HnswIndex(data, build_threads=1), HnswIndex(data, build_threads=1)
+    assert one.save(tmp_path / "a.hnsw").read_bytes() == again.save(tmp_path / "b.hnsw").read_bytes()
+    for bad in (-1, 1.5, True):
+        with pytest.raises(DataError, match="build_threads"):
+            HnswIndex(data, build_threads=bad)
+
+
+def test_ef_search_is_raised_until_the_target_recall() -> None:
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(3000, 32)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    queries = data[:100] + 0.05 * rng.normal(size=(100, 32)).astype(np.float32)
+    exact = BruteIndex(data)
+    index = HnswIndex(data, M=4, ef_construction=16, ef_search=1)
+    start = recall_at_k(index, exact, queries, 10)
+    ef, recall = tune_ef_search(index, exact, queries, 10, target=0.97, max_ef=512)
+    assert start < 0.97 <= recall and ef > 1 and index.ef_search == ef
+    assert recall == pytest.approx(recall_at_k(index, exact, queries, 10))
+    capped = HnswIndex(data, M=4, ef_construction=16, ef_search=1)
+    assert tune_ef_search(capped, exact, queries, 10, target=1.01, max_ef=8)[0] == 8   # unreachable: the cap
+
+
+def test_bundle_records_the_tuned_ef_search(tmp_path: Path, assets) -> None:
+    params = write_params(tmp_path, assets.model_a, assets.catalog, index__kind="hnsw",
+                          index__hnsw={"M": 4, "ef_construction": 16, "ef_search": 1, "seed": 42},
+                          index__target_recall=1.01, index__max_ef_search=24)   # unreachable: the cap
+    result = build_index_bundle(params)
+    tuned = result.index["ef_search"]
+    assert tuned == {"configured": 1, "tuned": 24, "target_recall": 1.01}
+    assert result.index["params"]["ef_search"] == 24
+    assert load_state(Path(result.bundle)).index.ef_search == tuned["tuned"]   # servers search as measured
 
 
 def test_catalog_from_the_validated_dataset(tiny_validated, assets, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ from fashionrec.deploy.model import resolve_model
 from fashionrec.deploy.rollout import RolloutResult, activate, current_version
 from fashionrec.errors import DataError
 from fashionrec.index.brute import BruteIndex
-from fashionrec.index.hnsw import auto_kind, recall_at_k
+from fashionrec.index.hnsw import auto_kind, recall_at_k, tune_ef_search
 from fashionrec.tracking import tracking_uri
 
 CHUNK = 256   # images decoded at a time (bounded memory whatever the inventory size)
@@ -111,7 +111,10 @@ def absolute_images(bundle: LoadedBundle) -> list[str]:
 
 def index_with_report(embeddings: np.ndarray, sec: dict[str, Any], seed: int,
                       graph_file: Path | None = None, kind: str | None = None) -> tuple[Any, str, dict, dict]:
-    """Build the configured index and measure its recall@k against exact search on sampled items."""
+    """Build the configured index and measure its recall@k against exact search on sampled items.
+
+    For HNSW with `index.target_recall` set, `ef_search` is first raised until that recall is reached
+    (the bundle records the tuned ef, so every server of it searches as measured here)."""
     requested = kind or str(sec.get("kind", "auto"))
     n = embeddings.shape[0]
     if requested == "auto":
@@ -128,9 +131,18 @@ def index_with_report(embeddings: np.ndarray, sec: dict[str, Any], seed: int,
     k = min(int(sec.get("recall_k", 10)), n)
     rng = np.random.default_rng(seed)
     sample = rng.choice(n, size=min(int(sec.get("recall_queries", 200)), n), replace=False)
-    recall = recall_at_k(index, BruteIndex(embeddings), embeddings[np.sort(sample)], k)
-    report = {"requested_kind": requested, "recall_at_k": round(recall, 4), "recall_k": k,
-              "recall_queries": int(len(sample)), "build_seconds": round(build_seconds, 3)}
+    exact, queries = BruteIndex(embeddings), embeddings[np.sort(sample)]
+    report: dict[str, Any] = {"requested_kind": requested}
+    if kind == "hnsw" and sec.get("target_recall") is not None:
+        configured = index.ef_search
+        ef, recall = tune_ef_search(index, exact, queries, k, float(sec["target_recall"]),
+                                    int(sec.get("max_ef_search", 1024)))
+        params["ef_search"] = ef
+        report["ef_search"] = {"configured": configured, "tuned": ef, "target_recall": sec["target_recall"]}
+    else:
+        recall = recall_at_k(index, exact, queries, k)
+    report.update(recall_at_k=round(recall, 4), recall_k=k, recall_queries=int(len(sample)),
+                  build_seconds=round(build_seconds, 3))
     return index, kind, params, report
 
 

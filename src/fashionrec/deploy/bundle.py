@@ -107,7 +107,7 @@ def make_index(embeddings: np.ndarray, kind: str, params: dict[str, Any],
                graph_file: Path | None = None) -> NeighbourIndex:
     """The shared `build_index` for exact kinds; hnswlib's graph is loaded from the bundle when it has one."""
     if kind == "hnsw":
-        allowed = {"M", "ef_construction", "ef_search", "seed"}
+        allowed = {"M", "ef_construction", "ef_search", "seed", "build_threads"}
         unknown = sorted(set(params) - allowed)
         if unknown:
             raise BundleError(f"index kind 'hnsw': unknown parameter(s) {unknown}; "
@@ -251,12 +251,16 @@ class LoadedBundle:
         return make_index(self.embeddings, spec["kind"], dict(spec.get("params") or {}), graph_file=graph)
 
 
-def load_bundle(folder: Path, verify: bool = True) -> LoadedBundle:
-    """Read a bundle; with `verify` (always, outside tests of the check itself) checksums come first."""
+def load_bundle(folder: Path, verify: bool = True, mmap: bool = False) -> LoadedBundle:
+    """Read a bundle; with `verify` (always, outside tests of the check itself) checksums come first.
+
+    `mmap` maps the embeddings read-only instead of reading them into memory (servers: the index build
+    reads them once, so the pages need not stay resident).
+    """
     folder = Path(folder).resolve()
     manifest = verify_bundle(folder) if verify else json.loads((folder / MANIFEST).read_text())
     try:
-        embeddings = np.load(folder / EMBEDDINGS, allow_pickle=False)
+        embeddings = np.load(folder / EMBEDDINGS, allow_pickle=False, mmap_mode="r" if mmap else None)
         items = pd.read_parquet(folder / ITEMS)
         prep = json.loads((folder / PREP).read_text())
     except Exception as exc:

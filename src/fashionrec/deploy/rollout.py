@@ -88,6 +88,7 @@ def smoke_test(bundle_dir: Path, params: Params) -> dict[str, Any]:
     serve = params.get("serve", {}) or {}
     root = serve.get("inventory_root")
     state = load_state(bundle_dir, inventory_root=params.path(root) if root else None)
+    stored = state.stored_embeddings()
     k = min(int(sec.get("recall_k", 10)), state.size)
     rng = np.random.default_rng(int(params.get("seed", 42)))
     rows = rng.permutation(state.size)[: int(sec.get("smoke_queries", 5))]
@@ -100,7 +101,7 @@ def smoke_test(bundle_dir: Path, params: Params) -> dict[str, Any]:
             vector = state.embed([open_image(source)])[0]
         except DataError as exc:
             raise SmokeTestFailed(f"{bundle_dir.name}: item {state.item_ids[row]}: {exc}") from exc
-        similarity = float(vector @ state.bundle.embeddings[row])
+        similarity = float(vector @ stored[row])
         similarities.append(similarity)
         if similarity < float(sec.get("min_self_similarity", 0.99)):
             raise SmokeTestFailed(f"{bundle_dir.name}: item {state.item_ids[row]} re-embeds with cosine "
@@ -111,12 +112,12 @@ def smoke_test(bundle_dir: Path, params: Params) -> dict[str, Any]:
                                   f"top-{k}")
         answered += 1
     for row in rows.tolist():  # the stored vectors too, so a bundle of URL images is still queried
-        if not state.search(state.bundle.embeddings[row], k):
+        if not state.search(stored[row], k):
             raise SmokeTestFailed(f"{bundle_dir.name}: empty answer for item {state.item_ids[row]}")
     sample = np.sort(rng.choice(state.size, size=min(int(sec.get("recall_queries", 200)), state.size),
                                 replace=False))
-    queries = state.bundle.embeddings[sample]
-    recall = recall_at_k(state.index, BruteIndex(state.bundle.embeddings), queries, k)
+    queries = stored[sample]
+    recall = recall_at_k(state.index, BruteIndex(stored), queries, k)
     if recall < float(sec.get("min_recall", 0.9)):
         raise SmokeTestFailed(f"{bundle_dir.name}: recall@{k} {recall:.3f} of index "
                               f"'{state.index.kind}' is below index.min_recall {sec.get('min_recall')}")

@@ -7,6 +7,7 @@ carry it and a server need not rebuild it; `auto_kind` picks exact or approximat
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -22,11 +23,21 @@ def _positive_int(name: str, value: object) -> int:
     return int(value)
 
 
+def build_thread_count(value: object) -> int:
+    """`build_threads` as a thread count: 0 means every core this process may use."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or int(value) < 0:
+        raise DataError("index.hnsw.build_threads must be 0 (all cores) or a positive integer, "
+                        f"got {value!r}")
+    return int(value) or len(os.sched_getaffinity(0))
+
+
 class HnswIndex(NeighbourIndex):
     """Hierarchical navigable small-world graph over squared-L2 (the order of cosine on unit vectors).
 
-    Built single-threaded with a fixed seed, so the same embeddings give the same graph. `ef_search`
-    trades recall for speed; a query asking for more than `ef_search` neighbours raises ef for itself.
+    `build_threads` inserts in parallel (0: every core this process may use); with 1 thread and the
+    fixed seed the same embeddings give the same graph, with more the graph depends on thread timing (a
+    1M-item build takes minutes per core, see docs/BENCHMARKS.md). `ef_search` trades recall for speed; a
+    query asking for more than `ef_search` neighbours raises ef for itself.
     Given a saved `graph_file` of the first m rows, it loads that graph and inserts only rows m.. (the
     incremental add of new inventory items).
     """
@@ -34,7 +45,8 @@ class HnswIndex(NeighbourIndex):
     kind = "hnsw"
 
     def __init__(self, embeddings: np.ndarray, M: int = 16, ef_construction: int = 200,  # noqa: N803
-                 ef_search: int = 64, seed: int = 42, graph_file: str | Path | None = None) -> None:
+                 ef_search: int = 64, seed: int = 42, graph_file: str | Path | None = None,
+                 build_threads: int = 0) -> None:
         import hnswlib
 
         super().__init__(embeddings)
@@ -42,6 +54,7 @@ class HnswIndex(NeighbourIndex):
         self.ef_construction = _positive_int("ef_construction", ef_construction)
         self.ef_search = _positive_int("ef_search", ef_search)
         self.seed = int(seed)
+        self.build_threads = build_thread_count(build_threads)
         data = as_matrix(embeddings, "index embeddings")
         self._lock = threading.Lock()  # set_ef mutates the graph object: queries with a raised ef serialise
         self._index = hnswlib.Index(space="l2", dim=self.dim)
@@ -57,12 +70,24 @@ class HnswIndex(NeighbourIndex):
             if held > self.size:
                 raise DataError(f"{path}: graph holds {held} items, more than the {self.size} embeddings")
             if held < self.size:  # an incremental add: only the new rows are inserted
-                self._index.add_items(data[held:], np.arange(held, self.size), num_threads=1)
+                self._index.add_items(data[held:], np.arange(held, self.size),
+                                      num_threads=self.build_threads)
         else:
             self._index.init_index(max_elements=self.size, M=self.M, ef_construction=self.ef_construction,
                                    random_seed=self.seed)
-            self._index.add_items(data, np.arange(self.size), num_threads=1)
+            self._index.add_items(data, np.arange(self.size), num_threads=self.build_threads)
         self._index.set_ef(self.ef_search)
+
+    @property
+    def ef_search(self) -> int:
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self._ef_search = _positive_int("ef_search", value)
+        if hasattr(self, "_index"):
+            with self._lock:
+                self._index.set_ef(self._ef_search)
 
     def save(self, path: str | Path) -> Path:
         """Write the graph in hnswlib's binary format (the embeddings are stored separately)."""
@@ -88,9 +113,30 @@ def auto_kind(size: int, exact_max: int) -> str:
     return "brute" if size <= exact_max else "hnsw"
 
 
-def recall_at_k(approx: NeighbourIndex, exact: NeighbourIndex, queries: np.ndarray, k: int) -> float:
-    """Mean share of the exact top-k that the index under test also returns in its top-k."""
-    _, got = approx.query(queries, k)
-    _, want = exact.query(queries, k)
+def overlap(got: np.ndarray, want: np.ndarray) -> float:
+    """Mean share of each row of `want` (exact neighbour ids) that the same row of `got` also holds."""
     hits = [len(set(g.tolist()) & set(w.tolist())) / len(w) for g, w in zip(got, want, strict=True)]
     return float(np.mean(hits)) if hits else 1.0
+
+
+def recall_at_k(approx: NeighbourIndex, exact: NeighbourIndex, queries: np.ndarray, k: int) -> float:
+    """Mean share of the exact top-k that the index under test also returns in its top-k."""
+    return overlap(approx.query(queries, k)[1], exact.query(queries, k)[1])
+
+
+def tune_ef_search(index: HnswIndex, exact: NeighbourIndex, queries: np.ndarray, k: int, target: float,
+                   max_ef: int) -> tuple[int, float]:
+    """Raise the index's `ef_search` (doubling, at most `max_ef`) until recall@k reaches `target`.
+
+    The recall one ef gives falls as the inventory grows (ef 64: 0.92 at 5k items, 0.84 at 1M in
+    docs/BENCHMARKS.md), so a fixed ef that suits a small store would silently lose neighbours in a big one.
+    Returns the ef kept and its recall; the ef never goes down.
+    """
+    want = exact.query(queries, k)[1]
+    ef = index.ef_search
+    while True:
+        index.ef_search = ef
+        recall = overlap(index.query(queries, k)[1], want)
+        if recall >= target or ef >= max_ef:
+            return ef, recall
+        ef = min(max(2 * ef, k), _positive_int("max_ef_search", max_ef))   # a query searches >= k anyway

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +31,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from pydantic import BaseModel
@@ -39,6 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from fashionrec.config import Params
 from fashionrec.errors import FashionrecError
 from fashionrec.serve.engine import ServingState
+from fashionrec.serve.memory import use_system_allocator_for_arrow
 from fashionrec.serve.recommend import BadRequest, parse_query, recommend
 from fashionrec.serve.state import StateHolder
 
@@ -57,6 +60,8 @@ class ServeConfig:
     default_k: int = 5
     watch_interval_s: float = 2.0
     intra_op_threads: int = 0
+    intra_op_spinning: bool = False        # ONNX Runtime threads busy-wait between operators
+    compute_threads: int = 2               # requests decoded, embedded and searched at once
     admin_token: str | None = None
     static_dir: Path | None = None
 
@@ -73,6 +78,8 @@ class ServeConfig:
                    max_k=int(sec.get("max_k", 50)), default_k=int(sec.get("default_k", 5)),
                    watch_interval_s=float(sec.get("watch_interval_s", 2.0)),
                    intra_op_threads=int(sec.get("intra_op_threads", 0)),
+                   intra_op_spinning=bool(sec.get("intra_op_spinning", False)),
+                   compute_threads=int(sec.get("compute_threads", 2)),
                    admin_token=os.environ.get(str(sec.get("admin_token_env") or "FASHIONREC_ADMIN_TOKEN"))
                    or None,
                    static_dir=path("static_dir"))
@@ -95,6 +102,7 @@ class Metrics:
         self.bundle = Gauge("fashionrec_bundle_info", "The serving bundle",
                             ["model_version", "index_version"], registry=self.registry)
         self.items = Gauge("fashionrec_inventory_items", "Items in the serving index", registry=self.registry)
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes: the RSS budget, watched
 
     def serving(self, state: ServingState) -> None:
         self.bundle.clear()
@@ -158,10 +166,21 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
 
 
 def create_app(config: ServeConfig) -> FastAPI:
-    """A server over `config.bundles/current` (or one pinned bundle)."""
+    """A server over `config.bundles/current` (or one pinned bundle).
+
+    `/recommend` does its work (decode, model, search) on `config.compute_threads` threads of its own;
+    further requests wait for one. ONNX Runtime already spreads one image over every core, and each
+    request in flight holds a decoded photo and the model's activations in memory (and in a glibc
+    arena of whichever thread ran it), so more at once only costs memory.
+    """
+    if config.compute_threads < 1:
+        raise FashionrecError(f"serve.compute_threads must be at least 1, got {config.compute_threads}")
     Image.MAX_IMAGE_PIXELS = config.max_image_pixels  # Pillow's own bomb limit, set explicitly
-    holder = StateHolder(config.bundles, config.bundle, config.inventory_root, config.intra_op_threads)
+    use_system_allocator_for_arrow()
+    holder = StateHolder(config.bundles, config.bundle, config.inventory_root, config.intra_op_threads,
+                         allow_spinning=config.intra_op_spinning)
     metrics = Metrics()
+    compute = ThreadPoolExecutor(config.compute_threads, thread_name_prefix="fashionrec-compute")
 
     def reload(force: bool = False) -> bool:
         try:
@@ -244,7 +263,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.post("/recommend", response_model=Recommendation, tags=["recommend"],
               responses={400: {"description": "not an image"}, 413: {"description": "too large"},
                          422: {"description": "bad k, filter or crop"}})
-    def recommend_route(
+    async def recommend_route(
         image: Annotated[UploadFile, File(description="The photo (JPEG, PNG, WebP, GIF, TIFF...)")],
         k: Annotated[int, Form(description=f"How many items (1..{config.max_k})")] = config.default_k,
         category: Annotated[str | None, Form(description="Only this category")] = None,
@@ -254,8 +273,9 @@ def create_app(config: ServeConfig) -> FastAPI:
         """The top-k inventory items most similar to the photo (or to its crop)."""
         state = current()
         query = parse_query(state, k, category, kids, crop, config.max_k)
-        data = image.file.read(config.max_upload_bytes + 1)
-        return recommend(state, data, query, config.max_image_pixels, config.max_upload_bytes)
+        data = await image.read(config.max_upload_bytes + 1)
+        return await asyncio.get_running_loop().run_in_executor(
+            compute, recommend, state, data, query, config.max_image_pixels, config.max_upload_bytes)
 
     @app.get("/items/{item_id}", tags=["items"])
     def item(item_id: str) -> dict[str, Any]:

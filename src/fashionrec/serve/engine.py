@@ -2,7 +2,9 @@
 
 A server holds exactly one `ServingState` at a time and swaps it by reference, so every answer comes from
 one (model version, index version) pair; the deploy smoke test drives the same object before a bundle
-goes live.
+goes live. A state keeps only what answers need (session, index, item fields as lists): the bundle's
+embeddings are memory-mapped for the index build and not held afterwards (an exact index keeps its own
+copy, or the mapping itself), and the item DataFrame is dropped once its columns are taken.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from fashionrec.data.images import Preprocessing
-from fashionrec.deploy.bundle import BundleError, LoadedBundle, load_bundle
+from fashionrec.deploy.bundle import EMBEDDINGS, BundleError, LoadedBundle, load_bundle
 from fashionrec.deploy.catalog import is_url
 from fashionrec.index.base import NeighbourIndex
 from fashionrec.onnx_runtime import DEFAULT_PROVIDERS, OnnxSession, create_session
@@ -32,7 +34,8 @@ class ServingState:
 
     def __init__(self, bundle: LoadedBundle, session: OnnxSession, index: NeighbourIndex,
                  inventory_root: Path | None) -> None:
-        self.bundle = bundle
+        self.folder = bundle.folder
+        self.manifest = bundle.manifest
         self.session = session
         self.index = index
         self.prep = Preprocessing.from_dict(bundle.preprocessing)
@@ -56,6 +59,10 @@ class ServingState:
     @property
     def provider(self) -> str:
         return self.session.provider
+
+    def stored_embeddings(self) -> np.ndarray:
+        """The bundle's (N, D) item embeddings, memory-mapped read-only (checked at load; for smoke tests)."""
+        return np.load(self.folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """RGB images -> (B, D) L2-normalised embeddings, through the bundle's own model."""
@@ -108,10 +115,11 @@ class ServingState:
 
 
 def load_state(bundle_dir: Path, inventory_root: Path | None = None, intra_op_threads: int = 0,
-               providers: tuple[str, ...] = DEFAULT_PROVIDERS) -> ServingState:
+               providers: tuple[str, ...] = DEFAULT_PROVIDERS, allow_spinning: bool = True) -> ServingState:
     """Verify and load a bundle, open its model and build its index: all or nothing."""
-    bundle = load_bundle(bundle_dir, verify=True)
-    session = create_session(bundle.model_file, providers=providers, intra_op_threads=intra_op_threads)
+    bundle = load_bundle(bundle_dir, verify=True, mmap=True)
+    session = create_session(bundle.model_file, providers=providers, intra_op_threads=intra_op_threads,
+                             allow_spinning=allow_spinning)
     if "embedding" not in session.output_names:
         raise BundleError(f"{bundle.model_file}: model has no 'embedding' output ({session.output_names})")
     root = inventory_root

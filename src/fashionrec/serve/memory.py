@@ -1,0 +1,45 @@
+"""Keeping the serving process's resident memory down: allocator settings and handing freed memory back.
+
+glibc keeps the pages of freed heap memory mapped (per thread arena) until `malloc_trim`, so the
+transient copies made while a bundle loads (the ONNX graph before optimisation, the float64 index
+data, the item table) and a whole replaced bundle would otherwise stay in the RSS for good. Arrow's own
+default allocator (mimalloc) caches pages the same way and out of reach of `malloc_trim`, so the server
+reads parquet through the system allocator instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import gc
+from collections.abc import Callable
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, or None where the C library has none (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_memory() -> bool:
+    """Collect reference cycles, then return free heap pages to the OS; True when glibc trimmed."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def use_system_allocator_for_arrow() -> None:
+    """Route pyarrow (parquet reads of the item table) through malloc, which `release_memory` trims."""
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
