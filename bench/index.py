@@ -117,19 +117,19 @@ def tuned_row(index: Any, row: dict[str, Any], data: np.ndarray, queries: np.nda
     """HNSW as a deploy builds it: ef_search raised until recall@k on sampled items reaches
     `index.target_recall` (`deploy.build.index_with_report`), then timed on the fresh queries."""
     rng = np.random.default_rng(args.seed)
-    sample = data[np.sort(rng.choice(len(data), size=min(int(sec.get("recall_queries", 200)), len(data)),
-                                     replace=False))]
+    size = min(int(sec.get("recall_queries", 200)), len(data))
+    rows = np.sort(rng.choice(len(data), size=size, replace=False))
     started = time.perf_counter()
-    ef, self_recall = tune_ef_search(index, BruteIndex(data, block_size=64), sample, args.k,
-                                     float(sec["target_recall"]), int(sec.get("max_ef_search", 1024)))
+    ef, probe_recall = tune_ef_search(index, BruteIndex(data, block_size=64), data[rows], args.k,
+                                      float(sec["target_recall"]), int(sec.get("max_ef_search", 1024)))
     tune_s = time.perf_counter() - started
     timed = time_queries(index, queries, args.k, args.query_budget_s, args.min_queries)
     out = {**row, "kind": f"hnsw tuned ef={ef}", "params": {**row["params"], "ef_search": ef},
-           "tune_s": round(tune_s, 1), "build_recall_at_k": round(self_recall, 4),
+           "tune_s": round(tune_s, 1), "build_recall_at_k": round(probe_recall, 4),
            "p50_ms": round(percentile_ms(timed["seconds"], 50), 3),
            "p99_ms": round(percentile_ms(timed["seconds"], 99), 3), "queries": len(timed["seconds"]),
            "recall_at_k": round(recall(timed["indices"], truth), 4)}
-    print(f"  hnsw tuned ef={ef} (build-time recall {self_recall:.4f}, {tune_s:.1f} s): "
+    print(f"  hnsw tuned ef={ef} (build-time recall {probe_recall:.4f}, {tune_s:.1f} s): "
           f"p50 {out['p50_ms']:.3f} ms  p99 {out['p99_ms']:.3f} ms  recall@{args.k} {out['recall_at_k']:.4f}")
     return out
 
@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--kinds", nargs="+", default=["brute", "balltree", "hnsw"])
-    ap.add_argument("--ef-sweep", type=int, nargs="*", default=[16, 32, 128, 256],
+    ap.add_argument("--ef-sweep", type=int, nargs="*", default=[16, 32, 64, 256],
                     help="extra hnsw ef_search values tried on the same graph")
     ap.add_argument("--recall-floor", type=float, default=0.95)
     ap.add_argument("--query-budget-s", type=float, default=20.0, help="per index and size")
@@ -220,7 +220,7 @@ def main() -> None:
             gc.collect()
         ok = {k: r for k, r in measured.items() if r["recall_at_k"] >= args.recall_floor}
         fastest = min(ok, key=lambda k: ok[k]["p50_ms"]) if ok else None
-        pick = auto_kind(n, int(sec.get("auto_exact_max", 50_000)))
+        pick = auto_kind(n, int(sec.get("auto_exact_max", 5000)))
         autos.append({"n": n, "auto_picks": pick, "fastest_meeting_floor": fastest,
                       "recall_floor": args.recall_floor,
                       "auto_is_fastest": pick == fastest if fastest and pick in measured else None,

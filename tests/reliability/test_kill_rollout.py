@@ -119,6 +119,11 @@ def test_kill_9_server_during_rollout_restarts_on_one_consistent_bundle(models, 
             assert leftovers(bundles) == []
     finally:
         stop(proc)
+    if kill_deploy:   # the next deploy clears what the killed one left half-written
+        again = build_index_bundle(params, do_activate=False)
+        assert leftovers(bundles) == []
+        assert list_versions(bundles)[-1] == again.version
+        assert int(again.version[1:5]) == int(list_versions(bundles)[-2][1:5]) + 1
 
 
 def test_two_concurrent_deploys_leave_one_complete_bundle_serving(models, tmp_path: Path) -> None:

@@ -16,7 +16,15 @@ from deploykit import make_catalog, write_params
 
 from fashionrec.config import Params
 from fashionrec.deploy.build import add_items, build_index_bundle
-from fashionrec.deploy.bundle import MANIFEST, SUMS, BundleError, list_versions, load_bundle, verify_bundle
+from fashionrec.deploy.bundle import (
+    MANIFEST,
+    SUMS,
+    BundleError,
+    list_versions,
+    load_bundle,
+    remove_abandoned,
+    verify_bundle,
+)
 from fashionrec.deploy.catalog import read_catalog
 from fashionrec.deploy.rollout import SmokeTestFailed, activate, current_version, read_history, rollback
 from fashionrec.errors import DataError, FashionrecError
@@ -271,6 +279,21 @@ def test_bundle_records_the_tuned_ef_search(tmp_path: Path, assets) -> None:
     assert tuned == {"configured": 1, "tuned": 24, "target_recall": 1.01}
     assert result.index["params"]["ef_search"] == 24
     assert load_state(Path(result.bundle)).index.ef_search == tuned["tuned"]   # servers search as measured
+
+
+def test_abandoned_temporary_files_of_dead_deploys_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = os.getpid()
+    for pid in (dead.pid, alive):
+        (tmp_path / f".tmp-v0007-20261123T000000Z-{pid}").mkdir()
+        (tmp_path / f".tmp-v0007-20261123T000000Z-{pid}" / "model.onnx").write_bytes(b"x")
+        os.symlink("v0001", tmp_path / f".current-{pid}")
+    (tmp_path / ".tmp-unrelated").mkdir()
+    removed = remove_abandoned(tmp_path)
+    assert removed == sorted([f".current-{dead.pid}", f".tmp-v0007-20261123T000000Z-{dead.pid}"])
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([f".current-{alive}", f".tmp-v0007-20261123T000000Z-{alive}", ".tmp-unrelated"])
 
 
 def test_catalog_from_the_validated_dataset(tiny_validated, assets, tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def index_with_report(embeddings: np.ndarray, sec: dict[str, Any], seed: int,
     requested = kind or str(sec.get("kind", "auto"))
     n = embeddings.shape[0]
     if requested == "auto":
-        kind = auto_kind(n, int(sec.get("auto_exact_max", 50_000)))
+        kind = auto_kind(n, int(sec.get("auto_exact_max", 5000)))
     elif requested in INDEX_KINDS:
         kind = requested
     else:

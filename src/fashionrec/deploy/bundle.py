@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -37,6 +38,8 @@ from fashionrec.errors import FashionrecError
 from fashionrec.index import build_index
 from fashionrec.index.base import NeighbourIndex
 from fashionrec.index.hnsw import HnswIndex
+
+log = logging.getLogger(__name__)
 
 FORMAT = 1
 MODEL, PREP, EMBEDDINGS, ITEMS = "model.onnx", "preprocessing.json", "embeddings.npy", "items.parquet"
@@ -136,6 +139,33 @@ class BundleContent:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, but another user's
+        return True
+    return True
+
+
+def remove_abandoned(bundles_dir: Path) -> list[str]:
+    """Delete what a deploy killed mid-way leaves: its `.tmp-<version>-<pid>` folder and `.current-<pid>`
+    pointer, when that pid is dead, so they neither pile up nor keep reserving version numbers. Call under
+    `bundles_lock`."""
+    removed = []
+    for path in [*bundles_dir.glob(".tmp-v*"), *bundles_dir.glob(".current-*")]:
+        m = re.fullmatch(r"\.(?:tmp-v\d+-\d{8}T\d{6}Z|current)-(\d+)", path.name)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return sorted(removed)
+
+
 def _next_version(bundles_dir: Path, now: datetime) -> str:
     taken = [int(VERSION_RE.match(n).group(1)) for n in list_versions(bundles_dir)]  # type: ignore[union-attr]
     pending = [int(m.group(1)) for p in bundles_dir.glob(".tmp-v*")
@@ -150,6 +180,8 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
         raise BundleError(f"{n} items but {content.embeddings.shape[0]} embeddings")
     now = datetime.now(UTC)
     with bundles_lock(bundles_dir):
+        for name in remove_abandoned(bundles_dir):
+            log.warning("removed %s: left by a deploy that died while writing it", name)
         version = _next_version(bundles_dir, now)
         tmp = bundles_dir / f".tmp-{version}-{os.getpid()}"
         tmp.mkdir()
