@@ -29,7 +29,7 @@ from common import ROOT, Run, percentile_ms, rss_mib, table
 
 from fashionrec.deploy.bundle import make_index
 from fashionrec.index.brute import BruteIndex
-from fashionrec.index.hnsw import auto_kind, tune_ef_search
+from fashionrec.index.hnsw import auto_kind, overlap, tune_ef_search
 
 
 def embedding_dim(models_dir: Path, default: int) -> tuple[int, str]:
@@ -87,9 +87,14 @@ def time_queries(index: Any, queries: np.ndarray, k: int, budget_s: float,
     return {"seconds": seconds, "indices": np.array(got)}
 
 
-def recall(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.mean([len(set(g.tolist()) & set(w.tolist())) / len(w)
-                          for g, w in zip(got, want, strict=False)]))
+def timed_fields(index: Any, queries: np.ndarray, truth: np.ndarray, k: int, budget_s: float,
+                 min_queries: int) -> dict[str, Any]:
+    """p50/p99 latency, how many queries fitted the budget, and their recall@k against `truth`."""
+    timed = time_queries(index, queries, k, budget_s, min_queries)
+    got = timed["indices"]
+    return {"p50_ms": round(percentile_ms(timed["seconds"], 50), 3),
+            "p99_ms": round(percentile_ms(timed["seconds"], 99), 3), "queries": len(timed["seconds"]),
+            "recall_at_k": round(overlap(got, truth[:len(got)]), 4)}
 
 
 def measure(kind: str, params: dict[str, Any], data: np.ndarray, queries: np.ndarray, truth: np.ndarray,
@@ -105,10 +110,7 @@ def measure(kind: str, params: dict[str, Any], data: np.ndarray, queries: np.nda
     if kind == "hnsw":
         with tempfile.TemporaryDirectory() as tmp:
             row["graph_mib"] = round(index.save(Path(tmp) / "g.hnsw").stat().st_size / 2**20, 1)
-    timed = time_queries(index, queries, k, budget_s, min_queries)
-    row.update(p50_ms=round(percentile_ms(timed["seconds"], 50), 3),
-               p99_ms=round(percentile_ms(timed["seconds"], 99), 3), queries=len(timed["seconds"]),
-               recall_at_k=round(recall(timed["indices"], truth), 4))
+    row.update(timed_fields(index, queries, truth, k, budget_s, min_queries))
     return index, row
 
 
@@ -123,12 +125,9 @@ def tuned_row(index: Any, row: dict[str, Any], data: np.ndarray, queries: np.nda
     ef, probe_recall = tune_ef_search(index, BruteIndex(data, block_size=64), data[rows], args.k,
                                       float(sec["target_recall"]), int(sec.get("max_ef_search", 1024)))
     tune_s = time.perf_counter() - started
-    timed = time_queries(index, queries, args.k, args.query_budget_s, args.min_queries)
     out = {**row, "kind": f"hnsw tuned ef={ef}", "params": {**row["params"], "ef_search": ef},
            "tune_s": round(tune_s, 1), "build_recall_at_k": round(probe_recall, 4),
-           "p50_ms": round(percentile_ms(timed["seconds"], 50), 3),
-           "p99_ms": round(percentile_ms(timed["seconds"], 99), 3), "queries": len(timed["seconds"]),
-           "recall_at_k": round(recall(timed["indices"], truth), 4)}
+           **timed_fields(index, queries, truth, args.k, args.query_budget_s, args.min_queries)}
     print(f"  hnsw tuned ef={ef} (build-time recall {probe_recall:.4f}, {tune_s:.1f} s): "
           f"p50 {out['p50_ms']:.3f} ms  p99 {out['p99_ms']:.3f} ms  recall@{args.k} {out['recall_at_k']:.4f}")
     return out
@@ -202,12 +201,9 @@ def main() -> None:
                 default_ef = index.ef_search
                 for ef in args.ef_sweep:
                     index.ef_search = ef
-                    timed = time_queries(index, queries, args.k, args.query_budget_s, args.min_queries)
                     sweep = {**row, "kind": f"hnsw ef={ef}", "params": {**params, "ef_search": ef},
-                             "p50_ms": round(percentile_ms(timed["seconds"], 50), 3),
-                             "p99_ms": round(percentile_ms(timed["seconds"], 99), 3),
-                             "queries": len(timed["seconds"]),
-                             "recall_at_k": round(recall(timed["indices"], truth), 4)}
+                             **timed_fields(index, queries, truth, args.k, args.query_budget_s,
+                                            args.min_queries)}
                     rows.append(sweep)
                     print(f"  hnsw ef={ef:<4d} p50 {sweep['p50_ms']:8.3f} ms  p99 {sweep['p99_ms']:8.3f} ms  "
                           f"recall@{args.k} {sweep['recall_at_k']:.4f}")

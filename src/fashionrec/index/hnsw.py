@@ -134,6 +134,7 @@ def tune_ef_search(index: HnswIndex, exact: NeighbourIndex, queries: np.ndarray,
     recall of new photos where distances crowd together (synthetic 100k: 1.0 probed, 0.94 fresh at ef
     64), hence a configured ef of 128 and this as the guard for larger stores.
     """
+    max_ef = _positive_int("max_ef_search", max_ef)
     want = exact.query(queries, k)[1]
     ef = index.ef_search
     while True:
@@ -141,4 +142,4 @@ def tune_ef_search(index: HnswIndex, exact: NeighbourIndex, queries: np.ndarray,
         recall = overlap(index.query(queries, k)[1], want)
         if recall >= target or ef >= max_ef:
             return ef, recall
-        ef = min(max(2 * ef, k), _positive_int("max_ef_search", max_ef))   # a query searches >= k anyway
+        ef = min(max(2 * ef, k), max_ef)   # a query searches >= k anyway
