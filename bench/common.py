@@ -128,21 +128,25 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def rss_mib(pid: int | str = "self") -> float:
+def _status_mib(pid: int | str) -> dict[str, float]:
+    """The memory lines (kB) of /proc/PID/status, in MiB."""
+    out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        key, _, value = line.partition(":")
+        if value.strip().endswith("kB"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def rss_mib(pid: int | str = "self") -> float:
+    return _status_mib(pid).get("VmRSS", float("nan"))
 
 
 def memory_mib(pid: int | str = "self") -> dict[str, float]:
     """A process's resident memory now (VmRSS) and its peak so far (VmHWM), in MiB."""
-    found = {"VmRSS": float("nan"), "VmHWM": float("nan")}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key = line.split(":", 1)[0]
-        if key in found:
-            found[key] = round(int(line.split()[1]) / 1024, 1)
-    return {"rss_mib": found["VmRSS"], "peak_mib": found["VmHWM"]}
+    status = _status_mib(pid)
+    return {"rss_mib": round(status.get("VmRSS", float("nan")), 1),
+            "peak_mib": round(status.get("VmHWM", float("nan")), 1)}
 
 
 def percentile_ms(seconds: list[float], q: float) -> float:
