@@ -21,6 +21,7 @@ import yaml
 
 from fashionrec.config import Params, dotted_leaves
 from fashionrec.errors import FashionrecError
+from fashionrec.jsonfile import read_json
 
 RUN_REF = "mlflow.json"
 
@@ -132,12 +133,8 @@ def write_run_ref(out_dir: Path, run_id: str, experiment_id: str, uri: str) -> P
 
 def read_run_ref(model_dir: Path) -> dict[str, str]:
     path = Path(model_dir) / RUN_REF
-    if not path.is_file():
-        raise FashionrecError(f"{path}: missing (train the candidate first: it records its MLflow run)")
-    try:
-        ref = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FashionrecError(f"{path}: not valid JSON ({exc})") from exc
+    ref = read_json(path, f"{path}: missing (train the candidate first: it records its MLflow run)",
+                    FashionrecError)
     if not isinstance(ref, dict) or not ref.get("run_id"):
         raise FashionrecError(f"{path}: no 'run_id'")
     return ref

@@ -16,6 +16,7 @@ from PIL import Image
 
 from fashionrec.data.images import open_image
 from fashionrec.errors import DataError
+from fashionrec.jsonfile import read_json
 
 COLUMNS = ["id", "path", "label", "category", "labels", "kids", "sender_id",
            "width", "height", "mode", "bytes", "sha256"]
@@ -84,12 +85,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 def read_dataset(folder: Path) -> dict[str, Any]:
     """The folder's `dataset.json` (classes, attributes, labels, split policy, counts)."""
     path = Path(folder) / DATASET
-    if not path.is_file():
-        raise DataError(f"dataset description not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    return read_json(path, f"dataset description not found: {path}")
 
 
 def dataset_info(df: pd.DataFrame, classes: list[str], attributes: list[str], **extra: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from fashionrec.config import dotted_leaves
 from fashionrec.errors import DataError, FashionrecError
+from fashionrec.jsonfile import read_json
 
 
 @dataclass(frozen=True)
@@ -144,12 +145,7 @@ def write_decision(decision: Decision, path: Path) -> Path:
 def read_decision(path: Path) -> dict[str, Any]:
     """A decision JSON written by `select`; missing or malformed files raise with the path."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: gate decision not found (run `fashionrec select` first)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    data = read_json(path, f"{path}: gate decision not found (run `fashionrec select` first)")
     for key in ("passed", "winner", "metrics"):
         if key not in data:
             raise DataError(f"{path}: field '{key}' is missing")
