@@ -9,21 +9,32 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser run repro test test-fast lint mlflow-ui clean-outputs
+.PHONY: install browser container-tools images run repro test test-fast lint mlflow-ui clean-outputs
 
 install: $(STAMP)
 
-# Torch first, from this machine's pip cache/disk (pip only: uv and poetry don't see it), then the package.
+# Torch first, from this machine's pip cache/disk (pip only: uv and poetry don't see it), then the package
+# with the `pipeline` extra (training, registry, DVC, Kubeflow; the base set alone is what serving needs).
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[pipeline,dev]'
 	@touch $(STAMP)
 
 # Debian's chromium for the real-browser tests (Playwright never downloads a browser here).
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# Container images with buildah (no Docker engine, no registry here): a base from Debian's packages made by
+# debootstrap and cached in .cache/images/, then the Dockerfiles (deploy/build_images.py; params.yaml `images`).
+# `make images` builds the serving image; `make images IMAGES=all` also the pipeline (components') image.
+container-tools:
+	@command -v buildah >/dev/null && command -v podman >/dev/null && command -v debootstrap >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq buildah podman debootstrap >/dev/null; }
+
+images: install container-tools
+	$(BIN)/python deploy/build_images.py $(if $(IMAGES),--images $(IMAGES))
 
 repro: install
 	@test -d .dvc || $(BIN)/dvc init -q
@@ -33,11 +44,11 @@ repro: install
 run: repro
 	$(BIN)/fashionrec serve    # http://127.0.0.1:8000 (the bundle `dvc repro` just built and activated)
 
-test: install browser
+test: install browser images
 	$(BIN)/python -m pytest
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" -x -q
+	$(BIN)/python -m pytest -m "not slow and not image" -x -q
 
 lint: install
 	$(BIN)/ruff check .
