@@ -1,0 +1,100 @@
+"""The serving image, run for real: started from its own entrypoint as its own non-root user with a real
+bundle mounted read-only, it answers a photo with that bundle's versions and refuses a bad upload; torch is
+not in it; and on an empty bundles volume it waits, not ready, until a bundle is activated beside it."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ImageBundle, build_bundle, deploykit
+from imagekit import ROOT, SERVE_IMAGE, get, post_image, run_in_image, serve_image, wait_status
+
+pytestmark = pytest.mark.image
+START_TIMEOUT_S = 120
+REAL_PHOTOS = ROOT.parent / "shared" / "datasets" / "clothing-dataset" / "images"
+FORBIDDEN = ("torch", "torchvision", "mlflow", "kfp", "dvc", "great_expectations", "matplotlib")
+
+
+def test_image_is_non_root_with_healthcheck_and_without_torch(serve_image_config: dict) -> None:
+    config = serve_image_config
+    assert config["User"] not in ("", "root", "0")
+    health = " ".join(config["Healthcheck"]["Test"])
+    assert "/healthz" in health and config["Healthcheck"]["Interval"] > 0
+    whoami = run_in_image(SERVE_IMAGE, ["id", "-u"], tag="id")
+    assert whoami.returncode == 0 and int(whoami.stdout) != 0, whoami.stderr
+    torch = run_in_image(SERVE_IMAGE, ["python", "-c", "import torch"], tag="torch")
+    assert torch.returncode != 0 and "No module named 'torch'" in torch.stderr, torch.stderr
+    probe = ("import importlib.util as u, json; "
+             f"print(json.dumps({{m: u.find_spec(m) is not None for m in {list(FORBIDDEN)!r}}}))")
+    found = run_in_image(SERVE_IMAGE, ["python", "-c", probe], tag="probe")
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout) == dict.fromkeys(FORBIDDEN, False)
+
+
+def test_serves_a_mounted_bundle_with_its_versions(image_bundle: ImageBundle, tiny_validated,
+                                                   tmp_path: Path) -> None:
+    port = deploykit.free_port()
+    with serve_image(image_bundle.bundles, image_bundle.inventory, port, tmp_path / "serve.log") as server:
+        ready = wait_status(server, "/readyz", 200, START_TIMEOUT_S)
+        print(f"container start to /readyz: {time.monotonic() - server.started:.1f} s")
+        version = image_bundle.manifest["version"]
+        model_version = image_bundle.manifest["model"]["version"]
+        assert ready == {"status": "ready", "model_version": model_version, "index_version": version}
+        code, health = get(server.url + "/healthz")
+        assert code == 200 and health["provider"] == "CPUExecutionProvider"
+
+        # a photo that is one of the inventory items comes back first, as itself
+        test_ids = tiny_validated.source.splits["test"]
+        query_id = test_ids[0]
+        query = next((tiny_validated.subset / "images").glob(f"{query_id}.*"))
+        code, answer = post_image(server.url, query.read_bytes())
+        assert code == 200, answer
+        assert (answer["model_version"], answer["index_version"]) == (model_version, version)
+        assert len(answer["items"]) == 5
+        assert answer["items"][0]["item_id"] == query_id and answer["items"][0]["score"] > 0.99
+        # the item's image is served from the read-only inventory mount
+        with urllib.request.urlopen(f"{server.url}/items/{query_id}/image", timeout=10) as resp:
+            assert resp.read() == query.read_bytes()
+
+        # a real clothing photo (where the dataset is on disk): five items, same versions
+        photos = sorted(REAL_PHOTOS.glob("*.jpg"))[:1] if REAL_PHOTOS.is_dir() else []
+        for photo in photos:
+            code, answer = post_image(server.url, photo.read_bytes())
+            assert code == 200 and len(answer["items"]) == 5, answer
+            assert answer["index_version"] == version
+
+        code, answer = post_image(server.url, b"GIF89a? certainly not", filename="bad.jpg")
+        assert code == 400 and answer["error"] == "bad_image", answer
+        assert server.proc.poll() is None, "a bad upload must not take the server down"
+    assert server.proc.poll() is not None, "the container process is stopped by its PID"
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{server.url}/healthz", timeout=2)
+
+
+def test_waits_not_ready_on_an_empty_volume_until_a_bundle_is_activated(
+        tiny_validated, image_model: Path, tmp_path: Path) -> None:
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    inventory = tiny_validated.subset / "images"
+    port = deploykit.free_port()
+    with serve_image(bundles, inventory, port, tmp_path / "serve.log", tag="empty") as server:
+        health = wait_status(server, "/healthz", 200, START_TIMEOUT_S)
+        assert health["ready"] is False
+        code, body = get(server.url + "/readyz")
+        assert code == 503 and body["error"] == "not_ready", body
+        time.sleep(3)   # longer than serve.watch_interval_s: the pod builds nothing, it keeps waiting
+        assert sorted(p.name for p in bundles.iterdir()) == []
+        assert get(server.url + "/readyz")[0] == 503
+
+        # the deployer's part, done here by the same library call: build, smoke-test and activate a
+        # bundle in the shared folder (tmp_path/bundles); the server follows `current` by itself
+        activated = build_bundle(tmp_path, tiny_validated.validated, image_model)
+        assert activated.bundles == bundles and (bundles / "current").is_symlink()
+        started = time.monotonic()
+        ready = wait_status(server, "/readyz", 200, 30)
+        print(f"bundle activated -> container ready: {time.monotonic() - started:.1f} s")
+        assert ready["index_version"] == activated.manifest["version"]
