@@ -4,10 +4,11 @@ Builds two bundles with the project's deploy code (two real exported models over
 the second built but not activated), starts --replicas serving processes on the bundles folder (from the
 serving image with `buildah run`, read-only mounts, as in a pod; or `fashionrec serve` from the venv where
 the image cannot run), and drives them with a round-robin client. Mid-stream the second bundle is activated
-(smoke test, then the `current` switch) as the deployer does. Reported: failed requests (must be 0),
-responses whose model and index versions are not one bundle's pair (must be 0), a replica going back to
-the old bundle after switching (must not happen), each replica's switch time after the pointer moved and
-the last one's, and (image runs) each container's start to /readyz.
+(smoke test, then the `current` switch) as the deployer does, then the first again (a rollback), and so on
+for --rounds activations. Reported: failed requests (must be 0), responses whose model and index versions
+are not one bundle's pair (must be 0), a replica answering from another bundle after it switched (must not
+happen), each replica's switch time after the pointer moved and the last one's, and each replica's start
+to /readyz (for the image: container start).
 
     nice -n 10 .venv/bin/python bench/rollout.py --replicas 3 --runner auto
 """
@@ -127,6 +128,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=200, help="inventory size (generated items)")
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds of traffic before the switch")
     ap.add_argument("--after", type=float, default=3.0, help="seconds of traffic after the last switch")
+    ap.add_argument("--rounds", type=int, default=5, help="activations: new, old, new, ...")
     ap.add_argument("--timeout", type=float, default=60.0, help="give up waiting for a replica to switch")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -154,53 +156,66 @@ def main() -> None:
             client = threading.Thread(target=stream, args=(replicas.urls, payloads, stop, seen), daemon=True)
             client.start()
             time.sleep(args.warmup)
-            began = time.monotonic()
-            rollout = activate(work / "bundles", second.version, params_b)
-            switched = time.monotonic()   # the pointer moved (activate renames it as its last step)
-            deadline = switched + args.timeout
-            while time.monotonic() < deadline:
-                new = {r["replica"] for r in seen
-                       if r.get("index") == second.version and r["sent"] >= switched}
-                if len(new) == args.replicas:
-                    break
-                time.sleep(0.1)
-            time.sleep(args.after)
+            rounds = []
+            for r in range(args.rounds):   # second, first, second...: a rollout, a rollback, a rollout
+                target, params = (second, params_b) if r % 2 == 0 else (first, params_a)
+                began = time.monotonic()
+                rollout = activate(work / "bundles", target.version, params)
+                switched = time.monotonic()   # the pointer moved (activate renames it as its last step)
+                deadline = switched + args.timeout
+                while time.monotonic() < deadline:
+                    new = {x["replica"] for x in seen
+                           if x.get("index") == target.version and x["sent"] >= switched}
+                    if len(new) == args.replicas:
+                        break
+                    time.sleep(0.1)
+                time.sleep(args.after)
+                rounds.append({"round": r, "version": target.version, "began": began, "switched": switched,
+                               "ended": time.monotonic(), "smoke": rollout.to_dict().get("smoke")})
             stop.set()
             client.join(timeout=30)
-        results = summarize(seen, pairs, first.version, second.version, switched, args.replicas)
+        results = summarize(seen, pairs, rounds, args.replicas)
         results.update({"runner": runner, "replicas": args.replicas, "items": args.items,
-                        "watch_interval_s": watch_s, "smoke_and_switch_s": round(switched - began, 2),
-                        "start_to_ready_s": replicas.ready_s, "smoke_test": rollout.to_dict().get("smoke")})
+                        "watch_interval_s": watch_s, "start_to_ready_s": replicas.ready_s})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(table(results["per_replica"], ["replica", "requests", "switch_s", "went_back"]))
+    print(table(results["rounds"], ["round", "version", "requests", "smoke_and_switch_s", "switch_s",
+                                    "last_switch_s", "went_back"]))
     print(f"\n{results['requests']} requests, {results['failed']} failed, {results['mixed']} mixed; "
-          f"last replica switched {results['last_switch_s']} s after the pointer moved "
+          f"last replica switched at most {results['last_switch_s_max']} s after the pointer moved "
           f"(watch interval {watch_s} s); runner {runner}; start to /readyz {results['start_to_ready_s']} s")
     run.save(results, args.out)
-    if results["failed"] or results["mixed"] or any(r["went_back"] for r in results["per_replica"]):
+    if results["failed"] or results["mixed"] or any(r["went_back"] for r in results["rounds"]):
         sys.exit(1)
 
 
-def summarize(seen: list[dict[str, Any]], pairs: dict[str, str], old: str, new: str, switched: float,
+def summarize(seen: list[dict[str, Any]], pairs: dict[str, str], rounds: list[dict[str, Any]],
               replicas: int) -> dict[str, Any]:
-    """Failures, inconsistent answers, and per replica: when it first answered from the new bundle."""
-    failed = [r for r in seen if r["status"] != 200]
-    mixed = [r for r in seen if r["status"] == 200 and pairs.get(r["index"]) != r["model"]]
-    per_replica = []
-    for i in range(replicas):
-        mine = [r for r in seen if r["replica"] == i and r["status"] == 200]
-        first_new = next((r for r in mine if r["index"] == new), None)
-        went_back = first_new is not None and any(r["index"] == old for r in mine
-                                                  if r["sent"] > first_new["t"])
-        per_replica.append({"replica": i, "requests": len(mine), "went_back": went_back,
-                            "switch_s": round(first_new["t"] - switched, 2) if first_new else None})
-    switches = [r["switch_s"] for r in per_replica]
+    """Failures, answers whose model and index are not one bundle's pair, and per round and replica: when
+    it first answered from the activated bundle, and whether it answered from another one after that."""
+    failed = [x for x in seen if x["status"] != 200]
+    mixed = [x for x in seen if x["status"] == 200 and pairs.get(x["index"]) != x["model"]]
+    table_rows = []
+    for rd in rounds:
+        window = [x for x in seen if rd["began"] <= x["sent"] < rd["ended"] and x["status"] == 200]
+        switch, went_back = [], False
+        for i in range(replicas):
+            mine = [x for x in window if x["replica"] == i]
+            first_new = next((x for x in mine if x["index"] == rd["version"] and x["sent"] >= rd["switched"]),
+                             None)
+            switch.append(round(first_new["t"] - rd["switched"], 2) if first_new else None)
+            went_back |= first_new is not None and any(x["index"] != rd["version"] for x in mine
+                                                       if x["sent"] > first_new["t"])
+        table_rows.append({"round": rd["round"], "version": rd["version"], "requests": len(window),
+                           "smoke_and_switch_s": round(rd["switched"] - rd["began"], 2), "switch_s": switch,
+                           "last_switch_s": max(switch) if None not in switch else None,
+                           "went_back": went_back, "smoke": rd["smoke"]})
+    lasts = [r["last_switch_s"] for r in table_rows]
     return {"requests": len(seen), "failed": len(failed), "mixed": len(mixed),
-            "failures": [r.get("error") or r["status"] for r in failed[:5]],
-            "per_replica": per_replica,
-            "last_switch_s": max(switches) if None not in switches else None,
-            "versions": sorted({r["index"] for r in seen if r["status"] == 200})}
+            "failures": [x.get("error") or x["status"] for x in failed[:5]], "rounds": table_rows,
+            "last_switch_s_max": max(lasts) if None not in lasts else None,
+            "last_switch_s_median": sorted(lasts)[len(lasts) // 2] if None not in lasts else None,
+            "versions": sorted({x["index"] for x in seen if x["status"] == 200})}
 
 
 if __name__ == "__main__":
