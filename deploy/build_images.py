@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, info in built.items():
         print(f"{name}: {info['ref']} {info['mb']} MB ({info['above_base_mb']} MB above the base "
               f"{base}), built in {info['seconds']} s")
+    if "serve" in built and built["serve"]["above_base_mb"] > cfg["max_serve_mb"]:
+        print(f"note: the serving image is {built['serve']['above_base_mb']} MB above its base, over the "
+              f"{cfg['max_serve_mb']} MB budget (images.max_serve_mb; docs/BENCHMARKS.md says where it goes)")
     return 0
 
 

@@ -10,8 +10,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ImageBundle, build_bundle, deploykit
-from imagekit import ROOT, SERVE_IMAGE, get, post_image, run_in_image, serve_image, wait_status
+from imagekit import (
+    ROOT,
+    SERVE_IMAGE,
+    ImageBundle,
+    build_bundle,
+    deploykit,
+    get,
+    post_image,
+    run_in_image,
+    serve_image,
+    wait_status,
+)
 
 pytestmark = pytest.mark.image
 START_TIMEOUT_S = 120
