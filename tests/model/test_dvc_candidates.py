@@ -28,7 +28,8 @@ def test_exp_run_with_other_candidates_gates_and_exports_those(tiny_source, tmp_
     repo = tmp_path / "project"
     repo.mkdir()
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {k: stages[k] for k in STAGES}}, sort_keys=False))
+    pipeline = {"stages": {k: stages[k] for k in STAGES}}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
     for key, value in {**tree["kfp"]["local"]["tiny"], "ingest.source": str(tiny_source.root),
                        "subset.classes": list(tiny_source.classes), "train.candidates": ["pixels"],
