@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from fashionrec.config import Params
+from fashionrec.core.config import Params
 from fashionrec.deploy.build import build_index_bundle
 
 ROOT = Path(__file__).resolve().parents[2]

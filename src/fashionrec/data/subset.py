@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from fashionrec.core.config import DEFAULT_SEED
+from fashionrec.core.errors import DataError
 from fashionrec.data.manifest import (
     MANIFEST,
     SPLITS,
@@ -28,7 +30,6 @@ from fashionrec.data.manifest import (
     write_dataset,
     write_manifest,
 )
-from fashionrec.errors import DataError
 
 POLICIES = ("published", "grouped")
 
@@ -58,7 +59,7 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
     policy = split_params.get("policy", "published")
     if policy not in POLICIES:
         raise DataError(f"subset.split.policy: '{policy}' is not one of {list(POLICIES)}")
-    seed = int(params.get("seed", 42))
+    seed = int(params.get("seed", DEFAULT_SEED))
     attributes = list(params.get("attributes") or [])
     df = read_manifest(manifest)
     for attr in attributes:

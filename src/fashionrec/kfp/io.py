@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fashionrec.config import Params
+from fashionrec.core.config import DEFAULT_SEED, Params
+from fashionrec.core.files import read_json
 
 SERVER_SCHEMES = ("http://", "https://", "databricks")
 
@@ -47,7 +47,7 @@ def without_nulls(value: Any) -> Any:
 
 
 def component_params(sections: Mapping[str, Any], mlflow: Mapping[str, Any] | None = None,
-                     seed: int | float = 42) -> Params:
+                     seed: int | float = DEFAULT_SEED) -> Params:
     """A `Params` tree for a component: the given sections plus `mlflow` and `seed`, rooted in a fresh
     working folder (paths inside the sections are not used: artifacts give them).
 
@@ -95,7 +95,7 @@ def data_docs_page(reports: Path) -> str:
     """The validation reports as one HTML file: a table of the checks from `summary.json`, then every
     Great Expectations validation page embedded whole (`srcdoc`), since the site's links cannot work in
     the KFP UI. The browsable site itself is in the `reports` artifact (`data_docs/index.html`)."""
-    summary = json.loads((reports / "summary.json").read_text())
+    summary = read_json(reports / "summary.json", f"{reports}: no summary.json (run validate first)")
     rows = "".join(
         f"<tr><td>{html.escape(str(c.get('name')))}</td><td>{'pass' if c.get('success') else 'FAIL'}</td>"
         f"<td>{c.get('unexpected_count', 0)}</td>"
@@ -128,17 +128,6 @@ def decision_markdown(decision: Mapping[str, Any]) -> str:
     lines += ["", f"Champion: {'v' + str(champion['version']) if champion else 'none'}; "
               f"ranking by {decision.get('primary_metric')}: {ranking}"]
     return "\n".join(lines) + "\n"
-
-
-def flat_metrics(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Nested numeric metrics -> {'test.micro_f1': value} (what a KFP Metrics artifact logs)."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(flat_metrics(value, f"{prefix}{key}."))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[f"{prefix}{key}"] = float(value)
-    return out
 
 
 def _num(value: Any) -> str:
