@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterator
 import httpx
 import numpy as np
 import pytest
-from deploykit import export_model, make_catalog, start_server, stop, write_params
 from PIL import Image
 
 from fashionrec.data.manifest import read_manifest
 from fashionrec.deploy.build import build_index_bundle
+from tests.serving.utils import export_model, make_catalog, start_server, stop, write_params
 
 CASES = int(os.environ.get("FASHIONREC_FUZZ_CASES", "2000"))
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
