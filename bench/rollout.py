@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -27,7 +26,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
@@ -36,25 +34,17 @@ from common import ROOT, Run, table
 from fashionrec.deploy.build import build_index_bundle
 from fashionrec.deploy.rollout import activate
 
-
-def load(name: str, path: Path) -> ModuleType:
-    """A test helper module by path (tests/ is no package): one copy of the runners and bundle helpers."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = sys.modules.setdefault(name, importlib.util.module_from_spec(spec))  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-deploykit = load("fashionrec_tests_deploykit", ROOT / "tests" / "serving" / "deploykit.py")
-imagekit = load("fashionrec_tests_imagekit", ROOT / "tests" / "container" / "imagekit.py")
+sys.path.insert(0, str(ROOT))   # the runners and bundle helpers of the tests (tests/ is a package), one copy
+from tests.container import utils as container_utils  # noqa: E402
+from tests.serving import utils as serving_utils  # noqa: E402
 
 
 def pick_runner(wanted: str) -> str:
     if wanted != "auto":
         return wanted
     try:
-        imagekit.require_image()
-    except imagekit.ImageMissing as exc:
+        container_utils.require_image()
+    except container_utils.ImageMissing as exc:
         print(f"serving image unavailable ({exc}): replicas run from the venv")
         return "venv"
     return "image" if os.geteuid() == 0 else "venv"
@@ -72,16 +62,16 @@ class Replicas:
     def __enter__(self) -> Replicas:
         servers = []
         for i in range(self.count):
-            port = deploykit.free_port()
+            port = serving_utils.free_port()
             log = self.work / f"replica{i}.log"
             if self.runner == "image":
-                server = self.stack.enter_context(imagekit.serve_image(
+                server = self.stack.enter_context(container_utils.serve_image(
                     self.work / "bundles", self.inventory, port, log, tag=f"replica{i}"))
             else:
                 server = self.stack.enter_context(venv_server(self.work / "params.yaml", port, log))
             servers.append(server)
         for server in servers:   # started together, like pods of one Deployment
-            imagekit.wait_status(server, "/readyz", 200, 180)
+            container_utils.wait_status(server, "/readyz", 200, 180)
             self.ready_s.append(round(time.monotonic() - server.started, 2))
             self.urls.append(server.url)
         return self
@@ -97,7 +87,7 @@ def venv_server(params: Path, port: int, log: Path):  # type: ignore[no-untyped-
     cmd = [str(Path(sys.executable).with_name("fashionrec")), "serve", "-p", str(params), "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
                             cwd=params.parent, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    server = imagekit.ImageServer(proc, f"http://127.0.0.1:{port}", log, time.monotonic())
+    server = container_utils.ImageServer(proc, f"http://127.0.0.1:{port}", log, time.monotonic())
     try:
         yield server
     finally:
@@ -112,7 +102,7 @@ def stream(urls: list[str], payloads: list[bytes], stop: threading.Event, out: l
         replica = i % len(urls)
         sent = time.monotonic()
         try:
-            code, body = imagekit.post_image(urls[replica], payloads[i % len(payloads)])
+            code, body = container_utils.post_image(urls[replica], payloads[i % len(payloads)])
             out.append({"t": time.monotonic(), "sent": sent, "replica": replica, "status": code,
                         "model": body.get("model_version"), "index": body.get("index_version")})
         except Exception as exc:  # a refused or dropped connection is a failed request
@@ -138,11 +128,11 @@ def main() -> None:
     watch_s = float(yaml.safe_load((ROOT / "params.yaml").read_text())["serve"]["watch_interval_s"])
     work = Path(tempfile.mkdtemp(prefix="fashionrec-bench-rollout-"))
     try:
-        catalog = deploykit.make_catalog(work / "inventory", args.items, seed=1)
-        model_a = deploykit.export_model(work / "model_a", seed=1)
-        model_b = deploykit.export_model(work / "model_b", seed=2)
-        params_b = deploykit.write_params(work, model_b, catalog, serve__watch_interval_s=watch_s)
-        params_a = deploykit.write_params(work, model_a, catalog, serve__watch_interval_s=watch_s)
+        catalog = serving_utils.make_catalog(work / "inventory", args.items, seed=1)
+        model_a = serving_utils.export_model(work / "model_a", seed=1)
+        model_b = serving_utils.export_model(work / "model_b", seed=2)
+        params_b = serving_utils.write_params(work, model_b, catalog, serve__watch_interval_s=watch_s)
+        params_a = serving_utils.write_params(work, model_a, catalog, serve__watch_interval_s=watch_s)
         first = build_index_bundle(params_a)
         second = build_index_bundle(params_b, do_activate=False)
         pairs = {}

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imagekit import SERVE_IMAGE, ImageBundle, ImageMissing, build_bundle, deploykit, require_image
+
+from tests.container.utils import SERVE_IMAGE, ImageBundle, ImageMissing, build_bundle, require_image
+from tests.serving.utils import export_model
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +24,7 @@ def serve_image_config() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def image_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real SimpleCNN from the project's factory, exported to ONNX by the project's export."""
-    return deploykit.export_model(tmp_path_factory.mktemp("image_model"), seed=3)
+    return export_model(tmp_path_factory.mktemp("image_model"), seed=3)
 
 
 @pytest.fixture(scope="session")

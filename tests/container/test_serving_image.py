@@ -10,18 +10,19 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from imagekit import (
+
+from tests.container.utils import (
     ROOT,
     SERVE_IMAGE,
     ImageBundle,
     build_bundle,
-    deploykit,
     get,
     post_image,
     run_in_image,
     serve_image,
     wait_status,
 )
+from tests.serving.utils import free_port
 
 pytestmark = pytest.mark.image
 START_TIMEOUT_S = 120
@@ -47,7 +48,7 @@ def test_image_is_non_root_with_healthcheck_and_without_torch(serve_image_config
 
 def test_serves_a_mounted_bundle_with_its_versions(image_bundle: ImageBundle, tiny_validated,
                                                    tmp_path: Path) -> None:
-    port = deploykit.free_port()
+    port = free_port()
     with serve_image(image_bundle.bundles, image_bundle.inventory, port, tmp_path / "serve.log") as server:
         ready = wait_status(server, "/readyz", 200, START_TIMEOUT_S)
         print(f"container start to /readyz: {time.monotonic() - server.started:.1f} s")
@@ -90,7 +91,7 @@ def test_waits_not_ready_on_an_empty_volume_until_a_bundle_is_activated(
     bundles = tmp_path / "bundles"
     bundles.mkdir()
     inventory = tiny_validated.subset / "images"
-    port = deploykit.free_port()
+    port = free_port()
     with serve_image(bundles, inventory, port, tmp_path / "serve.log", tag="empty") as server:
         health = wait_status(server, "/healthz", 200, START_TIMEOUT_S)
         assert health["ready"] is False

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import httpx
-from deploykit import free_port, stop, wait_http, write_params
 
 from fashionrec.deploy.build import build_index_bundle
+from tests.serving.utils import free_port, stop, wait_http, write_params
 
 
 def test_empty_bundles_folder_waits_not_ready_then_follows_current(tmp_path: Path, assets) -> None:

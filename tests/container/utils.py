@@ -5,14 +5,12 @@ bundles and inventory folders bind-mounted read-only. Used by tests/container an
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,29 +18,17 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
 
 from fashionrec.core.config import Params
 from fashionrec.deploy.build import build_index_bundle
+from tests.serving.utils import write_params
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 SERVE_IMAGE: str = PARAMS["images"]["serve"]
-
-
-def load_deploykit() -> ModuleType:
-    """tests/serving/deploykit.py (model export, params writer) by path: one copy of those helpers."""
-    path = ROOT / "tests" / "serving" / "deploykit.py"
-    spec = importlib.util.spec_from_file_location("fashionrec_tests_deploykit", path)
-    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-deploykit = load_deploykit()
 
 
 @dataclass(frozen=True)
@@ -59,7 +45,7 @@ class ImageBundle:
 
 def build_bundle(folder: Path, validated: Path, model: Path) -> ImageBundle:
     """Every validated tiny-dataset image as an inventory item, embedded with `model`, activated."""
-    params = deploykit.write_params(folder, model, None, index__manifest=str(validated / "manifest.parquet"),
+    params = write_params(folder, model, None, index__manifest=str(validated / "manifest.parquet"),
                                     index__kind="balltree")
     bundle = build_index_bundle(params).bundle   # type: ignore[attr-defined]
     return bundle_info(params, Path(bundle), model)
