@@ -71,8 +71,8 @@ class Project:
         return Params(tree=tree, root=self.repo)
 
     def run(self, label: str, **overrides) -> LocalRun:
-        self.runs[label] = run_local(self.params(**overrides), pipeline_root=self.base / "runs", repo=self.repo,
-                                     data_rev="main")
+        self.runs[label] = run_local(self.params(**overrides), pipeline_root=self.base / "runs",
+                                     repo=self.repo, data_rev="main")
         print(f"\n[timing] run {label}: {self.runs[label].seconds} s, tasks {self.runs[label].tasks}")
         return self.runs[label]
 
@@ -89,7 +89,8 @@ class Project:
                 history.read_text() if history.is_file() else None)
 
     def add_photos(self, folder: Path, *flags: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+               "DVC_NO_ANALYTICS": "1"}
         return subprocess.run([str(BIN / "fashionrec"), "add-photos", str(folder), "-p",
                                str(self.repo / "params.yaml"), *flags], cwd=self.repo, env=env,
                               capture_output=True, text=True, timeout=900)
@@ -135,7 +136,8 @@ def test_run1_registers_a_champion_with_lineage_and_deploys(project: Project, ru
     assert tags["lineage.data_rev"] == "main"
     assert tags["lineage.data_commit"] == project.v1.commit == tags["git_commit"]
     assert tags["lineage.data_md5"] == project.v1.md5 == tags["data_version"]
-    assert tags["lineage.params_hash"].startswith("sha256:") and tags["lineage.code_version"].startswith("sha256:")
+    assert tags["lineage.params_hash"].startswith("sha256:")
+    assert tags["lineage.code_version"].startswith("sha256:")
     assert tags["lineage.pipeline_run_id"] not in ("", "None")
     # the pipeline read data/subset at main through DVC: what dvc repro wrote, checked against dvc.lock
     fetched = Path(run1.run_dir) / "fetch-data" / "subset"
@@ -163,10 +165,11 @@ def test_run2_same_revision_is_no_change(project: Project, run1: LocalRun):
     report = (Path(run2.run_dir) / "record-no-change" / "report").read_text()
     assert report.startswith("## No change") and project.v1.md5 in report
     # ... and MLflow has a run saying so
+    run_id = json.loads(run2.lineage["lineage"])["lineage.pipeline_run_id"]
     [mlflow_run] = MlflowClient().search_runs(
         [e.experiment_id for e in MlflowClient().search_experiments()],
         filter_string=f"tags.outcome = 'no change' and tags.step = 'no-change' and "
-                      f"tags.`lineage.pipeline_run_id` = '{json.loads(run2.lineage['lineage'])['lineage.pipeline_run_id']}'")
+                      f"tags.`lineage.pipeline_run_id` = '{run_id}'")
     assert mlflow_run.data.tags["lineage.data_md5"] == project.v1.md5
     assert mlflow_run.data.tags["reason"] == run2.lineage["reason"]
 
@@ -183,7 +186,7 @@ def photo_folder(folder: Path, project: Project, n: int = 16, seed: int = 7) -> 
     rng = np.random.default_rng(seed)
     (folder / "images").mkdir(parents=True)
     rows, labels, count = [], list(CLASSES), {"train": 0, "validation": 0, "test": 0}
-    quota = {"train": n, "validation": max(2, n // 6), "test": max(2, n // 6)}  # split shares stay in tolerance
+    quota = {"train": n, "validation": max(2, n // 6), "test": max(2, n // 6)}  # shares within tolerance
     while len(rows) < n or count["test"] < 2 or count["train"] < 2:
         label = labels[len(rows) % len(labels)]
         image_id = f"new-{seed}-{len(rows):03d}-{label.lower()}"
@@ -271,7 +274,8 @@ def test_run3_better_by_min_improvement_registers_v2(project: Project, v2: dict)
     check_champion_rescored_on_v2(project, run3)
     assert versions() == ["1", "2"] and champion() == "2"
     tags = MlflowClient().get_model_version(NAME, "2").tags
-    assert tags["lineage.data_md5"] == v2["version"]["md5"] and tags["lineage.data_commit"] == v2["version"]["commit"]
+    assert tags["lineage.data_md5"] == v2["version"]["md5"]
+    assert tags["lineage.data_commit"] == v2["version"]["commit"]
     assert tags["candidate"] == "pixels"
     assert tags["lineage.pipeline_run_id"] != MlflowClient().get_model_version(NAME, "1").tags[
         "lineage.pipeline_run_id"]
@@ -321,7 +325,7 @@ def test_bad_photos_are_refused_by_name(project: Project, run1: LocalRun, tmp_pa
     assert git(project.repo, "status", "--porcelain", "--", "data", "dvc.lock") == ""
 
 
-# --- the fair gate's rules, pure -----------------------------------------------------------------------------
+# --- the fair gate's rules, pure ---------------------------------------------------------------------------
 
 
 def test_fair_gate_rules():

@@ -111,6 +111,18 @@ def record_version(root: Path, tracked: str, message: str, *, repro: str = "subs
     return DataVersion(repo=str(root), rev="HEAD", commit=sha, md5=md5, path=SUBSET_OUT)
 
 
+def new_additions(folder: Path) -> Path:
+    """An empty additions folder (`ingest.additions`): the CSV headers of the upstream layout, so that
+    `ingest`'s dependency exists before the first `fashionrec add-photos`."""
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    headers = {"images.csv": "image,sender_id,label,kids", "top10-splits.csv": "image,label,split"}
+    for name, header in headers.items():
+        if not (folder / name).is_file():
+            (folder / name).write_text(header + "\n")
+    return folder
+
+
 def init_project(root: Path, project: Path, params_tree: dict[str, Any], remote: Path,
                  message: str = "data v1") -> DataVersion:
     """A git + DVC repository at `root` shaped like the project (its dvc.yaml, the `src/` the data stages
@@ -123,10 +135,8 @@ def init_project(root: Path, project: Path, params_tree: dict[str, Any], remote:
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
     (root / "params.yaml").write_text(yaml.safe_dump(params_tree, sort_keys=False))
     (root / ".gitignore").write_text("__pycache__/\n*.pyc\n/mlflow/\n/bundles/\n/.cache/\n")
-    additions = root / str((params_tree.get("ingest") or {}).get("additions") or "data/additions")
-    (additions / "images").mkdir(parents=True, exist_ok=True)
-    (additions / "images.csv").write_text("image,sender_id,label,kids\n")
-    (additions / "top10-splits.csv").write_text("image,label,split\n")
+    additions = new_additions(root / str((params_tree.get("ingest") or {}).get("additions")
+                                         or "data/additions"))
     dvc = shutil.which("dvc") or "dvc"
     run(["git", "init", "-q", "-b", "main"], root, "git init")
     run(["git", "config", "user.email", "pipeline@fashionrec.invalid"], root, "git config")
