@@ -8,8 +8,8 @@
                 Else:           record_rejection ("no change")
         Else: record_no_change (data, code and params equal the champion's lineage: nothing trained)
 
-Parameters mirror params.yaml (one dict per section, the candidates as a list of `{name, gpus,
-node_selector, **block}`) plus `repo` and `data_rev`; their defaults are params.yaml's at compile time.
+Parameters mirror params.yaml (one dict per section, the candidates as a list of `{name, gpus, **block}`)
+plus `repo` and `data_rev`; their defaults are params.yaml's at compile time.
 The `kfp` section shapes the spec itself: the image, CPU and memory requests of every task, each
 candidate's GPUs (kfp.accelerators) with the GPU pool's node selector and toleration, retries of train and
 evaluate, and the Kubernetes Secrets/ConfigMap the MLflow and DVC settings come from. Compile with
@@ -67,11 +67,11 @@ def with_retries(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 
 def placed(task: dsl.PipelineTask, candidate) -> dsl.PipelineTask:
-    """The candidate's GPUs (its loop item's `gpus`, 0 for CPU-only candidates) and node selector (the GPU
-    pool's for a GPU candidate, none otherwise); the pool's toleration only permits, never forces."""
+    """The candidate's GPUs: its loop item's `gpus` (kfp.accelerators; "0" for a candidate that does not
+    train on one). A GPU request is what puts a pod on a GPU node; the GPU pool's toleration lets it land
+    there, and forces nothing on a CPU candidate."""
     gpu = KFP["gpu"]
     task.set_accelerator_type(gpu["accelerator"]).set_accelerator_limit(candidate.gpus)
-    kubernetes.add_node_selector_json(task, candidate.node_selector)
     tol = gpu["toleration"]
     kubernetes.add_toleration(task, key=tol.get("key"), operator=tol.get("operator", "Equal"),
                               value=tol.get("value"), effect=tol.get("effect"))

@@ -93,22 +93,20 @@ def test_resources_image_retries_and_gpu(compiled):
         assert container["image"] == kfp["image"] == check_image(kfp["image"]), task
         assert "pip install" not in " ".join(container["command"]), task  # install_kfp_package=False
         assert ("accelerator" in container["resources"]) == (task == "train"), task
-    # each candidate's GPUs come from its loop item: 0 (and no GPU node) for one that does not train on one
+    # each candidate's GPUs come from its loop item: "0" for one that does not train on one
     accel = compiled.executor("train")["resources"]["accelerator"]
     assert accel["resourceType"] == kfp["gpu"]["accelerator"] == "nvidia.com/gpu"
     loop_item = "pipelinechannel--candidates-loop-item-subvar-gpus"
     assert accel["resourceCount"] == f"{{{{$.inputs.parameters['{loop_item}']}}}}"
-    train = compiled.k8s("train")
-    assert train["nodeSelector"] == {"nodeSelectorJson": {
-        "componentInputParameter": "candidates-loop-item-subvar-node_selector"}}
-    assert train["tolerations"] == [kfp["gpu"]["toleration"]]
-    items = {c["name"]: c for c in pipeline_arguments(compiled.params)["candidates"]}
-    pool = {kfp["gpu"]["node_selector"]["key"]: kfp["gpu"]["node_selector"]["value"]}
-    assert (items["pixels"]["gpus"], items["pixels"]["node_selector"]) == ("0", {})
-    assert (items["simple_cnn"]["gpus"], items["simple_cnn"]["node_selector"]) == ("1", pool)
+    # ... an input the train task resolves from the loop item's field (what the compiler leaves dangling)
+    assert dag(compiled, "comp-for-loop-2")["train"]["inputs"]["parameters"][loop_item] == {
+        "componentInputParameter": "pipelinechannel--candidates-loop-item",
+        "parameterExpressionSelector": 'parseJson(string_value)["gpus"]'}
+    items = {c["name"]: c["gpus"] for c in pipeline_arguments(compiled.params)["candidates"]}
+    assert items == {"pixels": "0", "simple_cnn": "1", "efficientnet_lite0": "1"}
+    assert compiled.k8s("train")["tolerations"] == [kfp["gpu"]["toleration"]]
     for task in TASKS:
-        if task != "train":
-            assert "nodeSelector" not in compiled.k8s(task.replace("_", "-")), task
+        assert "nodeSelector" not in compiled.k8s(task.replace("_", "-")), task
     mount = compiled.k8s("deploy")["pvcMount"][0]
     assert (mount["constant"], mount["mountPath"]) == (kfp["bundles_pvc"], kfp["bundles_mount"])
     # retries with backoff on train and evaluate only

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import re
 import sys
 import warnings
 from dataclasses import asdict, dataclass
@@ -41,9 +42,8 @@ def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
 
 
 def candidates_of(train: dict[str, Any], kfp: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The loop items: `{"name", "gpus", "node_selector", **train.models[candidate]}` for each of
-    train.candidates; `gpus` (a string, as the accelerator limit wants it) from kfp.accelerators, and the
-    GPU pool's node selector only for a candidate with GPUs."""
+    """The loop items: `{"name", "gpus", **train.models[candidate]}` for each of train.candidates; `gpus`
+    (a string, as the accelerator limit wants it) from kfp.accelerators, "0" when absent."""
     kfp = kfp or {}
     names = train.get("candidates") or []
     models = train.get("models") or {}
@@ -53,10 +53,7 @@ def candidates_of(train: dict[str, Any], kfp: dict[str, Any] | None = None) -> l
     if missing:
         raise KfpError(f"params train.candidates: {missing} have no block in train.models ({sorted(models)})")
     gpus = {str(k): int(v or 0) for k, v in (kfp.get("accelerators") or {}).items()}
-    selector = (kfp.get("gpu") or {}).get("node_selector") or {}
-    pool = {str(selector["key"]): str(selector["value"])} if selector else {}
-    return [{"name": str(n), "gpus": str(gpus.get(str(n), 0)),
-             "node_selector": pool if gpus.get(str(n), 0) > 0 else {}, **models[n]} for n in names]
+    return [{"name": str(n), "gpus": str(gpus.get(str(n), 0)), **models[n]} for n in names]
 
 
 def pipeline_arguments(params: Params, *, local: bool = False, repo: str | None = None,
@@ -115,14 +112,42 @@ def check_image(image: str) -> str:
     return image
 
 
+LOOP_SUBVAR = re.compile(r"^pipelinechannel--(?P<item>.+-loop-item)-subvar-(?P<field>.+)$")
+
+
+def resolve_loop_subvars(node: Any) -> int:
+    """Point task inputs named after a loop item's field (`...-loop-item-subvar-gpus`, which the KFP 2.17
+    compiler emits for a resource set from `item.field` but leaves unresolvable) at the loop item with a
+    field selector, the form it uses for `arg=item.field`. Returns how many it fixed."""
+    fixed = 0
+    if isinstance(node, dict):
+        inputs = node.get("inputs")
+        params = inputs.get("parameters") if isinstance(inputs, dict) else None
+        for name, spec in (params or {}).items():
+            match = LOOP_SUBVAR.match(name)
+            if match and isinstance(spec, dict) and spec.get("componentInputParameter") == name:
+                spec["componentInputParameter"] = f"pipelinechannel--{match['item']}"
+                spec["parameterExpressionSelector"] = f'parseJson(string_value)["{match["field"]}"]'
+                fixed += 1
+        fixed += sum(resolve_loop_subvars(v) for v in node.values())
+    elif isinstance(node, list):
+        fixed += sum(resolve_loop_subvars(v) for v in node)
+    return fixed
+
+
 def compile_pipeline(out: Path, params: Params | None = None) -> Path:
-    """Write the pipeline spec (YAML) to out (the task image checked first)."""
+    """Write the pipeline spec (YAML) to out (the task image checked first; loop-item resources resolved,
+    see `resolve_loop_subvars`)."""
+    import yaml
     from kfp import compiler
 
     if params is not None:
         check_image(str(params.get("kfp.image") or ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(load_pipeline(), str(out))
+    docs = list(yaml.safe_load_all(out.read_text()))
+    if resolve_loop_subvars(docs[0]):
+        out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return out
 
 
@@ -178,7 +203,7 @@ def run_local(params: Params, source: str | None = None, pipeline_root: Path | N
     DVC from `repo` (default: `local_repo`) at `data_rev` (default: kfp.data.rev)."""
     import time
 
-    from kfp import local
+    from kfp import components, local
 
     started = time.perf_counter()
     p = local_params(params, source) if repo is None else params
@@ -188,10 +213,11 @@ def run_local(params: Params, source: str | None = None, pipeline_root: Path | N
     root = (pipeline_root or p.path(loc.get("pipeline_root") or ".cache/kfp-local/runs")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     configure(p)  # create store and experiment once: parallel tasks would race to migrate a new SQLite file
+    spec = compile_pipeline(root / ".spec" / "training_pipeline.yaml")  # run what a cluster would get
     before = set(root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                enable_caching=bool(loc.get("caching", True)), cache_root=str(root / ".kfp_cache"))
-    load_pipeline()(**args)
+    components.load_component_from_file(str(spec))(**args)
     new = sorted((d for d in set(root.iterdir()) - before if d.is_dir() and not d.name.startswith(".")),
                  key=lambda d: d.stat().st_mtime)
     if not new:
