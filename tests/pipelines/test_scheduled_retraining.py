@@ -144,10 +144,29 @@ def test_run1_registers_a_champion_with_lineage_and_deploys(project: Project, ru
     assert len(read_manifest(fetched)) == len(read_manifest(project.repo / "data" / "subset")) > 0
     lock = yaml.safe_load((project.repo / "dvc.lock").read_text())
     assert [o["md5"] for o in lock["stages"]["subset"]["outs"]] == [project.v1.md5]
+    assert tags["gate.passed"] == "true" and tags["kfp_run"].startswith("fashionrec-training")
+    history = json.loads(MlflowClient().get_registered_model(NAME).tags["champion_history"])
+    assert history[-1]["by"].startswith("kfp run fashionrec-training")
+    # serving's current bundle holds that model and every validated image
     bundles, current, _ = project.bundles()
     assert current in bundles
     manifest = json.loads((project.base / "bundles" / current / "manifest.json").read_text())
     assert manifest["model"]["version"] == f"{NAME}/1"
+    run = Path(run1.run_dir)
+    summary = json.loads((run / "deploy" / "summary").read_text())
+    assert summary["version"] == current
+    assert summary["items"] == len(read_manifest(run / "validate" / "validated")) > 0
+    # the candidate was trained (logged to MLflow) and evaluated; the pictures are viewable pages
+    [loop] = sorted(run.glob("for-loop-*"))
+    metrics = json.loads((loop / "evaluate" / "metrics").read_text())
+    assert 0.0 <= metrics["test"]["micro_f1"] <= 1.0 and "top5" in metrics["instance"]
+    assert (loop / "evaluate" / "plots").read_text().count("data:image/png;base64,") == 2
+    assert (loop / "train" / "loss_curve").read_text().count("data:image/png;base64,") == 1
+    ref = json.loads((loop / "train" / "model" / "mlflow.json").read_text())
+    assert MlflowClient().get_run(ref["run_id"]).data.tags["evaluated"] == "true"
+    docs = (run / "validate" / "data_docs").read_text()
+    assert "Data validation: passed" in docs and docs.count("<iframe") == 3
+    assert (run / "validate" / "reports" / "data_docs" / "index.html").is_file()
 
 
 # --- 2. the same revision again: no change ----------------------------------------------------------------
@@ -244,6 +263,8 @@ def test_run3_no_improvement_is_no_change(project: Project, v2: dict):
     assert "re-scored on this run's test split" in run3.gate["reason"]
     assert versions() == ["1"] and champion() == "1" and project.bundles() == before
     check_champion_rescored_on_v2(project, run3)
+    report = (Path(run3.run_dir) / "record-rejection" / "report").read_text()
+    assert report.startswith(f"## Gate refused: {run3.gate['winner']}") and "| no |" in report
 
 
 def check_champion_rescored_on_v2(project: Project, run: LocalRun) -> None:
