@@ -9,8 +9,8 @@ are quarantined (listed, copied aside, left out) or refuse the whole folder, per
 any other failure refuses it. Nothing is added from a refused folder and no data version is made.
 
 Accepted photos go into the additions folder (`ingest.additions`, DVC-tracked) with a split drawn from
-their content hash at the subset's shares; then `dvc add`, `dvc repro` (ingest -> subset -> validate),
-`dvc push` and a git commit record the new data version that the next scheduled run reads.
+their content hash at the subset's shares; then `dvc add`, `dvc repro subset` (ingest -> subset), `dvc push`
+and a git commit record the new data version that the next scheduled run reads.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import csv
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,6 @@ class IntakeResult:
     additions: str
     report: str
     version: dict[str, Any] | None = None
-    refused: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
