@@ -26,6 +26,7 @@ import yaml
 from common import ROOT, Run, table
 
 from fashionrec.core.config import set_dotted
+from fashionrec.data.versions import new_additions
 
 TINY_EXTRA = {
     "train.candidates": ["pixels", "simple_cnn", "efficientnet_lite0"],   # dvc.yaml's select needs all three
@@ -58,6 +59,7 @@ def make_copy(work: Path, source: str) -> Path:
     for key, value in overrides.items():
         set_dotted(tree, key, value)
     (proj / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    new_additions(proj / str(tree["ingest"].get("additions") or "data/additions"))  # ingest's dep
     return proj
 
 

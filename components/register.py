@@ -8,10 +8,13 @@ from components import BASE_IMAGE
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def register(register_params: dict, mlflow_params: dict, seed: int, onnx_model: Input[Model],
-             winner_model: Input[Model], decision: Input[Artifact], validated: Input[Dataset],
+             winner_model: Input[Model], decision: Input[Artifact], validated: Input[Dataset], lineage: str,
              registered: Output[Artifact], run_name: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER) -> str:
     """`fashionrec register`: alias `challenger`, and `champion` when `promotion: auto`; `registered` is
-    models/registered.json. The KFP run's name is recorded as who made the change. Returns the version."""
+    models/registered.json. The version carries the run's lineage tags (data rev, commit and DVC md5,
+    code version, params hash, pipeline run id: the next run's "no change" check reads them); the KFP
+    run's name is recorded as who made the change. Returns the version."""
+    import json
     from pathlib import Path
 
     from fashionrec.core.tracking import configure, run_tags
@@ -21,7 +24,9 @@ def register(register_params: dict, mlflow_params: dict, seed: int, onnx_model: 
     p = component_params({"register": register_params}, mlflow_params, seed)
     configure(p)
     candidate = str(winner_model.metadata["candidate"])
-    tags = run_tags(p, Path(validated.path) / "manifest.parquet", kfp_run=run_name)
+    ran = json.loads(lineage)
+    tags = {**run_tags(p, Path(validated.path) / "manifest.parquet", kfp_run=run_name), **ran,
+            "data_version": ran["lineage.data_md5"], "git_commit": ran["lineage.data_commit"]}
     result = run(Path(onnx_model.path), linked_folder({candidate: winner_model.path}), Path(decision.path),
                  Path(registered.path), p.section("register"), tags=tags, by=f"kfp run {run_name}")
     registered.metadata.update({"name": result.name, "version": result.version, "aliases": result.aliases,

@@ -10,13 +10,16 @@ from components import BASE_IMAGE
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def select(select_params: dict, register_params: dict, mlflow_params: dict, seed: int,
-           metrics: Input[list[Metrics]], models: Input[list[Model]], decision: Output[Artifact],
-           winner_model: Output[Model]) -> NamedTuple("Gate", [("passed", bool), ("winner", str),
-                                                                ("reason", str)]):
-    """`fashionrec select`: the decision JSON is written either way; a refusal is an output (`passed`
-    false, for the pipeline's dsl.If/Else) instead of a failed task. The winner's model folder is passed
-    on as `winner_model`, since KFP cannot hand a collected artifact list into a condition branch."""
+           metrics: Input[list[Metrics]], models: Input[list[Model]], champion: Input[Metrics], lineage: str,
+           decision: Output[Artifact], winner_model: Output[Model]
+           ) -> NamedTuple("Gate", [("passed", bool), ("winner", str), ("reason", str)]):
+    """`fashionrec select` with the fair gate: `champion` is the champion re-scored in this run on the same
+    test split (score_champion), and the winner must beat it by `select.min_improvement`. The decision JSON
+    is written either way; a refusal ("no change") is an output (`passed` false, for the pipeline's
+    dsl.If/Else) instead of a failed task. The winner's model folder is passed on as `winner_model`, since
+    KFP cannot hand a collected artifact list into a condition branch."""
     import contextlib
+    import json
     import shutil
     from collections import namedtuple
     from pathlib import Path
@@ -33,7 +36,8 @@ def select(select_params: dict, register_params: dict, mlflow_params: dict, seed
     metrics_dir = linked_folder({f"{name}.json": m.path for name, m in zip(names, metrics, strict=True)})
     with contextlib.suppress(GateFailed):  # the decision file says why; the Else branch records it
         run(metrics_dir, names, Path(decision.path), p.section("select"),
-            name=str(p.get("register.name") or "fashionrec"))
+            name=str(p.get("register.name") or "fashionrec"),
+            rescored=json.loads(Path(champion.path).read_text()), tags=json.loads(lineage))
     verdict = read_decision(Path(decision.path))
     by_name = {str(m.metadata.get("candidate")): m for m in models}
     shutil.copytree(by_name[verdict["winner"]].path, winner_model.path, dirs_exist_ok=True)

@@ -11,6 +11,7 @@ def train(candidate: dict, train_params: dict, mlflow_params: dict, seed: int, v
           subset: Input[Dataset], model: Output[Model], loss_curve: Output[HTML]) -> str:
     """`fashionrec train <candidate>`: `candidate` is one entry of the loop, `{"name": ..., **its block}`;
     the model folder (model.pt, card.json, history, loss curve, mlflow.json) becomes the `model` artifact.
+    The loop item's `gpus` (where the pod runs) is not a training param.
     `subset` holds the images the validated manifest points at. Returns the candidate's name."""
     import tempfile
     from pathlib import Path
@@ -20,6 +21,7 @@ def train(candidate: dict, train_params: dict, mlflow_params: dict, seed: int, v
 
     block = plain(candidate)
     name = str(block.pop("name"))
+    block.pop("gpus", None)
     p = component_params({"train": {**train_params, "candidates": [name], "models": {name: block}}},
                          mlflow_params, seed)
     work = Path(tempfile.mkdtemp(prefix=f"fashionrec-train-{name}-"))  # pod-local caches

@@ -1,14 +1,19 @@
-"""The training pipeline for Kubeflow: the steps of dvc.yaml, one component each.
+"""The training pipeline for Kubeflow: the steps of dvc.yaml, one component each, run on a schedule.
 
-    ingest_subset -> validate -> ParallelFor(candidates) { train -> evaluate } -> Collected -> select
-        If gate passed: export -> register -> deploy
-        Else:           record_rejection
+    fetch_data (data/subset at data_rev, through DVC) -> validate -> check_lineage
+        If changed:
+            score_champion (the champion re-scored on this run's test split)
+            ParallelFor(candidates) { train -> evaluate } -> Collected -> select (the fair gate)
+                If gate passed: export -> register -> deploy
+                Else:           record_rejection ("no change")
+        Else: record_no_change (data, code and params equal the champion's lineage: nothing trained)
 
-Parameters mirror params.yaml (one dict per section, the candidates as a list of `{name, **block}`); their
-defaults are params.yaml's at compile time. The `kfp` section shapes the spec itself: the image, CPU and
-memory requests of every task, and the train task's GPU (accelerator limit, node selector and toleration
-of the GPU pool). Compile with `make pipeline-compile` (or `python -m pipelines.training_pipeline`);
-run locally with `make pipeline-local`; submit with `fashionrec kfp submit`.
+Parameters mirror params.yaml (one dict per section, the candidates as a list of `{name, gpus, **block}`)
+plus `repo` and `data_rev`; their defaults are params.yaml's at compile time.
+The `kfp` section shapes the spec itself: the image, CPU and memory requests of every task, each
+candidate's GPUs (kfp.accelerators) with the GPU pool's node selector and toleration, retries of train and
+evaluate, and the Kubernetes Secrets/ConfigMap the MLflow and DVC settings come from. Compile with
+`fashionrec kfp compile`; run locally with `fashionrec kfp local`; schedule with `fashionrec kfp schedule`.
 """
 
 import sys
@@ -16,12 +21,15 @@ from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
 
+from components.check_lineage import check_lineage
 from components.deploy import deploy
 from components.evaluate import evaluate
 from components.export import export
-from components.ingest_subset import ingest_subset
+from components.fetch_data import fetch_data
+from components.record_no_change import record_no_change
 from components.record_rejection import record_rejection
 from components.register import register
+from components.score_champion import score_champion
 from components.select import select
 from components.train import train
 from components.validate import validate
@@ -40,23 +48,46 @@ def resources(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
     return task.set_cpu_request(str(spec["cpu"])).set_memory_request(str(spec["memory"]))
 
 
-def on_gpu_pool(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """An accelerator limit, and the GPU pool's node selector and toleration (kfp.gpu)."""
+def uses_mlflow(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """The tracking URI (ConfigMap) and credentials (Secret) as environment variables: set by the cluster,
+    not compiled into the spec (kfp.mlflow)."""
+    spec = KFP["mlflow"]
+    kubernetes.use_config_map_as_env(task, config_map_name=spec["config_map"],
+                                     config_map_key_to_env=dict(spec["config_map_env"]))
+    kubernetes.use_secret_as_env(task, secret_name=spec["secret"], secret_key_to_env=dict(spec["secret_env"]))
+    return task
+
+
+def with_retries(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Retries with exponential backoff (kfp.retry): GPU nodes are preemptible."""
+    r = KFP["retry"]
+    return task.set_retry(num_retries=int(r["num_retries"]), backoff_duration=str(r["backoff_duration"]),
+                          backoff_factor=float(r["backoff_factor"]),
+                          backoff_max_duration=str(r["backoff_max_duration"]))
+
+
+def placed(task: dsl.PipelineTask, candidate) -> dsl.PipelineTask:
+    """The candidate's GPUs: its loop item's `gpus` (kfp.accelerators; "0" for a candidate that does not
+    train on one). A GPU request is what puts a pod on a GPU node; the GPU pool's toleration lets it land
+    there, and forces nothing on a CPU candidate."""
     gpu = KFP["gpu"]
-    task.set_accelerator_type(gpu["accelerator"]).set_accelerator_limit(int(gpu["limit"]))
-    kubernetes.add_node_selector(task, label_key=gpu["node_selector"]["key"],
-                                 label_value=gpu["node_selector"]["value"])
+    task.set_accelerator_type(gpu["accelerator"]).set_accelerator_limit(candidate.gpus)
     tol = gpu["toleration"]
     kubernetes.add_toleration(task, key=tol.get("key"), operator=tol.get("operator", "Equal"),
                               value=tol.get("value"), effect=tol.get("effect"))
     return task
 
 
+def uncached(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Never from the cache: the step reads something outside its inputs (a branch tip, the registry)."""
+    task.set_caching_options(False)
+    return task
+
+
 @dsl.pipeline(name=KFP["pipeline_name"], description=__doc__.splitlines()[0])
 def training_pipeline(
-    source: str = D["source"],
-    ingest_params: dict = D["ingest_params"],
-    subset_params: dict = D["subset_params"],
+    repo: str = D["repo"],
+    data_rev: str = D["data_rev"],
     validate_params: dict = D["validate_params"],
     candidates: list = D["candidates"],
     train_params: dict = D["train_params"],
@@ -70,43 +101,56 @@ def training_pipeline(
     seed: int = D["seed"],
     bundles_dir: str = D["bundles_dir"],
 ):
-    data = resources(ingest_subset(source=source, ingest_params=ingest_params, subset_params=subset_params),
-                     "ingest_subset")
+    data = uncached(resources(fetch_data(repo=repo, data_rev=data_rev), "fetch_data"))  # a branch moves
+    data_secret = KFP["data"]
+    kubernetes.use_secret_as_env(data, secret_name=data_secret["secret"],
+                                 secret_key_to_env=dict(data_secret["secret_env"]))
     images = data.outputs["subset"]
     checked = resources(validate(validate_params=validate_params, subset=images), "validate")
     validated = checked.outputs["validated"]
+    news = uses_mlflow(uncached(resources(check_lineage(
+        data_version=data.outputs["data_version"], validate_params=validate_params, candidates=candidates,
+        train_params=train_params, evaluate_params=evaluate_params, select_params=select_params,
+        export_params=export_params, register_params=register_params, mlflow_params=mlflow_params,
+        seed=seed).after(checked), "check_lineage")))
+    lineage = news.outputs["lineage"]
 
-    with dsl.ParallelFor(candidates, parallelism=int(KFP["training_parallelism"])) as candidate:
-        trained = on_gpu_pool(resources(train(candidate=candidate, train_params=train_params,
-                                              mlflow_params=mlflow_params, seed=seed, validated=validated,
-                                              subset=images), "train"))
-        scored = resources(evaluate(evaluate_params=evaluate_params, mlflow_params=mlflow_params, seed=seed,
-                                    model=trained.outputs["model"], validated=validated, subset=images),
-                           "evaluate")
+    with dsl.If(news.outputs["changed"] == True, "inputs-changed"):  # noqa: E712 - a KFP condition
+        champion = uses_mlflow(uncached(resources(score_champion(
+            register_params=register_params, evaluate_params=evaluate_params, mlflow_params=mlflow_params,
+            seed=seed, validated=validated, subset=images), "score_champion")))
+        with dsl.ParallelFor(candidates, parallelism=int(KFP["training_parallelism"])) as candidate:
+            trained = with_retries(uses_mlflow(placed(resources(train(
+                candidate=candidate, train_params=train_params, mlflow_params=mlflow_params, seed=seed,
+                validated=validated, subset=images), "train"), candidate)))
+            scored = with_retries(uses_mlflow(resources(evaluate(
+                evaluate_params=evaluate_params, mlflow_params=mlflow_params, seed=seed,
+                model=trained.outputs["model"], validated=validated, subset=images), "evaluate")))
 
-    gate = resources(select(select_params=select_params, register_params=register_params,
-                            mlflow_params=mlflow_params, seed=seed,
-                            metrics=dsl.Collected(scored.outputs["metrics"]),
-                            models=dsl.Collected(trained.outputs["model"])), "select")
-    gate.set_caching_options(False)  # the champion it compares with lives in MLflow, outside the inputs
+        gate = uses_mlflow(uncached(resources(select(
+            select_params=select_params, register_params=register_params, mlflow_params=mlflow_params,
+            seed=seed, metrics=dsl.Collected(scored.outputs["metrics"]),
+            models=dsl.Collected(trained.outputs["model"]), champion=champion.outputs["champion"],
+            lineage=lineage), "select")))
 
-    with dsl.If(gate.outputs["passed"] == True, "gate-passed"):  # noqa: E712 - a KFP condition, not Python
-        exported = resources(export(export_params=export_params, winner_model=gate.outputs["winner_model"],
-                                    decision=gate.outputs["decision"], validated=validated, subset=images),
-                             "export")
-        registered = resources(register(register_params=register_params, mlflow_params=mlflow_params,
-                                        seed=seed, onnx_model=exported.outputs["onnx_model"],
-                                        winner_model=gate.outputs["winner_model"],
-                                        decision=gate.outputs["decision"], validated=validated), "register")
-        registered.set_caching_options(False)
-        deployed = resources(deploy(index_params=index_params, serve_params=serve_params,
-                                    mlflow_params=mlflow_params, seed=seed, bundles_dir=bundles_dir,
-                                    validated=validated, subset=images), "deploy").after(registered)
-        deployed.set_caching_options(False)
-        kubernetes.mount_pvc(deployed, pvc_name=KFP["bundles_pvc"], mount_path=KFP["bundles_mount"])
-    with dsl.Else("gate-refused"):
-        rejected = resources(record_rejection(decision=gate.outputs["decision"]), "record_rejection")
-        rejected.set_caching_options(False)
+        with dsl.If(gate.outputs["passed"] == True, "gate-passed"):  # noqa: E712 - a KFP condition
+            exported = resources(export(
+                export_params=export_params, winner_model=gate.outputs["winner_model"],
+                decision=gate.outputs["decision"], validated=validated, subset=images), "export")
+            registered = uses_mlflow(uncached(resources(register(
+                register_params=register_params, mlflow_params=mlflow_params, seed=seed,
+                onnx_model=exported.outputs["onnx_model"], winner_model=gate.outputs["winner_model"],
+                decision=gate.outputs["decision"], validated=validated, lineage=lineage), "register")))
+            deployed = uses_mlflow(uncached(resources(deploy(
+                index_params=index_params, serve_params=serve_params, mlflow_params=mlflow_params, seed=seed,
+                bundles_dir=bundles_dir, validated=validated, subset=images), "deploy").after(registered)))
+            kubernetes.mount_pvc(deployed, pvc_name=KFP["bundles_pvc"], mount_path=KFP["bundles_mount"])
+        with dsl.Else("gate-refused"):
+            uncached(resources(record_rejection(decision=gate.outputs["decision"]), "record_rejection"))
+    with dsl.Else("no-change"):
+        uses_mlflow(uncached(resources(record_no_change(
+            reason=news.outputs["reason"], lineage=lineage, register_params=register_params,
+            mlflow_params=mlflow_params, seed=seed), "record_no_change")))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ def ingest(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
     s = p.section("ingest")
     src = s["source"] if s["source"] == "auto" else p.path(s["source"])
     report(run(src, p.path(s["out"]), s, shared_path=p.path(s["shared_path"]),
-               download_dir=p.path(s["download_dir"])))
+               download_dir=p.path(s["download_dir"]),
+               additions=p.path(s["additions"]) if s.get("additions") else None))
 
 
 @app.command()
@@ -242,6 +243,22 @@ def index(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
     report(build_index_bundle(p))
 
 
+@app.command("add-photos")
+def add_photos(folder: Annotated[Path, typer.Argument(help="New labelled photos: images/ + images.csv.")],
+               params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+               on_bad_file: Annotated[str | None, typer.Option(help="fail | quarantine")] = None,
+               record: Annotated[bool | None, typer.Option(
+                   "--record/--no-record", help="dvc add/repro/push + git commit.")] = None) -> None:
+    """Check new labelled photos with the validation suite, add them to the data and record a new data
+    version (DVC + a git commit) that the next scheduled run trains on."""
+    from fashionrec.data.intake import add_photos as run
+
+    p = load(params, sets, intake__on_bad_file=on_bad_file, intake__record=record)
+    s = p.section("intake")
+    report(run(folder, p.root, s, p.section("validate"), subset_dir=p.path(s["subset"]),
+               additions=p.path(p.get("ingest.additions") or "data/additions"), reports=p.path(s["reports"])))
+
+
 @app.command("add-items")
 def add_items(catalog: Annotated[Path, typer.Argument(help="Catalog CSV of the new items only.")],
               params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
@@ -293,17 +310,20 @@ def kfp_compile(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
     from fashionrec.kfp.client import compile_pipeline
 
     p = load(params, sets)
-    report({"package": str(compile_pipeline(out or p.path(p.section("kfp")["package"])))})
+    report({"package": str(compile_pipeline(out or p.path(p.section("kfp")["package"]), p))})
 
 
 @kfp_app.command("local")
 def kfp_local(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
               source: Annotated[str | None, typer.Option(
-                  help="tiny (generated, the default) or a dataset folder.")] = None) -> None:
-    """Run the whole pipeline on this machine with kfp.local (no cluster, no Docker)."""
+                  help="tiny (generated, the default) or a dataset folder.")] = None,
+              data_rev: Annotated[str | None, typer.Option(
+                  help="Git revision of the data (default: kfp.data.rev).")] = None) -> None:
+    """Run the whole pipeline on this machine with kfp.local (no cluster, no Docker), reading the data
+    through DVC from a local git + DVC repository (kfp.local.repo; built from the source on first use)."""
     from fashionrec.kfp.client import run_local
 
-    report(run_local(load(params, sets), source))
+    report(run_local(load(params, sets), source, data_rev=data_rev))
 
 
 @kfp_app.command("submit")

@@ -22,6 +22,7 @@ from fashionrec.data.ingest import ingest
 from fashionrec.data.manifest import read_manifest
 from fashionrec.data.subset import subset
 from fashionrec.data.validate import validate
+from fashionrec.data.versions import new_additions
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_STAGES = ("ingest", "subset", "validate", "describe")
@@ -59,6 +60,7 @@ def test_dvc_repro_then_nothing_then_push_pull(tiny_validated, tmp_path):
     assert "src/fashionrec/data" in code
     for dep in code:  # the code the stages depend on, as dvc.yaml names it
         shutil.copytree(ROOT / dep, repo / dep, ignore=shutil.ignore_patterns("__pycache__"))
+    new_additions(repo / "data" / "additions")  # ingest's dep: no new photos yet
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "GIT_CONFIG_NOSYSTEM": "1"}
 

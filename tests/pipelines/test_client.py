@@ -71,26 +71,59 @@ def test_submit_sends_the_compiled_spec_and_params(cli, kfp_api, compiled):
     assert simple["epochs"] == 7
 
 
-def test_schedule_sends_a_cron_trigger(cli, kfp_api, compiled):
+def test_schedule_uploads_a_pipeline_version_and_schedules_it(cli, kfp_api, compiled):
     code, out, err = cli("kfp", "schedule", "-p", PARAMS, "--host", kfp_api.url, "--package",
                          str(compiled.path))
     assert code == 0, err
+    assert not kfp_api.rejected  # every body fitted its kfp-server-api model
     result = json.loads(out)
     assert result["recurring_run_id"] == "rr-1" and result["experiment_id"] == "exp-1"
+    # the named pipeline was created, then this spec uploaded as a version named by its hash
+    name = compiled.params.get("kfp.pipeline_name")
+    assert [p["display_name"] for p in kfp_api.pipelines] == [name]
+    version = next(v for v in kfp_api.versions if v["pipeline_version_id"] == result["pipeline_version_id"])
+    assert version["display_name"].startswith(f"{name}-") and result["version_uploaded"] is True
+    assert version["pipeline_spec"] == [compiled.spec, compiled.platform]
+    # the recurring run points at that version: no spec inline
     [body] = kfp_api.posted("recurringruns")
+    assert "pipeline_spec" not in body
+    assert body["pipeline_version_reference"] == {"pipeline_id": result["pipeline_id"],
+                                                  "pipeline_version_id": result["pipeline_version_id"]}
     plan = compiled.params.section("kfp")["schedule"]
     assert body["trigger"] == {"cron_schedule": {"cron": plan["cron"]}}
     assert int(body["max_concurrency"]) == plan["max_concurrency"]
     assert body["display_name"] == plan["name"] and body["mode"] == "ENABLE" and body["no_catchup"] is True
     assert body["experiment_id"] == "exp-1"
-    check_arguments(body, compiled, pipeline_arguments(compiled.params))
+    assert body["runtime_config"]["parameters"] == json.loads(json.dumps(pipeline_arguments(compiled.params)))
 
+    # the same spec again: its version is reused, not uploaded twice
     code, out, err = cli("kfp", "schedule", "-p", PARAMS, "--host", kfp_api.url, "--package",
                          str(compiled.path), "--cron", "0 30 2 * * *", "--name", "nightly")
     assert code == 0, err
+    again = json.loads(out)
+    assert again["pipeline_version_id"] == result["pipeline_version_id"]
+    assert again["version_uploaded"] is False
+    assert len(kfp_api.versions) == 2 and len(kfp_api.pipelines) == 1  # upload_pipeline's own + ours
     body = kfp_api.posted("recurringruns")[-1]
     assert body["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * *" and body["display_name"] == "nightly"
     assert len(kfp_api.posted("experiments")) == 1  # the experiment is found and reused
+
+
+def test_fake_api_checks_bodies_against_the_server_models(kfp_api):
+    """A body the real API's models would not accept is refused (so the tests above could fail)."""
+    import pytest as _pytest
+    from fake_kfp import check_model
+
+    check_model({"display_name": "x", "mode": "ENABLE", "trigger": {"cron_schedule": {"cron": "0 0 3 * * 1"}},
+                 "pipeline_version_reference": {"pipeline_id": "p", "pipeline_version_id": "v"}},
+                "V2beta1RecurringRun")
+    with _pytest.raises(ValueError, match="not in V2beta1RecurringRun"):
+        check_model({"display_name": "x", "pipeline_package": "inline"}, "V2beta1RecurringRun")
+    with _pytest.raises(ValueError, match="not in V2beta1CronSchedule"):
+        check_model({"display_name": "x", "trigger": {"cron_schedule": {"crontab": "0 0 3 * * 1"}}},
+                    "V2beta1RecurringRun")
+    with _pytest.raises(ValueError):
+        check_model({"display_name": "x", "mode": "SOMETIMES"}, "V2beta1RecurringRun")
 
 
 def test_bad_requests_fail_clearly(cli, kfp_api, compiled, tmp_path):

@@ -1,5 +1,6 @@
-"""The compiled pipeline's structure: tasks and their order, the candidate loop, the gate's branches,
-resources of every task, the train task's GPU and node placement, image and parameters from params.yaml."""
+"""The compiled pipeline's structure: tasks and their order, the no-change branch, the candidate loop, the
+gate's branches, resources of every task, each candidate's GPU and node placement, retries, Secret-based
+settings, image and parameters from params.yaml."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fashionrec.kfp.client import pipeline_arguments
+from fashionrec.core.errors import KfpError
+from fashionrec.kfp.client import check_image, pipeline_arguments
 from fashionrec.kfp.io import component_params, plain, without_nulls
 
 ROOT = Path(__file__).resolve().parents[2]
-TASKS = ["ingest_subset", "validate", "train", "evaluate", "select", "export", "register", "deploy",
-         "record_rejection"]
+TASKS = ["fetch_data", "validate", "check_lineage", "score_champion", "train", "evaluate", "select", "export",
+         "register", "deploy", "record_rejection", "record_no_change"]
+MLFLOW_TASKS = ["check_lineage", "score_champion", "train", "evaluate", "select", "register", "deploy",
+                "record_no_change"]
 
 
 def dag(compiled, component: str) -> dict:
@@ -22,30 +26,44 @@ def dag(compiled, component: str) -> dict:
     return node["dag"]["tasks"]
 
 
+def branches(compiled, component: str) -> tuple[dict, dict]:
+    """The (If, Else) pair of a dsl.If/dsl.Else group."""
+    group = dag(compiled, component)
+    first, second = (group[k] for k in sorted(group))
+    return first, second
+
+
 def test_tasks_loop_and_order(compiled):
     root = dag(compiled, "root")
-    assert set(root) == {"ingest-subset", "validate", "for-loop-1", "select", "condition-branches-2"}
-    assert root["validate"]["dependentTasks"] == ["ingest-subset"]
-    assert "validate" in root["for-loop-1"]["dependentTasks"]
-    assert root["select"]["dependentTasks"] == ["for-loop-1"]
-    # the loop runs over the candidates parameter, train -> evaluate inside
-    loop = root["for-loop-1"]
+    assert set(root) == {"fetch-data", "validate", "check-lineage", "condition-branches-1"}
+    assert root["validate"]["dependentTasks"] == ["fetch-data"]
+    assert set(root["check-lineage"]["dependentTasks"]) == {"fetch-data", "validate"}
+    changed, unchanged = branches(compiled, "comp-condition-branches-1")
+    cond = "inputs.parameter_values['pipelinechannel--check-lineage-changed'] == true"
+    assert changed["triggerPolicy"]["condition"] == cond
+    assert unchanged["triggerPolicy"]["condition"] == f"!({cond})"
+    # unchanged inputs: only the record, no training
+    assert set(dag(compiled, unchanged["componentRef"]["name"])) == {"record-no-change"}
+    work = dag(compiled, changed["componentRef"]["name"])
+    assert set(work) == {"score-champion", "for-loop-2", "select", "condition-branches-3"}
+    assert set(work["select"]["dependentTasks"]) == {"for-loop-2", "score-champion"}
+    loop = work["for-loop-2"]
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--candidates"
     assert loop["iteratorPolicy"]["parallelismLimit"] == compiled.params.get("kfp.training_parallelism")
-    body = dag(compiled, "comp-for-loop-1")
+    body = dag(compiled, "comp-for-loop-2")
     assert set(body) == {"train", "evaluate"}
     assert body["evaluate"]["dependentTasks"] == ["train"]
-    # select collects every iteration's metrics and models
-    inputs = root["select"]["inputs"]["artifacts"]
-    assert inputs["metrics"]["taskOutputArtifact"]["producerTask"] == "for-loop-1"
-    assert inputs["models"]["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+    # select collects every iteration's metrics and models, and takes the re-scored champion
+    inputs = work["select"]["inputs"]["artifacts"]
+    assert inputs["metrics"]["taskOutputArtifact"]["producerTask"] == "for-loop-2"
+    assert inputs["models"]["taskOutputArtifact"]["producerTask"] == "for-loop-2"
+    assert inputs["champion"]["taskOutputArtifact"]["producerTask"] == "score-champion"
     select_inputs = compiled.spec["components"]["comp-select"]["inputDefinitions"]["artifacts"]
     assert select_inputs["metrics"]["isArtifactList"] and select_inputs["models"]["isArtifactList"]
 
 
-def test_gate_branches(compiled):
-    branches = dag(compiled, "comp-condition-branches-2")
-    passed, refused = branches["condition-3"], branches["condition-4"]
+def test_gate_branches_and_caching(compiled):
+    passed, refused = branches(compiled, "comp-condition-branches-3")
     cond = "inputs.parameter_values['pipelinechannel--select-passed'] == true"
     assert passed["triggerPolicy"]["condition"] == cond
     assert refused["triggerPolicy"]["condition"] == f"!({cond})"
@@ -54,34 +72,78 @@ def test_gate_branches(compiled):
     assert on_pass["register"]["dependentTasks"] == ["export"]
     assert on_pass["deploy"]["dependentTasks"] == ["register"]
     assert set(dag(compiled, refused["componentRef"]["name"])) == {"record-rejection"}
-    # registry-dependent steps never come from the cache
+    # what reads a branch tip or the registry never comes from the cache (a changed champion shows)
     for task in ("register", "deploy"):
         assert on_pass[task]["cachingOptions"] == {}
-    assert dag(compiled, "root")["select"]["cachingOptions"] == {}
+    changed, _ = branches(compiled, "comp-condition-branches-1")
+    work = dag(compiled, changed["componentRef"]["name"])
+    assert work["select"]["cachingOptions"] == work["score-champion"]["cachingOptions"] == {}
+    root = dag(compiled, "root")
+    assert root["fetch-data"]["cachingOptions"] == root["check-lineage"]["cachingOptions"] == {}
+    assert dag(compiled, "comp-for-loop-2")["train"]["cachingOptions"] == {"enableCache": True}
 
 
-def test_resources_image_and_gpu(compiled):
+def test_resources_image_retries_and_gpu(compiled):
     kfp = compiled.params.section("kfp")
     for task in TASKS:
         container = compiled.executor(task.replace("_", "-"))
         want = kfp["resources"][task]
         assert container["resources"]["resourceCpuRequest"] == str(want["cpu"]), task
         assert container["resources"]["resourceMemoryRequest"] == str(want["memory"]), task
-        assert container["image"] == kfp["image"], task
+        assert container["image"] == kfp["image"] == check_image(kfp["image"]), task
         assert "pip install" not in " ".join(container["command"]), task  # install_kfp_package=False
         assert ("accelerator" in container["resources"]) == (task == "train"), task
+    # each candidate's GPUs come from its loop item: "0" for one that does not train on one
     accel = compiled.executor("train")["resources"]["accelerator"]
     assert accel["resourceType"] == kfp["gpu"]["accelerator"] == "nvidia.com/gpu"
-    assert accel["resourceCount"] == str(kfp["gpu"]["limit"])
-    train = compiled.k8s("train")
-    selector = kfp["gpu"]["node_selector"]
-    assert train["nodeSelector"]["labels"] == {selector["key"]: selector["value"]}
-    assert train["tolerations"] == [kfp["gpu"]["toleration"]]
+    loop_item = "pipelinechannel--candidates-loop-item-subvar-gpus"
+    assert accel["resourceCount"] == f"{{{{$.inputs.parameters['{loop_item}']}}}}"
+    # ... an input the train task resolves from the loop item's field (what the compiler leaves dangling)
+    assert dag(compiled, "comp-for-loop-2")["train"]["inputs"]["parameters"][loop_item] == {
+        "componentInputParameter": "pipelinechannel--candidates-loop-item",
+        "parameterExpressionSelector": 'parseJson(string_value)["gpus"]'}
+    items = {c["name"]: c["gpus"] for c in pipeline_arguments(compiled.params)["candidates"]}
+    assert items == {"pixels": "0", "simple_cnn": "1", "efficientnet_lite0": "1"}
+    assert compiled.k8s("train")["tolerations"] == [kfp["gpu"]["toleration"]]
     for task in TASKS:
-        if task != "train":
-            assert "nodeSelector" not in compiled.k8s(task.replace("_", "-")), task
+        assert "nodeSelector" not in compiled.k8s(task.replace("_", "-")), task
     mount = compiled.k8s("deploy")["pvcMount"][0]
     assert (mount["constant"], mount["mountPath"]) == (kfp["bundles_pvc"], kfp["bundles_mount"])
+    # retries with backoff on train and evaluate only
+    body = dag(compiled, "comp-for-loop-2")
+    retry = kfp["retry"]
+    for task in ("train", "evaluate"):
+        assert body[task]["retryPolicy"] == {
+            "maxRetryCount": retry["num_retries"], "backoffDuration": retry["backoff_duration"],
+            "backoffFactor": float(retry["backoff_factor"]),
+            "backoffMaxDuration": retry["backoff_max_duration"]}
+    assert "retryPolicy" not in dag(compiled, "root")["fetch-data"]
+
+
+def test_settings_come_from_secrets_not_the_spec(compiled):
+    kfp = compiled.params.section("kfp")
+    text = compiled.path.read_text()
+    assert "tracking_uri" not in str(compiled.spec["root"]["inputDefinitions"]["parameters"]["mlflow_params"])
+    assert "http://" not in text.replace(kfp["data"]["repo"], "")  # no server address compiled in
+    for task in MLFLOW_TASKS:
+        k8s = compiled.k8s(task.replace("_", "-"))
+        [cm] = k8s["configMapAsEnv"]
+        assert cm["configMapName"] == kfp["mlflow"]["config_map"], task
+        assert {e["configMapKey"]: e["envVar"] for e in cm["keyToEnv"]} == kfp["mlflow"]["config_map_env"]
+        [secret] = k8s["secretAsEnv"]
+        assert secret["secretName"] == kfp["mlflow"]["secret"], task
+        assert {e["secretKey"]: e["envVar"] for e in secret["keyToEnv"]} == kfp["mlflow"]["secret_env"]
+    [dvc] = compiled.k8s("fetch-data")["secretAsEnv"]
+    assert dvc["secretName"] == kfp["data"]["secret"]
+    assert {e["secretKey"]: e["envVar"] for e in dvc["keyToEnv"]} == kfp["data"]["secret_env"]
+
+
+def test_image_must_be_fully_qualified():
+    assert check_image("ghcr.io/org/fashionrec-pipeline:0.1.0")
+    assert check_image("localhost:5000/fashionrec-pipeline@sha256:" + "a" * 64)
+    for bad in ("fashionrec-pipeline:0.1.0", "org/fashionrec-pipeline:0.1.0", "ghcr.io/org/fashionrec"):
+        with pytest.raises(KfpError, match="not fully qualified"):
+            check_image(bad)
 
 
 def test_parameters_default_to_params_yaml(compiled):
@@ -92,7 +154,9 @@ def test_parameters_default_to_params_yaml(compiled):
         assert plain(inputs[name]["defaultValue"]) == value, name
     names = [c["name"] for c in want["candidates"]]
     assert names == compiled.params.get("train.candidates")
-    assert want["mlflow_params"]["tracking_uri"] == compiled.params.get("kfp.mlflow_tracking_uri")
+    assert "tracking_uri" not in want["mlflow_params"]  # the cluster's ConfigMap gives it
+    assert (want["repo"], want["data_rev"]) == (compiled.params.get("kfp.data.repo"),
+                                                compiled.params.get("kfp.data.rev"))
     assert inputs["candidates"]["parameterType"] == "LIST"
     assert inputs["train_params"]["parameterType"] == "STRUCT"
 

@@ -64,3 +64,7 @@ class BadRequest(FashionrecError):
 
 class KfpError(FashionrecError):
     """A Kubeflow Pipelines call (compile, submit, schedule, local run) failed."""
+
+
+class DataVersionError(FashionrecError):
+    """A data version cannot be read or recorded (git revision, DVC lock entry, remote, commit)."""

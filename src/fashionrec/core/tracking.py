@@ -24,6 +24,10 @@ from fashionrec.core.errors import FashionrecError
 from fashionrec.core.files import read_json
 
 RUN_REF = "mlflow.json"
+# Lineage tags of a model version (and of a scheduled run): what it was made from. A scheduled run whose
+# data hash, code version and params hash equal the champion's trains nothing (`registry.retrain`).
+LINEAGE_KEYS = ("lineage.data_rev", "lineage.data_commit", "lineage.data_md5", "lineage.code_version",
+                "lineage.params_hash", "lineage.pipeline_run_id")
 
 
 def _resolve_sqlite(uri: str, root: Path) -> str:
@@ -97,6 +101,32 @@ def git_commit(root: Path) -> str:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def params_hash(tree: Mapping[str, Any]) -> str:
+    """sha256 of the params as canonical JSON (sorted keys; integral floats as ints, since KFP turns every
+    number into a double): the same settings hash the same whichever way they travelled."""
+    def norm(value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, Mapping):
+            return {str(k): norm(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list | tuple):
+            return [norm(v) for v in value]
+        return value
+
+    text = json.dumps(norm(tree), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    """sha256 over the installed `fashionrec` package's Python sources: the code a task runs, known the same
+    way in a pod (an image holds no .git) and on a laptop."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return "sha256:" + digest.hexdigest()[:16]
 
 
 def run_tags(params: Params, manifest: Path | None = None, **extra: str) -> dict[str, str]:

@@ -4,6 +4,10 @@ The source's mess is recorded, not fatal: rows without image files and files wit
 in `problems.json`; unreadable files stay in the manifest without size or mode so that `validate`
 quarantines or refuses them by name. The source's CSV files are copied beside the manifest (`source/`)
 so later stages never reach outside the project, and `source.json` records where the data came from.
+
+New labelled photos (`fashionrec add-photos`) live in the additions folder (`ingest.additions`, a
+DVC-tracked folder of the project in the same layout): its rows join the source's, and its
+`top10-splits.csv` rows join the published split, so the next `dvc repro` makes a new data version.
 """
 
 from __future__ import annotations
@@ -44,14 +48,22 @@ class IngestResult:
 
 
 def ingest(source: str | Path, out: Path, params: dict[str, Any], *, shared_path: Path | None = None,
-           download_dir: Path | None = None) -> IngestResult:
-    """Build `out/manifest.parquet` from a source folder (`source` is a path or `auto`)."""
+           download_dir: Path | None = None, additions: Path | None = None) -> IngestResult:
+    """Build `out/manifest.parquet` from a source folder (`source` is a path or `auto`) plus the additions
+    folder when it exists."""
     resolved = resolve_source(source, shared_path=shared_path, download_url=params.get("download_url"),
                               download_dir=download_dir)
     folder = resolved.path
     rows, bad_rows = read_images_csv(folder / "images.csv")
-    files = {p.stem: p for p in sorted((folder / "images").iterdir())
-             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    files = image_files(folder)
+    extra = additions if additions is not None and (Path(additions) / "images.csv").is_file() else None
+    if extra is not None:
+        more, more_bad = read_images_csv(Path(extra) / "images.csv")
+        clash = more["image"].isin(rows["image"])
+        bad_rows += more_bad + [{"line": f"{extra}/images.csv", "image": i, "reason": "duplicate image"}
+                                for i in more.loc[clash, "image"]]
+        rows = pd.concat([rows, more[~clash]], ignore_index=True)
+        files |= {k: v for k, v in image_files(Path(extra)).items() if k not in files}
 
     without_files = sorted(set(rows["image"]) - set(files))
     without_rows = sorted(set(files) - set(rows["image"]))
@@ -76,11 +88,15 @@ def ingest(source: str | Path, out: Path, params: dict[str, Any], *, shared_path
     frame = pd.DataFrame(records, columns=list(records[0]) if records else None)
     manifest = write_manifest(frame, out / MANIFEST)
     copy_csvs(folder, out / "source")
+    if extra is not None:
+        join_additions(Path(extra), out / "source")
     label_counts = {str(k): int(v) for k, v in rows["label"].value_counts().items()}
     problems = {"rows_without_images": without_files, "images_without_rows": without_rows,
                 "unreadable_files": unreadable, "bad_rows": bad_rows, "label_counts": label_counts}
     (out / "problems.json").write_text(json.dumps(problems, indent=2) + "\n")
     provenance = {**resolved.to_dict(), **fingerprint(folder)}
+    if extra is not None:
+        provenance["additions"] = {"path": str(extra), **fingerprint(Path(extra))}
     (out / "source.json").write_text(json.dumps(provenance, indent=2) + "\n")
 
     return IngestResult(
@@ -91,6 +107,29 @@ def ingest(source: str | Path, out: Path, params: dict[str, Any], *, shared_path
                   "images_without_rows": without_rows[:EXAMPLES],
                   "unreadable_files": [u["id"] for u in unreadable[:EXAMPLES]]},
         label_counts=label_counts)
+
+
+def image_files(folder: Path) -> dict[str, Path]:
+    images = folder / "images"
+    if not images.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(images.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def join_additions(additions: Path, dest: Path) -> None:
+    """Append the additions' CSV rows to the copied source CSVs of the same name (header once)."""
+    for csv in sorted(additions.glob("*.csv")):
+        target = dest / csv.name
+        lines = csv.read_text().splitlines()
+        if not lines:
+            continue
+        if target.is_file():
+            text = target.read_text()
+            body = lines[1:]
+            target.write_text(text + ("" if text.endswith("\n") or not text else "\n")
+                              + "".join(f"{line}\n" for line in body))
+        else:
+            shutil.copyfile(csv, target)
 
 
 def read_images_csv(path: Path) -> tuple[pd.DataFrame, list[dict[str, Any]]]:

@@ -2,10 +2,13 @@
 (through `kfp.Client`), a local run with `kfp.local` (no cluster, no Docker), and compiling the spec.
 
 The pipeline's parameters are params.yaml's sections, so `fashionrec kfp submit -s
-train.models.simple_cnn.epochs=5` sends exactly what `fashionrec train` would read. Cluster runs talk to
-the MLflow server in `kfp.mlflow_tracking_uri` and write bundles to the claim mounted at
-`kfp.bundles_mount`; local runs use the project's tracking store (or `MLFLOW_TRACKING_URI`) and
-`index.bundles`.
+train.models.simple_cnn.epochs=5` sends exactly what `fashionrec train` would read. Runs read their data
+through DVC from `repo` at `data_rev` (`kfp.data`). Cluster runs take the MLflow server's URI and
+credentials from a ConfigMap and a Secret (`kfp.mlflow`, nothing compiled in) and write bundles to the
+claim mounted at `kfp.bundles_mount`; local runs use the project's tracking store (or
+`MLFLOW_TRACKING_URI`), a local git + DVC repository and `index.bundles`. A schedule is a recurring run of
+a named pipeline version uploaded first (`kfp.pipeline_name`), so a recompiled pipeline is a new version,
+not a new schedule.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import re
 import sys
 import warnings
 from dataclasses import asdict, dataclass
@@ -21,10 +25,11 @@ from typing import Any
 
 from fashionrec.core.config import DEFAULT_SEED, Params, set_dotted
 from fashionrec.core.errors import KfpError
+from fashionrec.core.files import sha256_file
 from fashionrec.core.tracking import configure, tracking_uri
 from fashionrec.kfp.io import without_nulls
 
-SECTIONS = ("ingest", "subset", "validate", "evaluate", "select", "export", "register", "index", "serve")
+SECTIONS = ("validate", "evaluate", "select", "export", "register", "index", "serve")
 PIPELINE_MODULE = "pipelines.training_pipeline"
 
 
@@ -36,8 +41,10 @@ def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
     return Params(tree=tree, root=params.root)
 
 
-def candidates_of(train: dict[str, Any]) -> list[dict[str, Any]]:
-    """The loop items: `{"name": candidate, **train.models[candidate]}` for each of train.candidates."""
+def candidates_of(train: dict[str, Any], kfp: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The loop items: `{"name", "gpus", **train.models[candidate]}` for each of train.candidates; `gpus`
+    (a string, as the accelerator limit wants it) from kfp.accelerators, "0" when absent."""
+    kfp = kfp or {}
     names = train.get("candidates") or []
     models = train.get("models") or {}
     if not isinstance(names, list) or not names:
@@ -45,29 +52,32 @@ def candidates_of(train: dict[str, Any]) -> list[dict[str, Any]]:
     missing = [n for n in names if n not in models]
     if missing:
         raise KfpError(f"params train.candidates: {missing} have no block in train.models ({sorted(models)})")
-    return [{"name": str(n), **models[n]} for n in names]
+    gpus = {str(k): int(v or 0) for k, v in (kfp.get("accelerators") or {}).items()}
+    return [{"name": str(n), "gpus": str(gpus.get(str(n), 0)), **models[n]} for n in names]
 
 
-def pipeline_arguments(params: Params, *, local: bool = False) -> dict[str, Any]:
-    """The pipeline's arguments from params: one dict per section, the candidates, seed, MLflow and the
-    bundles folder. Cluster (default): `kfp.source`, `kfp.mlflow_tracking_uri`, `kfp.bundles_mount`.
-    Local: `ingest.source`, this machine's tracking URI, `index.bundles`, all made absolute."""
+def pipeline_arguments(params: Params, *, local: bool = False, repo: str | None = None,
+                       data_rev: str | None = None) -> dict[str, Any]:
+    """The pipeline's arguments from params: one dict per section, the candidates, seed, MLflow, the bundles
+    folder, and the data (`repo` at `data_rev`, default kfp.data). Cluster (default): no tracking URI (the
+    tasks get it from the cluster's ConfigMap), `kfp.bundles_mount`. Local: this machine's tracking URI,
+    `index.bundles`, made absolute."""
     kfp = params.section("kfp")
     train = params.section("train")
     args: dict[str, Any] = {f"{name}_params": params.section(name) for name in SECTIONS}
-    args["candidates"] = candidates_of(train)
+    args["candidates"] = candidates_of(train, kfp)
     args["train_params"] = {k: v for k, v in train.items() if k not in ("candidates", "models")}
+    data = kfp.get("data") or {}
+    args["repo"] = str(repo or data.get("repo") or "")
+    args["data_rev"] = str(data_rev or data.get("rev") or "main")
     mlflow = params.section("mlflow")
     if local:
-        source = str(params.get("ingest.source") or "auto")
-        args["source"] = source if source == "auto" else str(params.path(source).resolve())
         mlflow["tracking_uri"] = tracking_uri(params)
         artifacts = params.path(mlflow.get("artifact_root") or "mlflow/artifacts")
         mlflow["artifact_root"] = str(artifacts.resolve())
         args["bundles_dir"] = str(params.path(args["index_params"]["bundles"]).resolve())
     else:
-        args["source"] = str(kfp["source"])
-        mlflow["tracking_uri"] = str(kfp["mlflow_tracking_uri"])
+        mlflow = {k: v for k, v in mlflow.items() if k not in ("tracking_uri", "artifact_root")}
         args["bundles_dir"] = str(kfp["bundles_mount"])
     args["mlflow_params"] = mlflow
     args["seed"] = int(params.get("seed", DEFAULT_SEED))
@@ -90,12 +100,54 @@ def load_pipeline() -> Any:
     return importlib.import_module(PIPELINE_MODULE).training_pipeline
 
 
-def compile_pipeline(out: Path) -> Path:
-    """Write the pipeline spec (YAML) to out."""
+def check_image(image: str) -> str:
+    """`kfp.image` must be fully qualified (registry host, repository, and a tag or digest): a bare
+    `name:tag` resolves to whatever registry each node defaults to."""
+    first, _, rest = image.partition("/")
+    has_host = bool(rest) and ("." in first or ":" in first or first == "localhost")
+    last = image.rsplit("/", 1)[-1]
+    if not has_host or not ("@sha256:" in image or ":" in last):
+        raise KfpError(f"params kfp.image '{image}': not fully qualified; give registry/repository:tag or "
+                       "@sha256:digest (e.g. ghcr.io/ORG/fashionrec-pipeline:0.1.0)")
+    return image
+
+
+LOOP_SUBVAR = re.compile(r"^pipelinechannel--(?P<item>.+-loop-item)-subvar-(?P<field>.+)$")
+
+
+def resolve_loop_subvars(node: Any) -> int:
+    """Point task inputs named after a loop item's field (`...-loop-item-subvar-gpus`, which the KFP 2.17
+    compiler emits for a resource set from `item.field` but leaves unresolvable) at the loop item with a
+    field selector, the form it uses for `arg=item.field`. Returns how many it fixed."""
+    fixed = 0
+    if isinstance(node, dict):
+        inputs = node.get("inputs")
+        params = inputs.get("parameters") if isinstance(inputs, dict) else None
+        for name, spec in (params or {}).items():
+            match = LOOP_SUBVAR.match(name)
+            if match and isinstance(spec, dict) and spec.get("componentInputParameter") == name:
+                spec["componentInputParameter"] = f"pipelinechannel--{match['item']}"
+                spec["parameterExpressionSelector"] = f'parseJson(string_value)["{match["field"]}"]'
+                fixed += 1
+        fixed += sum(resolve_loop_subvars(v) for v in node.values())
+    elif isinstance(node, list):
+        fixed += sum(resolve_loop_subvars(v) for v in node)
+    return fixed
+
+
+def compile_pipeline(out: Path, params: Params | None = None) -> Path:
+    """Write the pipeline spec (YAML) to out (the task image checked first; loop-item resources resolved,
+    see `resolve_loop_subvars`)."""
+    import yaml
     from kfp import compiler
 
+    if params is not None:
+        check_image(str(params.get("kfp.image") or ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(load_pipeline(), str(out))
+    docs = list(yaml.safe_load_all(out.read_text()))
+    if resolve_loop_subvars(docs[0]):
+        out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return out
 
 
@@ -105,10 +157,13 @@ def compile_pipeline(out: Path) -> Path:
 @dataclass
 class LocalRun:
     run_dir: str
-    source: str
+    repo: str
+    data_rev: str
     tasks: list[str]            # tasks this run executed (cache hits write no folder)
     gate: dict[str, Any] | None  # select's outputs: passed, winner, reason
     arguments: dict[str, Any]
+    lineage: dict[str, Any] | None = None   # check_lineage's outputs: changed, reason, lineage
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "arguments"}
@@ -116,7 +171,7 @@ class LocalRun:
 
 def local_params(params: Params, source: str | None = None) -> Params:
     """params for a local run: `tiny` generates the test dataset and applies `kfp.local.tiny`; a folder
-    replaces ingest.source."""
+    replaces ingest.source (the data of the local repository built by `local_repo`)."""
     loc = params.section("kfp")["local"]
     source = str(source or loc.get("source") or "tiny")
     if source != "tiny":
@@ -129,30 +184,56 @@ def local_params(params: Params, source: str | None = None) -> Params:
                                    "subset.classes": list(tiny.classes)})
 
 
-def run_local(params: Params, source: str | None = None, pipeline_root: Path | None = None) -> LocalRun:
-    """Run the whole pipeline on this machine with kfp.local's SubprocessRunner (each task a subprocess
-    of this Python; resources, GPU and node settings are ignored with a warning)."""
-    from kfp import local
+def local_repo(params: Params, source: str | None = None) -> Path:
+    """The git + DVC repository local runs read (kfp.local.repo): built once from the source (the tiny
+    dataset by default) with a local DVC remote beside it, data version 1 committed."""
+    from fashionrec.data.versions import init_project
 
     p = local_params(params, source)
+    repo = p.path(p.get("kfp.local.repo") or ".cache/kfp-local/repo").resolve()
+    if not (repo / ".git").is_dir():
+        init_project(repo, project_root(), p.tree, repo.parent / f"{repo.name}-dvc-remote")
+    return repo
+
+
+def run_local(params: Params, source: str | None = None, pipeline_root: Path | None = None,
+              repo: Path | None = None, data_rev: str | None = None) -> LocalRun:
+    """Run the whole pipeline on this machine with kfp.local's SubprocessRunner (each task a subprocess
+    of this Python; resources, GPU and node settings are ignored with a warning). The data comes through
+    DVC from `repo` (default: `local_repo`) at `data_rev` (default: kfp.data.rev)."""
+    import time
+
+    from kfp import components, local
+
+    started = time.perf_counter()
+    p = local_params(params, source) if repo is None else params
     loc = p.section("kfp")["local"]
-    args = pipeline_arguments(p, local=True)
+    repo = Path(repo) if repo is not None else local_repo(params, source)
+    args = pipeline_arguments(p, local=True, repo=str(Path(repo).resolve()), data_rev=data_rev)
     root = (pipeline_root or p.path(loc.get("pipeline_root") or ".cache/kfp-local/runs")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     configure(p)  # create store and experiment once: parallel tasks would race to migrate a new SQLite file
+    spec = compile_pipeline(root / ".spec" / "training_pipeline.yaml")  # run what a cluster would get
     before = set(root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                enable_caching=bool(loc.get("caching", True)), cache_root=str(root / ".kfp_cache"))
-    load_pipeline()(**args)
+    components.load_component_from_file(str(spec))(**args)
     new = sorted((d for d in set(root.iterdir()) - before if d.is_dir() and not d.name.startswith(".")),
                  key=lambda d: d.stat().st_mtime)
     if not new:
         raise KfpError(f"{root}: the local run wrote no run folder")
     run_dir = new[-1]
     tasks = sorted({d.name for d in run_dir.rglob("*") if (d / "executor_output.json").is_file()})
-    gate_file = run_dir / "select" / "executor_output.json"
-    gate = json.loads(gate_file.read_text()).get("parameterValues") if gate_file.is_file() else None
-    return LocalRun(run_dir=str(run_dir), source=args["source"], tasks=tasks, gate=gate, arguments=args)
+    return LocalRun(run_dir=str(run_dir), repo=args["repo"], data_rev=args["data_rev"], tasks=tasks,
+                    gate=outputs(run_dir, "select"), lineage=outputs(run_dir, "check-lineage"),
+                    arguments=args,
+                    seconds=round(time.perf_counter() - started, 1))
+
+
+def outputs(run_dir: Path, task: str) -> dict[str, Any] | None:
+    """A task's output parameters in a local run folder (None when it did not run)."""
+    path = run_dir / task / "executor_output.json"
+    return json.loads(path.read_text()).get("parameterValues") if path.is_file() else None
 
 
 # --- cluster ----------------------------------------------------------------------------------------------
@@ -189,10 +270,29 @@ def submit(params: Params, host: str | None = None, package: Path | None = None,
     return {"run_id": result.run_id, "url": f"{c._get_url_prefix()}/#/runs/details/{result.run_id}"}
 
 
+def pipeline_version(c: Any, name: str, path: Path, description: str = "") -> tuple[str, str, bool]:
+    """(pipeline id, version id, uploaded): the named pipeline (created on first use) and its version for
+    this compiled spec, named `<name>-<sha256 of the spec, 12 hex>`: the same spec reuses its version, a
+    recompiled one becomes a new version of the same pipeline."""
+    version_name = f"{name}-{sha256_file(path)[:12]}"
+    pipeline_id = c.get_pipeline_id(name)
+    if pipeline_id is None:
+        pipeline_id = c.upload_pipeline(str(path), pipeline_name=name, description=description).pipeline_id
+    wanted = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name",
+                                         "stringValue": version_name}]})
+    found = c.list_pipeline_versions(pipeline_id, filter=wanted).pipeline_versions or []
+    if found:
+        return pipeline_id, found[0].pipeline_version_id, False
+    version = c.upload_pipeline_version(str(path), version_name, pipeline_id=pipeline_id,
+                                        description=description)
+    return pipeline_id, version.pipeline_version_id, True
+
+
 def schedule(params: Params, host: str | None = None, cron: str | None = None, package: Path | None = None,
              name: str | None = None, experiment: str | None = None,
              token: str | None = None) -> dict[str, Any]:
-    """Create a recurring run (cron, seconds first) of the compiled pipeline with params' arguments."""
+    """Upload the compiled pipeline as a version of the named pipeline (kfp.pipeline_name), then create a
+    recurring run (cron, seconds first) of that version with params' arguments."""
     kfp = params.section("kfp")
     plan = kfp.get("schedule") or {}
     cron = str(cron or plan.get("cron") or "")
@@ -201,10 +301,14 @@ def schedule(params: Params, host: str | None = None, cron: str | None = None, p
     path = package_path(params, package)
     c = client(host or kfp.get("host"), kfp.get("namespace"), token)
     with contextlib.redirect_stdout(sys.stderr):
+        pipeline_id, version_id, uploaded = pipeline_version(c, str(kfp["pipeline_name"]), path,
+                                                             "fashionrec scheduled retraining")
         exp = c.create_experiment(experiment or kfp.get("experiment"), namespace=kfp.get("namespace"))
         job = c.create_recurring_run(
             experiment_id=exp.experiment_id, job_name=name or plan.get("name") or kfp["pipeline_name"],
             cron_expression=cron, max_concurrency=int(plan.get("max_concurrency", 1)),
-            pipeline_package_path=str(path), params=pipeline_arguments(params), no_catchup=True)
+            pipeline_id=pipeline_id, version_id=version_id, params=pipeline_arguments(params),
+            no_catchup=True)
     return {"recurring_run_id": job.recurring_run_id, "experiment_id": exp.experiment_id, "cron": cron,
+            "pipeline_id": pipeline_id, "pipeline_version_id": version_id, "version_uploaded": uploaded,
             "url": f"{c._get_url_prefix()}/#/recurringruns/details/{job.recurring_run_id}"}

@@ -142,3 +142,47 @@ def read_decision(path: Path) -> dict[str, Any]:
         if key not in data:
             raise DataError(f"{path}: field '{key}' is missing")
     return data
+
+
+# --- the fair gate (scheduled retraining) -----------------------------------------------------------------
+# Kept apart from `decide` on purpose: the champion's figures here were re-scored in the same run, on the
+# same test split and inventory as the challengers, so "better by min_improvement" is a fair comparison.
+
+
+def check_min_improvement(params: Mapping[str, Any]) -> float:
+    """`select.min_improvement`: how much a challenger must beat the re-scored champion by (>= 0)."""
+    gain = params.get("min_improvement", 0.0)
+    if isinstance(gain, bool) or not isinstance(gain, int | float) or math.isnan(gain) or gain < 0:
+        raise FashionrecError(f"params select.min_improvement: must be a number >= 0, got {gain!r}")
+    return float(gain)
+
+
+def decide_fair(metrics: Mapping[str, Mapping[str, float]], params: Mapping[str, Any],
+                champion: Champion | None) -> Decision:
+    """`decide` against the champion re-scored in this run, plus one rule: the winner must beat it by
+    `select.min_improvement` on the primary metric. A refusal reads "no change: ..."."""
+    decision = decide(metrics, params, champion)
+    if champion is None:
+        return decision
+    gain = check_min_improvement(params)
+    primary = decision.primary_metric
+    value, champ = decision.metrics.get(primary), champion.metrics.get(primary)
+    if champ is None:
+        raise DataError(f"champion v{champion.version}: its re-score has no '{primary}' "
+                        "(select.primary_metric)")
+    ok = value is not None and value >= champ + gain - 1e-12
+    decision.checks.append({"metric": primary, "rule": "min_improvement", "value": value,
+                            "threshold": champ + gain, "champion": champ, "passes_threshold": ok,
+                            "passes_champion": ok, "passed": ok})
+    if decision.champion is not None:
+        decision.champion["rescored"] = True
+    if not ok:
+        decision.passed = False
+        why = (f"{decision.winner} {primary} = {value:.4f} does not beat champion v{champion.version} "
+               f"re-scored on this run's test split ({champ:.4f}) by select.min_improvement {gain:.4f}")
+        rest = decision.reason.split(" refused: ", 1)[1] if " refused: " in decision.reason else ""
+        decision.reason = f"no change: {why}" + (f"; {rest}" if rest else "")
+    else:
+        decision.reason += (f"; beats champion v{champion.version} re-scored on this run's test split by "
+                            f"{value - champ:.4f} >= {gain:.4f}")
+    return decision

@@ -17,7 +17,15 @@ from mlflow import MlflowClient
 
 from fashionrec.core.errors import DataError, FashionrecError, GateFailed, ParityError
 from fashionrec.core.files import read_json, sha256_file
-from fashionrec.registry.gate import Decision, decide, read_decision, read_metrics, write_decision
+from fashionrec.registry.gate import (
+    Champion,
+    Decision,
+    decide,
+    decide_fair,
+    read_decision,
+    read_metrics,
+    write_decision,
+)
 from fashionrec.registry.mlflow_registry import (
     CHALLENGER,
     GATE_TAG,
@@ -46,16 +54,27 @@ def candidate_names(train: Mapping[str, Any]) -> list[str]:
 
 
 def select(metrics_dir: Path, candidates: Sequence[str], out: Path, params: Mapping[str, Any],
-           name: str = DEFAULT_NAME) -> Decision:
+           name: str = DEFAULT_NAME, rescored: Mapping[str, Any] | None = None,
+           tags: Mapping[str, str] | None = None) -> Decision:
     """Gate the best candidate against params and the registry's champion; write `out` either way,
-    log it to MLflow, and raise GateFailed (after writing) when the winner is refused."""
+    log it to MLflow, and raise GateFailed (after writing) when the winner is refused.
+
+    `rescored` (scheduled runs: `registry.retrain.rescore_champion`'s file, `{}` without a champion) is
+    the champion scored in the same run on the same test split: then the fair gate (`decide_fair`, with
+    `select.min_improvement`) judges against those figures instead of the champion's registered ones."""
     metrics = read_metrics(metrics_dir, candidates)
-    champion = get_champion(MlflowClient(), name)
-    decision = decide(metrics, params, champion)
+    if rescored is None:
+        champion = get_champion(MlflowClient(), name)
+        decision = decide(metrics, params, champion)
+    else:
+        champion = (Champion(version=str(rescored["version"]), metrics=dict(rescored["metrics"]),
+                             candidate=rescored.get("candidate")) if rescored.get("version") else None)
+        decision = decide_fair(metrics, params, champion)
     write_decision(decision, out)
     with mlflow.start_run(run_name=f"select-{decision.winner}"):
         mlflow.set_tags({"step": "select", "winner": decision.winner, GATE_TAG: str(decision.passed).lower(),
-                         "champion_version": champion.version if champion else "none"})
+                         "champion_version": champion.version if champion else "none",
+                         "outcome": "register" if decision.passed else "no change", **(tags or {})})
         mlflow.log_metric("gate_passed", float(decision.passed))
         mlflow.log_dict(decision.to_dict(), "decision.json")
     if not decision.passed:
