@@ -56,7 +56,7 @@ def test_schema(name: str, obj: dict[str, Any]) -> None:
 def test_every_expected_object_is_there() -> None:
     kinds = sorted((o["kind"], o["metadata"]["name"]) for _, o in OBJECTS)
     assert kinds == sorted([
-        ("ConfigMap", "fashionrec-config"), ("PersistentVolumeClaim", "fashionrec-bundles"),
+        ("ConfigMap", "fashionrec-mlflow"), ("PersistentVolumeClaim", "fashionrec-bundles"),
         ("PersistentVolumeClaim", "fashionrec-inventory"), ("Deployment", "fashionrec-serve"),
         ("Service", "fashionrec-serve"), ("HorizontalPodAutoscaler", "fashionrec-serve"),
         ("PodDisruptionBudget", "fashionrec-serve"), ("Deployment", "fashionrec-deployer"),
@@ -120,8 +120,10 @@ def test_deployer_is_a_single_writer_with_its_webhook() -> None:
     assert str(port["containerPort"]) in c["args"], "the CLI must listen where the pod says it does"
     env = {e["name"]: e for e in c["env"]}
     ref = env["MLFLOW_TRACKING_URI"]["valueFrom"]["configMapKeyRef"]
-    config = find("ConfigMap", ref["name"])
-    assert config["data"][ref["key"]] == PARAMS["kfp"]["mlflow_tracking_uri"]
+    mlflow = PARAMS["kfp"]["mlflow"]     # the ConfigMap the pipeline's tasks read too
+    assert ref["name"] == mlflow["config_map"]
+    assert mlflow["config_map_env"][ref["key"]] == "MLFLOW_TRACKING_URI"
+    assert find("ConfigMap", ref["name"])["data"][ref["key"]].startswith("http")
     secret_refs = [e["valueFrom"]["secretKeyRef"] for e in c["env"]
                    if "secretKeyRef" in e.get("valueFrom", {})]
     assert secret_refs, "the webhook secret comes from a Secret"
@@ -148,7 +150,8 @@ def test_only_mlflow_reaches_the_deployer_webhook() -> None:
     (rule,) = policy["ingress"]
     (peer,) = rule["from"]     # one peer with both selectors: MLflow's pods in MLflow's namespace (AND)
     assert peer["namespaceSelector"]["matchLabels"] and peer["podSelector"]["matchLabels"]
-    mlflow_host = PARAMS["kfp"]["mlflow_tracking_uri"].split("//", 1)[1].split(".")
+    config = find("ConfigMap", PARAMS["kfp"]["mlflow"]["config_map"])
+    mlflow_host = config["data"]["tracking_uri"].split("//", 1)[1].split(".")
     assert peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == mlflow_host[1]
     (port,) = container(deployer)["ports"]
     assert rule["ports"] == [{"protocol": "TCP", "port": port["containerPort"]}]
