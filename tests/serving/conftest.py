@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploykit import export_model, make_catalog, write_params
+from deploykit import deploy_with, export_model, make_catalog, write_params
 from fastapi.testclient import TestClient
 
 from fashionrec.core.config import Params
-from fashionrec.deploy.build import build_index_bundle
 from fashionrec.serve.app import ServeConfig, create_app
 
 
@@ -43,6 +42,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, assets: Assets) -> Iterator
     """An in-process app over one built bundle (for request-level tests)."""
     folder = tmp_path_factory.mktemp("served")
     params = write_params(folder, assets.model_a, assets.catalog, serve__watch_interval_s=0)
-    build_index_bundle(params)
+    deploy_with(params)
     with TestClient(create_app(ServeConfig.from_params(params))) as client:
         yield client

@@ -64,3 +64,12 @@ class BadRequest(FashionrecError):
 
 class KfpError(FashionrecError):
     """A Kubeflow Pipelines call (compile, submit, schedule, local run) failed."""
+
+
+class WebhookRefused(FashionrecError):
+    """A webhook delivery failed verification (signature, timestamp, replay, shape); nothing was done."""
+
+    def __init__(self, message: str, status: int = 401, kind: str = "forged") -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind

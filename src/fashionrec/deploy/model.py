@@ -90,3 +90,28 @@ def resolve_model(spec: str, workdir: Path, tracking_uri: str | None = None) -> 
     onnx_path = _find_onnx(local)
     return ModelSource(onnx_path=onnx_path, preprocessing=read_preprocessing(onnx_path),
                        version=f"{name}/{version}", uri=pinned)
+
+
+def pin_model(spec: str, tracking_uri: str | None = None) -> tuple[str, str]:
+    """(pinned spec, version) without downloading anything: an alias is read from the registry, a local
+    file is hashed. What the deploy wants is decided from this; the files are fetched only to build."""
+    match = MODELS_URI.match(spec.strip())
+    if match is None:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ModelSourceError(f"model '{spec}': neither a models:/ URI nor an existing ONNX file")
+        return str(path.resolve()), f"local-{sha256_file(path)[:12]}"
+    name, alias, version = match["name"], match["alias"], match["version"]
+    if alias is not None:
+        import mlflow
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        try:
+            version = str(MlflowClient().get_model_version_by_alias(name, alias).version)
+        except MlflowException as exc:
+            raise ModelSourceError(f"model '{spec}': {exc.message} (no version of '{name}' has the alias "
+                                   f"'{alias}' yet: promote one with `fashionrec promote VERSION`)") from exc
+    return f"models:/{name}/{version}", f"{name}/{version}"
