@@ -141,11 +141,10 @@ def test_item_images_never_escape_the_inventory_folder(tmp_path, assets) -> None
     from pathlib import Path
 
     import pandas as pd
-    from deploykit import write_params
+    from deploykit import deploy_with, write_params
 
     from fashionrec.bundle.format import ITEMS, MANIFEST, SUMS
     from fashionrec.core.files import sha256_file
-    from deploykit import deploy_with
     from fashionrec.serve.app import ServeConfig, create_app
 
     inventory = tmp_path / "inv"

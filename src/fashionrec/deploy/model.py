@@ -82,6 +82,8 @@ def resolve_model(spec: str, workdir: Path, tracking_uri: str | None = None) -> 
         pinned = f"models:/{name}/{version}"
         workdir.mkdir(parents=True, exist_ok=True)
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(workdir)))
+    except OSError as exc:   # a version whose artifacts were deleted from the artifact store
+        raise ModelSourceError(f"model '{spec}': artifacts missing or unreadable ({exc})") from exc
     except MlflowException as exc:
         hint = (f" (no version of '{name}' has the alias '{alias}' yet: promote one with "
                 f"`fashionrec promote VERSION`)") if alias is not None and exc.error_code in (
