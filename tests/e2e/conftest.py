@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,7 +50,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     mlflow_uri = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-           "MLFLOW_WEBHOOK_REQUEST_MAX_RETRIES": "1", "MLFLOW_TRACKING_URI": mlflow_uri,
+           "MLFLOW_WEBHOOK_REQUEST_MAX_RETRIES": "1",
+           "MLFLOW_WEBHOOK_CACHE_TTL": "1",   # the server caches the webhook list (default 60 s)
+           "MLFLOW_TRACKING_URI": mlflow_uri,
            "FASHIONREC_WEBHOOK_SECRET": SECRET, "FASHIONREC_ADMIN_TOKEN": kit.TOKEN, "OMP_NUM_THREADS": "1"}
     procs: dict[str, subprocess.Popen] = {}
     procs["mlflow"] = start([str(Path(sys.executable).with_name("mlflow")), "server", "--workers", "1",
@@ -58,6 +60,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                              "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1",
                              "--port", str(port)], root / "mlflow.log", env, root)
     old_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    t0 = time.monotonic()
+
+    def phase(name: str) -> None:
+        print(f"[stack] {name}: {time.monotonic() - t0:.1f} s", flush=True)
+
     stream = None
     try:
         kit.wait_http(f"{mlflow_uri}/health", proc=procs["mlflow"])
@@ -66,6 +73,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         from mlflow import MlflowClient
 
         mlflow.set_tracking_uri(mlflow_uri)
+        phase("mlflow up")
         client = MlflowClient(mlflow_uri)
         versions = {key: register(client, mlflow, path) for key, path in
                     (("a", a), ("b", b), ("missing", a), ("noisy", noisy), ("a_again", a), ("slow", slow))}
@@ -73,6 +81,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert gone.is_dir(), gone
         shutil.rmtree(gone)
 
+        phase("six versions registered")
         server_ports = [kit.free_port() for _ in range(3)]
         servers = [f"http://127.0.0.1:{p}" for p in server_ports]
         deployer_port = kit.free_port()
@@ -88,16 +97,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         params_file = root / "params.yaml"
         params_file.write_text(yaml.safe_dump(params))
 
-        # The first champion, deployed the way the pipeline does it (promote, then the deploy step).
-        first = subprocess.run([CLI, "promote", versions["a"], "-p", str(params_file), "--by", "setup",
-                                "--reason", "first champion"], env=env, cwd=root, capture_output=True,
-                               text=True, timeout=300)
-        assert first.returncode == 0, first.stderr[-3000:]
-        deployed = subprocess.run([CLI, "deploy", "-p", str(params_file)], env=env, cwd=root,
-                                  capture_output=True, text=True, timeout=300)
-        assert deployed.returncode == 0, deployed.stderr[-3000:]
-        assert json.loads(deployed.stdout)["model_version"] == f"{NAME}/{versions['a']}"
+        # The first champion, deployed the way the pipeline's last steps do it (register: promote; deploy).
+        from fashionrec.core.config import load_params
+        from fashionrec.deploy.config import DeployConfig
+        from fashionrec.deploy.reconcile import deploy
+        from fashionrec.registry.steps import promote_version
 
+        promote_version(versions["a"], NAME, by="setup", reason="first champion")
+        first = deploy(DeployConfig.from_params(load_params(params_file)))
+        assert first.model_version == f"{NAME}/{versions['a']}"
+        phase("first champion deployed")
         for i, p in enumerate(server_ports):
             procs[f"serve{i}"] = start([CLI, "serve", "-p", str(params_file), "--port", str(p)],
                                        root / f"serve{i}.log", env, root)
@@ -108,6 +117,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.start_deployer()
         for i, url in enumerate(servers):
             kit.wait_http(f"{url}/readyz", timeout=120, proc=procs[f"serve{i}"])
+        phase("deployer and servers up")
         hook = client.create_webhook(name="deployer", url=f"{stack.deployer_url}/webhooks/mlflow",
                                      events=["model_version_alias.created", "model_version_alias.deleted"],
                                      secret=SECRET)

@@ -104,8 +104,8 @@ def test_ui_promotion_reaches_every_server_within_10_s(stack: Stack, page) -> No
     clicked = move_alias_in_ui(page, stack, stack.versions["b"])
     took = stack.stream.wait_all(model(stack, "b"), timeout=10, since=clicked)
     assert alias(stack) == stack.versions["b"]
-    status = stack.status()
-    assert status["last"]["outcome"] == "built" and status["last"]["trigger"] == "webhook", status["last"]
+    status = wait_status(stack, lambda s: s["in_progress"] is None and s["last"]["trigger"] == "webhook")
+    assert status["last"]["outcome"] == "built", status["last"]
     assert len(list_versions(stack.bundles)) == len(before) + 1
     entry = trail(stack)[-1]
     assert (entry["action"], entry["version"], entry["previous"]) == ("promote", stack.versions["b"],
@@ -125,7 +125,7 @@ def test_ui_move_back_restores_the_kept_bundle_within_5_s(stack: Stack, page) ->
     took = stack.stream.wait_all(model(stack, "a"), timeout=5, since=clicked)
     assert current_version(stack.bundles) == first_bundle
     assert list_versions(stack.bundles) == before                # nothing built
-    status = stack.status()
+    status = wait_status(stack, lambda s: s["last"]["outcome"] != "built", timeout=10)
     assert (status["last"]["outcome"], status["last"]["embedded"]) == ("restored", 0), status["last"]
     entry = trail(stack)[-1]
     assert (entry["action"], entry["version"]) == ("rollback", stack.versions["a"])
@@ -159,7 +159,7 @@ def test_bad_events_are_refused_and_serving_is_unchanged(stack: Stack) -> None:
     for key, words in (("missing", "artifacts missing"), ("noisy", "model and embeddings disagree")):
         bundles_before = list_versions(stack.bundles)
         stack.client.set_registered_model_alias(NAME, "champion", stack.versions[key])
-        status = wait_status(stack, lambda s, k=key: model(stack, k) in s["refused"])
+        status = wait_status(stack, lambda s, k=key: model(stack, k) in s["refused"] and not s["in_progress"])
         assert words in status["refused"][model(stack, key)]
         assert status["last"]["outcome"] == "refused"
         tag = stack.client.get_model_version(NAME, stack.versions[key]).tags.get("deploy.refused", "")
@@ -231,6 +231,7 @@ def test_kill_9_mid_build_then_restart_converges(stack: Stack) -> None:
 
 def test_webhooks_off_the_poll_alone_converges(stack: Stack) -> None:
     stack.client.delete_webhook(stack.webhook_id)
+    time.sleep(1.5)                                              # the server's webhook cache (TTL 1 s here)
     received = sum(e["event"] == "webhook" for e in stack.status()["events"])
     target = stack.versions["b"]                                 # bundled before: restored
     moved = time.monotonic()

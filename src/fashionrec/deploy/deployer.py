@@ -166,7 +166,7 @@ class Deployer:
                                       self.guard)
         except WebhookRefused as exc:
             self.webhooks.labels(exc.kind).inc()
-            self._event("webhook-refused", kind=exc.kind, reason=str(exc))
+            self._event("webhook-refused", refusal=exc.kind, reason=str(exc))
             log.warning("webhook refused (%s): %s", exc.kind, exc)
             raise
         data = payload["data"]
@@ -293,8 +293,8 @@ class Deployer:
                 self.live.labels(current, str(live.get("model_version"))).set(1)
         self.status.live = live
 
-    def _event(self, kind: str, **fields: Any) -> None:
-        self.status.events.append({"at": _now(), "event": kind, **fields})
+    def _event(self, event: str, **fields: Any) -> None:
+        self.status.events.append({"at": _now(), "event": event, **fields})
 
     def status_dict(self) -> dict[str, Any]:
         s = self.status
@@ -355,7 +355,7 @@ def run_deployer(cfg: DeployConfig, dcfg: DeployerConfig) -> None:
     import uvicorn
 
     logging.basicConfig(level=dcfg.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     if not dcfg.webhook_secret:
         log.warning("no webhook secret in $%s: webhooks refused, the poll (every %.0f s) alone converges",
                     dcfg.webhook_secret_env, dcfg.poll_interval_s)

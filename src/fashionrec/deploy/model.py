@@ -50,10 +50,10 @@ def read_preprocessing(onnx_path: Path) -> dict[str, Any]:
                                "beside it)") from exc
 
 
-def _find_onnx(folder: Path) -> Path:
+def _find_onnx(folder: Path, spec: str) -> Path:
     found = sorted(folder.rglob("*.onnx"))
     if not found:
-        raise ModelSourceError(f"{folder}: the downloaded model holds no .onnx file")
+        raise ModelSourceError(f"model '{spec}': artifacts missing: the registry's copy holds no .onnx file")
     named = [p for p in found if p.name == "model.onnx"]
     return (named or found)[0]
 
@@ -89,7 +89,7 @@ def resolve_model(spec: str, workdir: Path, tracking_uri: str | None = None) -> 
                 f"`fashionrec promote VERSION`)") if alias is not None and exc.error_code in (
                     "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND") else ""
         raise ModelSourceError(f"model '{spec}': {exc.message}{hint}") from exc
-    onnx_path = _find_onnx(local)
+    onnx_path = _find_onnx(local, pinned)
     return ModelSource(onnx_path=onnx_path, preprocessing=read_preprocessing(onnx_path),
                        version=f"{name}/{version}", uri=pinned)
 
