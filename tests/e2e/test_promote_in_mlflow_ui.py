@@ -236,9 +236,10 @@ def test_webhooks_off_the_poll_alone_converges(stack: Stack) -> None:
     target = stack.versions["b"]                                 # bundled before: restored
     moved = time.monotonic()
     stack.client.set_registered_model_alias(NAME, "champion", target)
-    took = stack.stream.wait_all(model(stack, "b"), timeout=2 + 5, since=moved)
-    status = stack.status()
-    assert status["last"]["trigger"] == "poll" and status["last"]["outcome"] == "restored", status["last"]
+    took = stack.stream.wait_all(model(stack, "b"), timeout=2 + 8, since=moved)   # interval + restore
+    status = wait_status(stack, lambda s: not s["in_progress"])
+    acted = [e for e in status["events"] if e["event"] == "reconcile" and e["outcome"] != "unchanged"]
+    assert (acted[-1]["trigger"], acted[-1]["outcome"]) == ("poll", "restored"), acted[-3:]
     assert sum(e["event"] == "webhook" for e in status["events"]) == received
     entry = trail(stack)[-1]
     assert entry["version"] == target and "poll" in entry["by"]

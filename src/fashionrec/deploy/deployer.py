@@ -212,7 +212,8 @@ class Deployer:
             self.converge(trig if fired and trig else Trigger("poll", _now()))
 
     def converge(self, trig: Trigger) -> None:
-        """Read the alias, record a move not yet in the trail, reconcile; never raises."""
+        """Read the alias, reconcile serving to exactly that version, then record the move in the trail
+        (serving first: the trail write takes a few registry round trips); never raises."""
         from fashionrec.deploy.model import pin_model
 
         self.status.in_progress = trig
@@ -220,7 +221,7 @@ class Deployer:
         outcome, version = "error", None
         try:
             try:
-                _, desired = pin_model(self.cfg.model, self.cfg.tracking_uri)
+                pinned, desired = pin_model(self.cfg.model, self.cfg.tracking_uri)
                 version = desired.rsplit("/", 1)[-1]
             except FashionrecError as exc:
                 self.status.desired = {"model": self.cfg.model, "error": str(exc)}
@@ -228,11 +229,22 @@ class Deployer:
                 log.info("nothing to deploy: %s", exc)
                 return
             self.status.desired = {"model_version": desired, "trigger": trig.source}
-            self._record_move(version, trig)
             if desired in self.status.refused and trig.source != "startup":
                 outcome = "skipped-refused"
                 return
-            result = reconcile(self.cfg, reason=f"deployer ({trig.source})")
+            try:
+                result = reconcile(self.cfg, model=pinned, reason=f"deployer ({trig.source})")
+            except FashionrecError as exc:
+                outcome = "refused"
+                self.status.refused[desired] = str(exc)
+                self.refused_gauge.labels(desired).set(1)
+                self.status.last = {"outcome": "refused", "trigger": trig.source, "at": _now(),
+                                    "model_version": desired, "reason": str(exc)}
+                log.error("refused %s: %s; serving keeps %s", desired, exc, current_version(self.cfg.bundles))
+                self._refresh_live()
+                mark_unservable(self.cfg, self.dcfg.registered_model, version, str(exc))
+                self._record_move(version, trig)
+                return
             outcome = result.action
             self.status.refused.pop(desired, None)
             if desired in _labels(self.refused_gauge):
@@ -240,19 +252,12 @@ class Deployer:
             self.status.last = {"outcome": outcome, "trigger": trig.source, "at": _now(),
                                 "version": result.version, "model_version": result.model_version,
                                 "embedded": result.embedded, "seconds": result.seconds}
+            self._refresh_live()
             if outcome != "unchanged":
                 log.info("reconciled (%s): %s now serves %s (%s, embedded %d, %.2f s)", trig.source,
                          result.version, result.model_version, outcome, result.embedded, result.seconds)
                 mark_unservable(self.cfg, self.dcfg.registered_model, version, None)
-        except FashionrecError as exc:
-            outcome = "refused"
-            desired = self.status.desired.get("model_version", "?")
-            self.status.refused[desired] = str(exc)
-            self.refused_gauge.labels(desired).set(1)
-            self.status.last = {"outcome": "refused", "trigger": trig.source, "at": _now(),
-                                "model_version": desired, "reason": str(exc)}
-            log.error("refused %s: %s; serving keeps %s", desired, exc, current_version(self.cfg.bundles))
-            mark_unservable(self.cfg, self.dcfg.registered_model, version, str(exc))
+            self._record_move(version, trig)
         except Exception as exc:  # registry unreachable and the like: logged, retried at the next trigger
             self.status.last = {"outcome": "error", "trigger": trig.source, "at": _now(),
                                 "reason": f"{type(exc).__name__}: {exc}"}
