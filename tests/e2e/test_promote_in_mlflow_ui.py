@@ -125,7 +125,8 @@ def test_ui_move_back_restores_the_kept_bundle_within_5_s(stack: Stack, page) ->
     took = stack.stream.wait_all(model(stack, "a"), timeout=5, since=clicked)
     assert current_version(stack.bundles) == first_bundle
     assert list_versions(stack.bundles) == before                # nothing built
-    status = wait_status(stack, lambda s: s["last"]["outcome"] != "built", timeout=10)
+    status = wait_status(stack, lambda s: s["last"]["outcome"] != "built" and not s["in_progress"],
+                         timeout=20)
     assert (status["last"]["outcome"], status["last"]["embedded"]) == ("restored", 0), status["last"]
     entry = trail(stack)[-1]
     assert (entry["action"], entry["version"]) == ("rollback", stack.versions["a"])
