@@ -87,7 +87,7 @@ def one_size(base: Path, items: int, servers: int, repeat: int, uri: str, env: d
                         "static_dir": str(ROOT / "serving/static")},
               "deployer": {**tree["deployer"], "port": ports[0], "poll_interval_s": 300}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    promote_version(versions[0], name, by="bench", reason="first")
+    promote_version(versions[0], name, by="bench", reason="first", force=True)
     deploy(DeployConfig.from_params(load_params(root / "params.yaml")))
     for i, url in enumerate([f"http://127.0.0.1:{ports[0]}", *urls]):
         cmd = [CLI, "deployer" if i == 0 else "serve", "-p", str(root / "params.yaml"),

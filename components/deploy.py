@@ -18,9 +18,9 @@ def deploy(index_params: dict, serve_params: dict, mlflow_params: dict, seed: in
     from fashionrec.deploy.reconcile import deploy as run
     from fashionrec.kfp.io import component_params
 
-    p = component_params({"index": {**index_params, "bundles": bundles_dir}, "serve": serve_params},
-                         mlflow_params, seed)
-    cfg = DeployConfig.from_params(p).with_(manifest=Path(validated.path) / "manifest.parquet", catalog=None,
+    p = component_params({"index": index_params, "serve": serve_params}, mlflow_params, seed)
+    cfg = DeployConfig.from_params(p).with_(bundles=Path(bundles_dir), catalog=None,
+                                            manifest=Path(validated.path) / "manifest.parquet",
                                             summary=Path(summary.path))
     result = run(cfg)
     summary.metadata.update({"bundle": result.bundle, "version": result.version, "action": result.action,
