@@ -393,3 +393,13 @@ def test_rollback_deploy_takes_the_deploy_lock(tmp_path: Path, assets) -> None:
         roll_back_deploy(config(params), by="test", reason="locked")
     assert current_version(bundles(params)) == second.version
     assert roll_back_deploy(config(params), by="test", reason="free").version == first.version
+
+
+def test_index_is_a_deprecated_alias_of_deploy(project: Params) -> None:
+    cli = Path(sys.executable).with_name("fashionrec")
+    out = subprocess.run([str(cli), "index", "-p", str(project.root / "params.yaml")], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "`fashionrec index` is now `fashionrec deploy`" in out.stderr
+    result = json.loads(out.stdout)
+    assert result["action"] == "built" and current_version(bundles(project)) == result["version"]
