@@ -189,7 +189,7 @@ def main() -> None:
     params, catalog, a, b = setup(work, args.onnx, args.catalog, args.manifest, args.items, args.kind, port)
     from fashionrec.deploy.catalog import read_catalog
     from fashionrec.deploy.config import DeployConfig
-    from fashionrec.deploy.rollout import go_live   # the switch itself, timed (B is built like A: no reconcile)
+    from fashionrec.deploy.rollout import go_live  # the switch itself, timed (B is built like A)
 
     payloads = [Path(p).read_bytes() for p in read_catalog(catalog)["image"].head(200)]
     proc = start_server(work / "params.yaml", port, work / "server.log")
