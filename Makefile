@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser container-tools images run repro test test-fast lint mlflow-ui clean-outputs
+.PHONY: install browser container-tools images run deployer repro test test-fast lint mlflow-ui clean-outputs
 
 install: $(STAMP)
 
@@ -44,6 +44,10 @@ repro: install
 run: repro
 	$(BIN)/fashionrec serve    # http://127.0.0.1:8000 (the bundle `dvc repro` just built and activated)
 
+# The deploy controller: keeps bundles/current on the champion (MLflow webhooks + a poll; see README).
+deployer: install
+	$(BIN)/fashionrec deployer
+
 test: install browser images
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
@@ -63,6 +67,7 @@ bench: install
 	nice -n 10 $(BIN)/python bench/index.py $(BENCH_ARGS_INDEX)
 	nice -n 10 $(BIN)/python bench/serve.py $(BENCH_ARGS_SERVE)
 	nice -n 10 $(BIN)/python bench/pipeline.py $(BENCH_ARGS_PIPELINE)
+	nice -n 10 $(BIN)/python bench/promote.py $(BENCH_ARGS_PROMOTE)
 
 # The UI over the project's embedded tracking store (what `fashionrec train` logs to without MLFLOW_TRACKING_URI).
 MLFLOW_PORT ?= 5000

@@ -61,8 +61,9 @@ def free_port() -> int:
 def setup(work: Path, onnx: Path | None, catalog: Path | None, manifest: Path, items: int, kind: str,
           port: int):
     """params.yaml in work/ pointing at work/bundles; bundle A active, bundle B built but not active."""
-    from fashionrec.deploy.build import build_index_bundle
     from fashionrec.deploy.catalog import catalog_from_manifest, write_catalog
+    from fashionrec.deploy.config import DeployConfig
+    from fashionrec.deploy.reconcile import deploy
 
     onnx_path = onnx or export_lite0(work / "model")
     if catalog is None:
@@ -78,9 +79,10 @@ def setup(work: Path, onnx: Path | None, catalog: Path | None, manifest: Path, i
     (work / "params.yaml").write_text(yaml.safe_dump(tree))
     params = load_params(work / "params.yaml")
     started = time.perf_counter()
-    a = build_index_bundle(params, do_activate=True)
+    cfg = DeployConfig.from_params(params)
+    a = deploy(cfg, rebuild=True)
     build_s = time.perf_counter() - started
-    b = build_index_bundle(params, do_activate=False)
+    b = deploy(cfg.with_(activate=False), rebuild=True)
     print(f"bundles: {a.version} ({a.items} items, {a.index['kind']}, embedded in {a.embed_seconds} s, "
           f"{build_s:.0f} s with smoke test) active; {b.version} ready for the rollout")
     return params, catalog, a, b
@@ -186,7 +188,8 @@ def main() -> None:
     port = free_port()
     params, catalog, a, b = setup(work, args.onnx, args.catalog, args.manifest, args.items, args.kind, port)
     from fashionrec.deploy.catalog import read_catalog
-    from fashionrec.deploy.rollout import activate
+    from fashionrec.deploy.config import DeployConfig
+    from fashionrec.deploy.rollout import go_live  # the switch itself, timed (B is built like A)
 
     payloads = [Path(p).read_bytes() for p in read_catalog(catalog)["image"].head(200)]
     proc = start_server(work / "params.yaml", port, work / "server.log")
@@ -205,7 +208,7 @@ def main() -> None:
                   f"{row['rps']:6.1f} req/s  errors {row['errors']}")
         memory.append({"when": "steady", **memory_mib(proc.pid)})
         def rollout() -> dict[str, Any]:
-            return activate(params.path(params.section("index")["bundles"]), b.version, params).to_dict()
+            return go_live(DeployConfig.from_params(params), b.version, smoke=True).to_dict()
 
         row = asyncio.run(load(url, payloads, args.rollout_concurrency, args.rollout_duration, rollout))
         notified = row.get("result", {}).get("notified", [])

@@ -1,4 +1,4 @@
-"""deploy (DVC stage `index`): the champion embeds the inventory into a new bundle; serving rolls over."""
+"""deploy (DVC stage `deploy`, CLI `fashionrec deploy`): serve the champion over the validated inventory."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Output
@@ -9,18 +9,20 @@ from components import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def deploy(index_params: dict, serve_params: dict, mlflow_params: dict, seed: int, bundles_dir: str,
            validated: Input[Dataset], subset: Input[Dataset], summary: Output[Artifact]) -> str:
-    """`fashionrec index`: `index.model` (the champion) embeds every validated image into a new bundle
-    under `bundles_dir` (in the cluster: the claim the serving pods mount), smoke-tests it and switches
-    `current`; `summary` is reports/index/summary.json. Returns the bundle version."""
+    """`fashionrec deploy`: reconcile `bundles_dir` (in the cluster: the claim the serving pods and the
+    deployer mount) to `index.model` (the champion) over every validated image; a kept bundle of that
+    model is reused, else one is embedded, smoke-tested and switched to. Returns the live bundle version."""
     from pathlib import Path
 
-    from fashionrec.deploy.build import build_index_bundle
+    from fashionrec.deploy.config import DeployConfig
+    from fashionrec.deploy.reconcile import deploy as run
     from fashionrec.kfp.io import component_params
 
-    index = {**index_params, "manifest": str(Path(validated.path) / "manifest.parquet"),
-             "bundles": bundles_dir, "summary": summary.path}
-    p = component_params({"index": index, "serve": serve_params}, mlflow_params, seed)
-    result = build_index_bundle(p)
-    summary.metadata.update({"bundle": result.bundle, "version": result.version,
+    p = component_params({"index": index_params, "serve": serve_params}, mlflow_params, seed)
+    cfg = DeployConfig.from_params(p).with_(bundles=Path(bundles_dir), catalog=None,
+                                            manifest=Path(validated.path) / "manifest.parquet",
+                                            summary=Path(summary.path))
+    result = run(cfg)
+    summary.metadata.update({"bundle": result.bundle, "version": result.version, "action": result.action,
                              "model_version": result.model_version, "items": result.items})
     return result.version

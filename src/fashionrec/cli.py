@@ -197,50 +197,100 @@ def register(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
                tags=tags, by=user(by)))
 
 
+DeployOpt = Annotated[bool | None, typer.Option(
+    "--deploy/--no-deploy", help="Reconcile serving right after the move (default: when the bundles folder "
+    "has a live bundle here; elsewhere the deployer converges from the alias).")]
+
+
 @app.command()
 def promote(version: Annotated[str, typer.Argument(help="Model version to make champion.")],
             params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, by: ByOpt = None,
             reason: ReasonOpt = "promoted from the CLI",
-            force: Annotated[bool, typer.Option(help="Promote even without a passed gate.")] = False) -> None:
-    """Make VERSION the champion (the current one becomes previous-champion)."""
+            force: Annotated[bool, typer.Option(help="Promote even without a passed gate.")] = False,
+            deploy: DeployOpt = None) -> None:
+    """Make VERSION the champion (the current one becomes previous-champion); serving follows."""
     from fashionrec.core.tracking import configure
-    from fashionrec.registry.steps import promote_version
+    from fashionrec.deploy.config import DeployConfig
+    from fashionrec.deploy.reconcile import promote_and_deploy
 
     p = load(params, sets)
     configure(p)
-    report(promote_version(version, registry_name(p), by=user(by), reason=reason, force=force))
+    report(promote_and_deploy(DeployConfig.from_params(p), registry_name(p), version, by=user(by),
+                              reason=reason, force=force, deploy_now=deploy is not False))
 
 
 @app.command()
 def rollback(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, by: ByOpt = None,
-             reason: ReasonOpt = "rolled back from the CLI") -> None:
-    """Give the champion alias back to the previous champion (repeat to go further back)."""
+             reason: ReasonOpt = "rolled back from the CLI", deploy: DeployOpt = None) -> None:
+    """Give the champion alias back to the previous champion (repeat to go further back); serving
+    follows."""
     from fashionrec.core.tracking import configure
-    from fashionrec.registry.steps import rollback_champion
+    from fashionrec.deploy.config import DeployConfig
+    from fashionrec.deploy.reconcile import roll_back_champion_and_deploy
 
     p = load(params, sets)
     configure(p)
-    report(rollback_champion(registry_name(p), by=user(by), reason=reason))
+    report(roll_back_champion_and_deploy(DeployConfig.from_params(p), registry_name(p), by=user(by),
+                                         reason=reason, deploy_now=deploy is not False))
+
+
+@app.command()
+def history(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+            as_json: Annotated[bool, typer.Option("--json", help="Print the raw trail as JSON.")] = False
+            ) -> None:
+    """Print the champion trail: every move of the alias, when, by whom and why (oldest first)."""
+    from fashionrec.core.tracking import configure
+    from fashionrec.registry.steps import champion_history
+
+    p = load(params, sets)
+    configure(p)
+    trail = champion_history(registry_name(p))
+    if as_json:
+        report(trail)
+        return
+    for e in trail:
+        typer.echo(f"{e.get('at', '?'):<29} {e.get('action', '?'):<9} v{e.get('version')} "
+                   f"(was v{e.get('previous')})  by {e.get('by', '?')}: {e.get('reason', '')}")
 
 
 # --- deploy and serving ------------------------------------------------------------------------------
 
 
-@app.command()
-def index(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
-          model: Annotated[str | None, typer.Option(
-              help="models:/NAME@ALIAS, models:/NAME/VERSION or an ONNX file.")] = None,
-          catalog: Annotated[Path | None, typer.Option(
-              help="Catalog CSV (default: the validated dataset).")] = None,
-          kind: Annotated[str | None, typer.Option(help="auto | balltree | brute | hnsw")] = None,
-          activate: Annotated[bool | None, typer.Option(
-              "--activate/--no-activate", help="Smoke-test and switch serving to it.")] = None) -> None:
-    """Embed the inventory with the champion's ONNX model into a new bundle and roll serving over to it."""
-    from fashionrec.deploy.build import build_index_bundle
+def deploy_config(p: Params) -> Any:
+    from fashionrec.deploy.config import DeployConfig
+
+    return DeployConfig.from_params(p)
+
+
+@app.command("deploy")
+def deploy_step(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+                model: Annotated[str | None, typer.Option(
+                    help="models:/NAME@ALIAS, models:/NAME/VERSION or an ONNX file.")] = None,
+                catalog: Annotated[Path | None, typer.Option(
+                    help="Catalog CSV (default: the validated dataset).")] = None,
+                kind: Annotated[str | None, typer.Option(help="auto | balltree | brute | hnsw")] = None,
+                activate: Annotated[bool | None, typer.Option(
+                    "--activate/--no-activate", help="Reconcile serving (else only build a bundle).")] = None,
+                rebuild: Annotated[bool, typer.Option(
+                    help="Build anew even if a kept bundle matches.")] = False) -> None:
+    """Serve the champion over the inventory: reuse a matching kept bundle, else embed a new one."""
+    from fashionrec.deploy.reconcile import deploy
 
     p = load(params, sets, index__model=model, index__catalog=catalog, index__kind=kind,
              index__activate=activate)
-    report(build_index_bundle(p))
+    report(deploy(deploy_config(p), rebuild=rebuild))
+
+
+@app.command("index", hidden=True, deprecated=True)
+def index_alias(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+                model: Annotated[str | None, typer.Option()] = None,
+                catalog: Annotated[Path | None, typer.Option()] = None,
+                kind: Annotated[str | None, typer.Option()] = None,
+                activate: Annotated[bool | None, typer.Option("--activate/--no-activate")] = None,
+                rebuild: Annotated[bool, typer.Option()] = False) -> None:
+    """Deprecated name of `deploy`."""
+    typer.echo("warning: `fashionrec index` is now `fashionrec deploy`", err=True)
+    deploy_step(params, sets, model, catalog, kind, activate, rebuild)
 
 
 @app.command("add-photos")
@@ -264,19 +314,37 @@ def add_items(catalog: Annotated[Path, typer.Argument(help="Catalog CSV of the n
               params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
               activate: Annotated[bool | None, typer.Option("--activate/--no-activate")] = None) -> None:
     """A new bundle version = the current one + these items (only they are embedded)."""
-    from fashionrec.deploy.build import add_items as run
+    from fashionrec.deploy.reconcile import add_items as run
 
     p = load(params, sets, index__activate=activate)
-    report(run(p, catalog))
+    report(run(deploy_config(p), catalog))
 
 
 @app.command("rollback-deploy")
-def rollback_deploy(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
-    """Switch serving back to the previous bundle."""
-    from fashionrec.deploy.rollout import rollback as run
+def rollback_deploy(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, by: ByOpt = None,
+                    reason: ReasonOpt = "rolled back from the CLI (rollback-deploy)") -> None:
+    """Serve the bundle that served before (its model version becomes the champion again, if it differs)."""
+    from fashionrec.core.tracking import configure
+    from fashionrec.deploy.reconcile import roll_back_deploy
 
     p = load(params, sets)
-    report(run(p.path(p.section("index")["bundles"]), p))
+    configure(p)
+    report(roll_back_deploy(deploy_config(p), by=user(by), reason=reason))
+
+
+@app.command()
+def deployer(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+             host: Annotated[str | None, typer.Option(help="Bind address (default deployer.host).")] = None,
+             port: Annotated[int | None, typer.Option(help="Port (default deployer.port, 8001).")] = None
+             ) -> None:
+    """Run the deploy controller: MLflow alias webhooks + a poll keep serving on the champion."""
+    from fashionrec.core.tracking import configure
+    from fashionrec.deploy.config import DeployerConfig
+    from fashionrec.deploy.deployer import run_deployer
+
+    p = load(params, sets, deployer__host=host, deployer__port=port)
+    configure(p)
+    run_deployer(deploy_config(p), DeployerConfig.from_params(p))
 
 
 @app.command()

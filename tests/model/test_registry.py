@@ -243,6 +243,11 @@ def test_cli_promote_and_rollback(pipeline: Pipeline, mlflow_server: str, tmp_pa
 
     done = run("promote", "1", "--by", "dana", "--reason", "reviewed")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["champion"] == "1" and aliases("reg-cli")["champion"] == "1"
+    out = json.loads(done.stdout)
+    assert out["registry"]["champion"] == "1" and aliases("reg-cli")["champion"] == "1"
+    assert out["deploy"].startswith("skipped: no live bundle")        # no bundles here: the deployer's job
+    shown = run("history")
+    assert shown.returncode == 0, shown.stderr
+    assert "promote   v1 (was vNone)  by dana: reviewed" in shown.stdout
     refused = run("rollback", "--by", "dana")
     assert refused.returncode == 1 and "error: reg-cli v1 is the first recorded champion" in refused.stderr

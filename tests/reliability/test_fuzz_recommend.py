@@ -20,8 +20,7 @@ import pytest
 from PIL import Image
 
 from fashionrec.data.manifest import read_manifest
-from fashionrec.deploy.build import build_index_bundle
-from tests.serving.utils import export_model, make_catalog, start_server, stop, write_params
+from tests.serving.utils import deploy_with, export_model, make_catalog, start_server, stop, write_params
 
 CASES = int(os.environ.get("FASHIONREC_FUZZ_CASES", "2000"))
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
@@ -32,7 +31,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, obje
     base = tmp_path_factory.mktemp("fuzz")
     params = write_params(base, export_model(base / "model", seed=3), make_catalog(base / "inv", 24, seed=3),
                           serve__watch_interval_s=0)
-    build_index_bundle(params)
+    deploy_with(params)
     proc, url = start_server(params, base / "server.log")
     try:
         yield url, proc

@@ -1,6 +1,6 @@
 """Crashes around a rollout, and two deploys at once: serving always ends on one complete, consistent bundle.
 
-- `kill -9` the server while a deploy (a `fashionrec index` process) rolls over to a new bundle, and in a
+- `kill -9` the server while a deploy (a `fashionrec deploy` process) rolls over to a new bundle, and in a
   second case the deploy too: on restart the server serves exactly the bundle `bundles/current` names,
   every answer carries that one (model version, index version) pair, and the bundle passes its checksums.
 - Two deploys of different models started together: each one either succeeds or fails with a one-line
@@ -22,10 +22,17 @@ import numpy as np
 import pytest
 
 from fashionrec.bundle.format import verify_bundle
-from fashionrec.bundle.store import current_version, deploy_lock, list_versions, read_history
+from fashionrec.bundle.store import current_version, deploy_lock, list_versions, read_activations
 from fashionrec.core.errors import BundleError
-from fashionrec.deploy.build import build_index_bundle
-from tests.serving.utils import TOKEN, export_model, make_catalog, start_server, stop, write_params
+from tests.serving.utils import (
+    TOKEN,
+    deploy_with,
+    export_model,
+    make_catalog,
+    start_server,
+    stop,
+    write_params,
+)
 
 CLI = str(Path(sys.executable).with_name("fashionrec"))
 
@@ -39,7 +46,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def deploy(params_root: Path, model: Path) -> subprocess.Popen:
     env = {**os.environ, "FASHIONREC_ADMIN_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([CLI, "index", "-p", str(params_root / "params.yaml"), "--model", str(model)],
+    return subprocess.Popen([CLI, "deploy", "-p", str(params_root / "params.yaml"), "--model", str(model)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=params_root, start_new_session=True)
 
@@ -76,7 +83,7 @@ def assert_consistent(url: str, bundles: Path, queries: list[bytes]) -> str:
 def test_kill_9_server_during_rollout_restarts_on_one_consistent_bundle(models, tmp_path: Path,
                                                                         kill_deploy: bool) -> None:
     params = write_params(tmp_path, models["a"], models["catalog"])
-    first = build_index_bundle(params)
+    first = deploy_with(params)
     bundles = tmp_path / "bundles"
     proc, url = start_server(params, tmp_path / "server1.log")
     params = write_params(tmp_path, models["a"], models["catalog"], index__notify=[url])
@@ -111,7 +118,7 @@ def test_kill_9_server_during_rollout_restarts_on_one_consistent_bundle(models, 
         served = assert_consistent(url, bundles, queries)
         if not kill_deploy:
             assert served != first.version, "the finished rollout must be what the restarted server serves"
-        history = read_history(bundles)
+        history = read_activations(bundles)
         assert history["stack"] and history["stack"][-1] == served
         assert all((bundles / v).is_dir() for v in history["stack"])
         for version in list_versions(bundles):
@@ -121,7 +128,7 @@ def test_kill_9_server_during_rollout_restarts_on_one_consistent_bundle(models, 
     finally:
         stop(proc)
     if kill_deploy:   # the next deploy clears what the killed one left half-written
-        again = build_index_bundle(params, do_activate=False)
+        again = deploy_with(params, activate=False)
         assert leftovers(bundles) == []
         assert list_versions(bundles)[-1] == again.version
         assert int(again.version[1:5]) == int(list_versions(bundles)[-2][1:5]) + 1
@@ -130,7 +137,7 @@ def test_kill_9_server_during_rollout_restarts_on_one_consistent_bundle(models, 
 def test_two_concurrent_deploys_leave_one_complete_bundle_serving(models, tmp_path: Path) -> None:
     params = write_params(tmp_path, models["a"], models["catalog"])
     bundles = tmp_path / "bundles"
-    first = build_index_bundle(params)
+    first = deploy_with(params)
     procs = {name: deploy(tmp_path, models[name]) for name in ("a", "b")}
     outcomes = {}
     for name, p in procs.items():
@@ -149,23 +156,24 @@ def test_two_concurrent_deploys_leave_one_complete_bundle_serving(models, tmp_pa
     assert current in {r["version"] for r in succeeded.values()}
     manifest = verify_bundle(bundles / current)
     assert manifest["model"]["version"] in {r["model_version"] for r in succeeded.values()}
-    history = read_history(bundles)
+    history = read_activations(bundles)
     assert history["stack"][-1] == current and all((bundles / v).is_dir() for v in history["stack"])
     versions = list_versions(bundles)
-    assert len(versions) == 1 + len(succeeded) and first.version in versions
+    built = sum(r["action"] == "built" for r in succeeded.values())    # model A is served already: reused
+    assert len(versions) == 1 + built and first.version in versions
     for version in versions:
         verify_bundle(bundles / version)
     assert leftovers(bundles) == []
-    summary = json.loads((tmp_path / "reports" / "index" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "reports" / "deploy" / "summary.json").read_text())
     assert summary["version"] in versions
 
 
 def test_deploy_refused_while_another_deploy_holds_the_lock(models, tmp_path: Path) -> None:
     """The loser of two concurrent deploys fails at once with a clear error and writes nothing."""
-    params = write_params(tmp_path, models["a"], models["catalog"])
+    params = write_params(tmp_path, models["a"], models["catalog"], index__lock_wait_s=0)
     bundles = tmp_path / "bundles"
     with deploy_lock(bundles), pytest.raises(BundleError, match="another deploy is in progress"):
-        build_index_bundle(params)
+        deploy_with(params)
     assert list_versions(bundles) == [] and current_version(bundles) is None
     assert leftovers(bundles) == []
-    assert build_index_bundle(params).version in list_versions(bundles)   # the lock was released
+    assert deploy_with(params).version in list_versions(bundles)   # the lock was released

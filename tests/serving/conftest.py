@@ -10,9 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fashionrec.core.config import Params
-from fashionrec.deploy.build import build_index_bundle
 from fashionrec.serve.app import ServeConfig, create_app
-from tests.serving.utils import export_model, make_catalog, write_params
+from tests.serving.utils import deploy_with, export_model, make_catalog, write_params
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, assets: Assets) -> Iterator
     """An in-process app over one built bundle (for request-level tests)."""
     folder = tmp_path_factory.mktemp("served")
     params = write_params(folder, assets.model_a, assets.catalog, serve__watch_interval_s=0)
-    build_index_bundle(params)
+    deploy_with(params)
     with TestClient(create_app(ServeConfig.from_params(params))) as client:
         yield client

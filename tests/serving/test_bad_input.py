@@ -144,14 +144,13 @@ def test_item_images_never_escape_the_inventory_folder(tmp_path, assets) -> None
 
     from fashionrec.bundle.format import ITEMS, MANIFEST, SUMS
     from fashionrec.core.files import sha256_file
-    from fashionrec.deploy.build import build_index_bundle
     from fashionrec.serve.app import ServeConfig, create_app
-    from tests.serving.utils import write_params
+    from tests.serving.utils import deploy_with, write_params
 
     inventory = tmp_path / "inv"
     shutil.copytree(Path(assets.catalog).parent, inventory)
     params = write_params(tmp_path, assets.model_a, inventory / "catalog.csv", serve__watch_interval_s=0)
-    folder = Path(build_index_bundle(params, do_activate=False).bundle)
+    folder = Path(deploy_with(params, activate=False).bundle)
     for p in folder.iterdir():
         p.chmod(0o644)
     items = pd.read_parquet(folder / ITEMS)

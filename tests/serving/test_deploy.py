@@ -15,17 +15,25 @@ import pytest
 
 from fashionrec.bundle.format import MANIFEST, SUMS, verify_bundle
 from fashionrec.bundle.load import load_bundle
-from fashionrec.bundle.store import current_version, list_versions, read_history, remove_abandoned
+from fashionrec.bundle.store import (
+    HISTORY,
+    current_version,
+    deploy_lock,
+    list_versions,
+    read_activations,
+    remove_abandoned,
+    write_activations,
+)
 from fashionrec.core.config import Params
 from fashionrec.core.errors import BundleError, DataError, FashionrecError, SmokeTestFailed
-from fashionrec.deploy.build import add_items, build_index_bundle
 from fashionrec.deploy.catalog import read_catalog
-from fashionrec.deploy.rollout import activate, rollback
+from fashionrec.deploy.reconcile import add_items, roll_back_deploy
+from fashionrec.deploy.rollout import go_live
 from fashionrec.index.brute import BruteIndex
 from fashionrec.index.hnsw import HnswIndex
 from fashionrec.index.recall import recall_at_k, tune_ef_search
 from fashionrec.serve.state import load_state
-from tests.serving.utils import make_catalog, write_params
+from tests.serving.utils import config, deploy_with, make_catalog, write_params
 
 
 def bundles(params: Params) -> Path:
@@ -33,7 +41,7 @@ def bundles(params: Params) -> Path:
 
 
 def test_build_writes_a_complete_checksummed_bundle(project: Params) -> None:
-    result = build_index_bundle(project)
+    result = deploy_with(project)
     folder = Path(result.bundle)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["model.onnx", "preprocessing.json", "embeddings.npy", "items.parquet", MANIFEST, SUMS])
@@ -50,12 +58,12 @@ def test_build_writes_a_complete_checksummed_bundle(project: Params) -> None:
     assert subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=folder).returncode == 0
     assert current_version(bundles(project)) == result.version
     assert result.rollout["smoke"]["image_queries"] == 3
-    summary = json.loads(project.path("reports/index/summary.json").read_text())
+    summary = json.loads(project.path("reports/deploy/summary.json").read_text())
     assert summary["version"] == result.version
 
 
 def test_each_item_finds_itself_through_the_served_model(project: Params) -> None:
-    result = build_index_bundle(project)
+    result = deploy_with(project)
     state = load_state(Path(result.bundle))
     from fashionrec.data.images import open_image
     for row in range(0, 40, 7):
@@ -65,7 +73,7 @@ def test_each_item_finds_itself_through_the_served_model(project: Params) -> Non
 
 @pytest.mark.parametrize("damage", ["flip_byte", "delete_file", "extra_file"])
 def test_a_corrupted_bundle_is_refused_at_load(project: Params, damage: str) -> None:
-    folder = Path(build_index_bundle(project, do_activate=False).bundle)
+    folder = Path(deploy_with(project, activate=False).bundle)
     target = folder / "embeddings.npy"
     target.chmod(0o644)
     if damage == "flip_byte":
@@ -82,29 +90,29 @@ def test_a_corrupted_bundle_is_refused_at_load(project: Params, damage: str) -> 
     with pytest.raises(BundleError, match=words):
         load_bundle(folder)
     with pytest.raises(BundleError, match=words):
-        activate(bundles(project), folder.name, project)
+        go_live(config(project), folder.name, smoke=True)
     assert current_version(bundles(project)) is None
 
 
 def test_rollout_switches_and_rollback_returns(project: Params, assets) -> None:
-    first = build_index_bundle(project)
-    second = build_index_bundle(project, model=str(assets.model_b))
+    first = deploy_with(project)
+    second = deploy_with(project, model=str(assets.model_b))
     assert second.rollout["previous"] == first.version
     assert current_version(bundles(project)) == second.version
     assert load_bundle(Path(second.bundle)).model_version != load_bundle(Path(first.bundle)).model_version
-    back = rollback(bundles(project), project)
-    assert (back.version, back.previous) == (first.version, second.version)
+    back = roll_back_deploy(config(project), by="test", reason="r")
+    assert (back.version, back.previous, back.embedded) == (first.version, second.version, 0)
     assert current_version(bundles(project)) == first.version
     with pytest.raises(BundleError, match="no previous bundle"):
-        rollback(bundles(project), project)
+        roll_back_deploy(config(project), by="test", reason="r")
     assert current_version(bundles(project)) == first.version
-    log = read_history(bundles(project))["log"]
-    assert [e["action"] for e in log] == ["activate", "activate", "rollback"]
+    log = read_activations(bundles(project))["log"]
+    assert [e["action"] for e in log] == ["activate", "activate", "restore"]
 
 
 def test_rollback_deploy_cli(project: Params, assets) -> None:
-    first = build_index_bundle(project)
-    build_index_bundle(project, model=str(assets.model_b))
+    first = deploy_with(project)
+    deploy_with(project, model=str(assets.model_b))
     cli = Path(sys.executable).with_name("fashionrec")
     out = subprocess.run([str(cli), "rollback-deploy", "-p", str(project.root / "params.yaml")],
                          capture_output=True, text=True, timeout=120)
@@ -119,14 +127,14 @@ def test_rollback_deploy_cli(project: Params, assets) -> None:
 
 def test_old_bundles_are_pruned_but_current_and_previous_kept(tmp_path: Path, assets) -> None:
     params = write_params(tmp_path, assets.model_a, assets.catalog, index__keep=2)
-    versions = [build_index_bundle(params).version for _ in range(4)]
+    versions = [deploy_with(params, rebuild=True).version for _ in range(4)]
     assert list_versions(bundles(params)) == versions[-2:]
-    assert rollback(bundles(params), params).version == versions[-2]
+    assert roll_back_deploy(config(params), by="t", reason="r").version == versions[-2]
 
 
 def test_smoke_test_refuses_a_bundle_whose_model_does_not_match_its_embeddings(project: Params,
                                                                               assets) -> None:
-    good = Path(build_index_bundle(project, do_activate=False).bundle)
+    good = Path(deploy_with(project, activate=False).bundle)
     bad = bundles(project) / "v9999-20260101T000000Z"
     shutil.copytree(good, bad)
     for p in bad.iterdir():
@@ -139,22 +147,22 @@ def test_smoke_test_refuses_a_bundle_whose_model_does_not_match_its_embeddings(p
     (bad / SUMS).write_text("".join(f"{sha256_file(p)}  {p.name}\n" for p in sorted(bad.iterdir())
                                     if p.name != SUMS))
     with pytest.raises(SmokeTestFailed, match="model and embeddings disagree"):
-        activate(bundles(project), bad.name, project)
+        go_live(config(project), bad.name, smoke=True)
     assert current_version(bundles(project)) is None
 
 
 def test_add_items_embeds_only_the_new_items(project: Params, assets, tmp_path: Path) -> None:
-    first = build_index_bundle(project)
+    first = deploy_with(project)
     old_images = Path(assets.catalog).parent / "images"
     hidden = tmp_path / "hidden_images"
     shutil.copytree(old_images, hidden)
     shutil.rmtree(old_images)   # old items cannot be re-embedded: any attempt would fail
     try:
-        result = add_items(project, assets.extra, do_activate=False)
+        result = add_items(config(project).with_(activate=False), assets.extra)
     finally:
         shutil.copytree(hidden, old_images)
     assert (result.embedded, result.items, result.parent) == (8, 48, first.version)
-    activate(bundles(project), result.version, project)   # the smoke test re-embeds old and new items
+    go_live(config(project), result.version, smoke=True)   # the smoke test re-embeds old and new items
     old, new = load_bundle(Path(first.bundle)), load_bundle(Path(result.bundle))
     assert np.array_equal(new.embeddings[:40], old.embeddings)   # the old vectors, untouched
     assert new.items["item_id"].tolist()[40:] == [f"extra{i:03d}" for i in range(8)]
@@ -170,9 +178,9 @@ def test_add_items_embeds_only_the_new_items(project: Params, assets, tmp_path: 
 
 
 def test_add_items_refuses_ids_already_in_the_bundle(project: Params, assets) -> None:
-    build_index_bundle(project)
+    deploy_with(project)
     with pytest.raises(DataError, match="already in bundle"):
-        add_items(project, assets.catalog)
+        add_items(config(project), assets.catalog)
 
 
 def test_unreadable_inventory_images_are_skipped_and_listed(tmp_path: Path, assets) -> None:
@@ -180,7 +188,7 @@ def test_unreadable_inventory_images_are_skipped_and_listed(tmp_path: Path, asse
     (tmp_path / "inv/images/item004.jpg").write_bytes(b"broken")
     (tmp_path / "inv/images/item006.jpg").unlink()
     params = write_params(tmp_path, assets.model_a, catalog)
-    result = build_index_bundle(params)
+    result = deploy_with(params)
     assert result.items == 8
     assert {s["item_id"] for s in result.skipped} == {"item004", "item006"}
     assert any("cannot decode" in s["reason"] for s in result.skipped)
@@ -198,12 +206,12 @@ def test_catalog_errors_name_the_row(tmp_path: Path) -> None:
 
 def test_hnsw_index_behind_the_same_interface(tmp_path: Path, assets) -> None:
     params = write_params(tmp_path, assets.model_a, assets.catalog, index__kind="hnsw")
-    result = build_index_bundle(params)
+    result = deploy_with(params)
     assert result.index["kind"] == "hnsw" and result.index["recall_at_k"] >= 0.9
     assert (Path(result.bundle) / "index.hnsw").is_file()
     state = load_state(Path(result.bundle))
     assert state.index.kind == "hnsw"
-    grown = add_items(params, assets.extra)          # the graph is extended, not rebuilt
+    grown = add_items(config(params), assets.extra)          # the graph is extended, not rebuilt
     assert grown.index["kind"] == "hnsw" and grown.embedded == 8
     assert load_state(Path(grown.bundle)).index.size == 48
 
@@ -211,10 +219,10 @@ def test_hnsw_index_behind_the_same_interface(tmp_path: Path, assets) -> None:
 def test_auto_picks_exact_for_small_and_hnsw_for_large(tmp_path: Path, assets) -> None:
     params = write_params(tmp_path, assets.model_a, assets.catalog, index__kind="auto",
                           index__auto_exact_max=20)
-    assert build_index_bundle(params).index["kind"] == "hnsw"
+    assert deploy_with(params).index["kind"] == "hnsw"
     params = write_params(tmp_path, assets.model_a, assets.catalog, index__kind="auto",
                           index__auto_exact_max=1000)
-    assert build_index_bundle(params).index["kind"] == "brute"
+    assert deploy_with(params).index["kind"] == "brute"
 
 
 def test_hnsw_recall_against_exact_on_random_vectors() -> None:
@@ -269,7 +277,7 @@ def test_bundle_records_the_tuned_ef_search(tmp_path: Path, assets) -> None:
     params = write_params(tmp_path, assets.model_a, assets.catalog, index__kind="hnsw",
                           index__hnsw={"M": 4, "ef_construction": 16, "ef_search": 1, "seed": 42},
                           index__target_recall=1.01, index__max_ef_search=24)   # unreachable: the cap
-    result = build_index_bundle(params)
+    result = deploy_with(params)
     tuned = result.index["ef_search"]
     assert tuned == {"configured": 1, "tuned": 24, "target_recall": 1.01}
     assert result.index["params"]["ef_search"] == 24
@@ -294,7 +302,7 @@ def test_abandoned_temporary_files_of_dead_deploys_are_removed(tmp_path: Path) -
 def test_catalog_from_the_validated_dataset(tiny_validated, assets, tmp_path: Path) -> None:
     params = write_params(tmp_path, assets.model_a, None,
                           index__manifest=str(tiny_validated.validated / "manifest.parquet"))
-    result = build_index_bundle(params)
+    result = deploy_with(params)
     manifest = pd.read_parquet(tiny_validated.validated / "manifest.parquet")
     assert result.items + len(result.skipped) == len(manifest)
     items = load_bundle(Path(result.bundle)).items
@@ -322,14 +330,76 @@ def test_index_pulls_the_champion_from_the_registry(mlflow_server: str, tmp_path
     params = write_params(tmp_path, Path("unused.onnx"), assets.catalog,
                           index__model=f"models:/{name}@champion")
     with pytest.raises(FashionrecError, match="promote one"):
-        build_index_bundle(params)                       # registered, but nothing promoted yet
+        deploy_with(params)                       # registered, but nothing promoted yet
     client.set_registered_model_alias(name, "champion", versions[0])
-    first = build_index_bundle(params)
+    first = deploy_with(params)
     assert first.model_version == f"{name}/{versions[0]}"
     assert load_bundle(Path(first.bundle)).manifest["model"]["uri"] == f"models:/{name}/{versions[0]}"
     client.set_registered_model_alias(name, "champion", versions[1])
-    second = build_index_bundle(params)
+    second = deploy_with(params)
     assert second.model_version == f"{name}/{versions[1]}"
     a = load_bundle(Path(first.bundle)).embeddings
     b = load_bundle(Path(second.bundle)).embeddings
     assert not np.allclose(a, b)
+
+
+def test_a_bundled_model_goes_back_live_from_its_kept_bundle(project: Params, assets) -> None:
+    """Reconcile: the same model, inventory and settings again reuse the kept bundle (no embedding)."""
+    first = deploy_with(project)
+    second = deploy_with(project, model=str(assets.model_b))
+    assert (first.action, second.action) == ("built", "built")
+    again = deploy_with(project)                               # model A again
+    assert (again.action, again.version, again.embedded) == ("restored", first.version, 0)
+    assert again.seconds < 1.0, again.seconds
+    assert current_version(bundles(project)) == first.version
+    assert deploy_with(project).action == "unchanged"
+    changed = write_params(project.root, assets.model_a, assets.catalog, index__kind="brute")
+    assert deploy_with(changed).action == "built"              # other index settings: a new bundle
+
+
+def test_history_json_empty_or_list_is_rebuilt_from_manifests(project: Params, assets) -> None:
+    first = deploy_with(project)
+    second = deploy_with(project, model=str(assets.model_b))
+    path = bundles(project) / HISTORY
+    for broken in ("[]", "", "{}"):
+        path.write_text(broken)
+        assert read_activations(bundles(project))["stack"] == [first.version, second.version]
+    path.write_text("[]")
+    back = roll_back_deploy(config(project), by="test", reason="empty history")
+    assert back.version == first.version and current_version(bundles(project)) == first.version
+    stored = json.loads(path.read_text())
+    assert stored["stack"] == [first.version] and stored["log"][0]["action"] == "rebuilt"
+    assert not list(bundles(project).glob(f".{HISTORY}.*")), "temporary history file left behind"
+
+
+@pytest.mark.parametrize(("body", "field"), [('{"stack": "v0001", "log": []}', "'stack'"),
+                                             ('{"stack": [], "log": [1]}', "'log'"),
+                                             ('"text"', "expected an object"), ("{oops", "unreadable")])
+def test_history_json_of_the_wrong_shape_names_the_field(project: Params, body: str, field: str) -> None:
+    deploy_with(project)
+    (bundles(project) / HISTORY).write_text(body)
+    with pytest.raises(BundleError, match=field) as err:
+        read_activations(bundles(project))
+    assert str(bundles(project) / HISTORY) in str(err.value)
+    with pytest.raises(BundleError, match="'stack'"):
+        write_activations(bundles(project), {"stack": [1], "log": []})
+
+
+def test_rollback_deploy_takes_the_deploy_lock(tmp_path: Path, assets) -> None:
+    params = write_params(tmp_path, assets.model_a, assets.catalog, index__lock_wait_s=0)
+    first = deploy_with(params)
+    second = deploy_with(params, model=str(assets.model_b))
+    with deploy_lock(bundles(params)), pytest.raises(BundleError, match="another deploy is in progress"):
+        roll_back_deploy(config(params), by="test", reason="locked")
+    assert current_version(bundles(params)) == second.version
+    assert roll_back_deploy(config(params), by="test", reason="free").version == first.version
+
+
+def test_index_is_a_deprecated_alias_of_deploy(project: Params) -> None:
+    cli = Path(sys.executable).with_name("fashionrec")
+    out = subprocess.run([str(cli), "index", "-p", str(project.root / "params.yaml")], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "`fashionrec index` is now `fashionrec deploy`" in out.stderr
+    result = json.loads(out.stdout)
+    assert result["action"] == "built" and current_version(bundles(project)) == result["version"]

@@ -12,10 +12,9 @@ import httpx
 import pytest
 
 from fashionrec.data.images import open_image
-from fashionrec.deploy.build import build_index_bundle
-from fashionrec.deploy.rollout import rollback
+from fashionrec.deploy.reconcile import roll_back_deploy
 from fashionrec.serve.state import load_state
-from tests.serving.utils import TOKEN, start_server, stop, write_params
+from tests.serving.utils import TOKEN, config, deploy_with, start_server, stop, write_params
 
 STREAM_SECONDS_MAX = 90
 
@@ -30,7 +29,7 @@ def test_rollout_and_rollback_under_traffic_never_fail_or_mix(tmp_path: Path, as
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FASHIONREC_ADMIN_TOKEN", TOKEN)
     params = write_params(tmp_path, assets.model_a, assets.catalog)
-    first = build_index_bundle(params)
+    first = deploy_with(params)
     proc, url = start_server(params, tmp_path / "server.log")
     # Later builds notify this server at once (it would also see the pointer change within 0.5 s).
     params = write_params(tmp_path, assets.model_a, assets.catalog, index__notify=[url])
@@ -66,11 +65,11 @@ def test_rollout_and_rollback_under_traffic_never_fail_or_mix(tmp_path: Path, as
         for t in threads:
             t.start()
         wait_for(first.version)
-        second = build_index_bundle(params, model=str(assets.model_b))     # a different model
+        second = deploy_with(params, model=str(assets.model_b))     # a different model
         assert second.rollout["notified"][0]["status"] == 200, second.rollout["notified"]
         wait_for(second.version)
-        back = rollback(params.path("bundles"), params)
-        assert back.version == first.version and back.notified[0]["status"] == 200
+        back = roll_back_deploy(config(params), by="test", reason="rollback under traffic")
+        assert back.version == first.version and back.rollout["notified"][0]["status"] == 200
         wait_for(first.version)
         time.sleep(0.3)
     finally:
@@ -96,10 +95,10 @@ def test_rollout_and_rollback_under_traffic_never_fail_or_mix(tmp_path: Path, as
 def test_server_refuses_a_corrupt_bundle_and_keeps_serving(tmp_path: Path, assets,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     params = write_params(tmp_path, assets.model_a, assets.catalog)
-    first = build_index_bundle(params)
+    first = deploy_with(params)
     proc, url = start_server(params, tmp_path / "server.log")
     try:
-        bad = build_index_bundle(params, do_activate=False)
+        bad = deploy_with(params, activate=False)
         emb = Path(bad.bundle) / "embeddings.npy"
         emb.chmod(0o644)
         emb.write_bytes(emb.read_bytes()[:-8] + b"\x00" * 8)
@@ -140,7 +139,7 @@ def test_web_page_upload_shows_five_results(tmp_path: Path, assets, page) -> Non
     from playwright.sync_api import expect
 
     params = write_params(tmp_path, assets.model_a, assets.catalog)
-    build_index_bundle(params)
+    deploy_with(params)
     proc, url = start_server(params, tmp_path / "server.log")
     try:
         page.goto(url)

@@ -23,12 +23,11 @@ from fastapi.testclient import TestClient
 from fashionrec.core.config import Params
 from fashionrec.core.errors import FashionrecError
 from fashionrec.data.images import open_image
-from fashionrec.deploy.build import build_index_bundle
 from fashionrec.serve.app import ServeConfig, create_app
 from fashionrec.serve.holder import StateHolder
 from fashionrec.serve.memory import release_memory
 from fashionrec.serve.state import ServingState
-from tests.serving.utils import ROOT, TOKEN, write_params
+from tests.serving.utils import ROOT, TOKEN, deploy_with, write_params
 
 # Loaded through serving/app.py (the ASGI entry) in a fresh interpreter, one request answered, then the
 # heavy packages that serving must not need are looked up in sys.modules.
@@ -55,7 +54,7 @@ def held(state: ServingState) -> list[weakref.ref]:
 
 
 def test_a_serving_process_does_not_import_the_training_stack(project: Params, assets) -> None:
-    build_index_bundle(project)
+    deploy_with(project)
     env = {**os.environ, "FASHIONREC_PARAMS": str(project.root / "params.yaml"),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", SERVER_IMPORTS, str(photo(assets)), *NOT_IN_A_SERVER],
@@ -65,7 +64,7 @@ def test_a_serving_process_does_not_import_the_training_stack(project: Params, a
 
 
 def test_a_switch_frees_the_previous_bundle_after_its_last_request(project: Params, assets) -> None:
-    build_index_bundle(project)
+    deploy_with(project)
     holder = StateHolder(project.path("bundles"), None, None, intra_op_threads=1)
     assert holder.reload()
     first = holder.state
@@ -83,7 +82,7 @@ def test_a_switch_frees_the_previous_bundle_after_its_last_request(project: Para
     worker = threading.Thread(target=request_in_flight, args=(first,))
     del first
     worker.start()
-    build_index_bundle(project, model=str(assets.model_b))
+    deploy_with(project, model=str(assets.model_b))
     assert holder.reload()
     assert answered == ["item005"]   # the reload waited for it...
     assert [ref() for ref in refs] == [None, None, None]   # ...and nothing else holds the old bundle
@@ -93,13 +92,13 @@ def test_a_switch_frees_the_previous_bundle_after_its_last_request(project: Para
 def test_admin_reload_leaves_nothing_of_the_previous_bundle(project: Params, assets,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FASHIONREC_ADMIN_TOKEN", TOKEN)
-    build_index_bundle(project)
+    deploy_with(project)
     app = create_app(ServeConfig.from_params(project))
     with TestClient(app) as client:
         payload = photo(assets).read_bytes()
         before = client.post("/recommend", files={"image": ("q.jpg", payload, "image/jpeg")}).json()
         refs = held(app.state.holder.state)
-        build_index_bundle(project, model=str(assets.model_b))
+        deploy_with(project, model=str(assets.model_b))
         reload = client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
         assert reload.status_code == 200 and reload.json()["reloaded"] is True
         assert [ref() for ref in refs] == [None, None, None]
@@ -108,7 +107,7 @@ def test_admin_reload_leaves_nothing_of_the_previous_bundle(project: Params, ass
 
 
 def test_a_state_does_not_keep_the_bundle_embeddings(project: Params) -> None:
-    build_index_bundle(project)
+    deploy_with(project)
     holder = StateHolder(project.path("bundles"), None, None, intra_op_threads=1)
     holder.reload()
     state = holder.state

@@ -15,6 +15,8 @@ import yaml
 from PIL import Image, ImageDraw
 
 from fashionrec.core.config import Params, load_params
+from fashionrec.deploy.config import DeployConfig
+from fashionrec.deploy.reconcile import DeployResult, deploy
 from fashionrec.models.factory import build_model, new_card
 from fashionrec.runtime.export import export_onnx
 
@@ -85,7 +87,7 @@ def write_params(folder: Path, model: Path, catalog: Path | None, **overrides: A
     """A params.yaml in folder whose index/serve sections point at folder/bundles."""
     tree: dict[str, Any] = yaml.safe_load((ROOT / "params.yaml").read_text())
     index = {**tree["index"], "model": str(model), "catalog": str(catalog) if catalog else None,
-             "bundles": "bundles", "summary": "reports/index/summary.json", "recall_queries": 30,
+             "bundles": "bundles", "summary": "reports/deploy/summary.json", "recall_queries": 30,
              "smoke_queries": 3, "notify": []}
     serve = {**tree["serve"], "bundles": "bundles", "static_dir": str(ROOT / "serving" / "static"),
              "watch_interval_s": 0.5, "intra_op_threads": 1}
@@ -96,6 +98,17 @@ def write_params(folder: Path, model: Path, catalog: Path | None, **overrides: A
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(out))
     return load_params(path)
+
+
+def deploy_with(params: Params, model: str | None = None, catalog: Path | None = None,
+                activate: bool | None = None, rebuild: bool = False) -> DeployResult:
+    """The deploy step as the CLI runs it (`fashionrec deploy`), from a params file."""
+    cfg = DeployConfig.from_params(params)
+    return deploy(cfg if activate is None else cfg.with_(activate=activate), model, catalog, rebuild=rebuild)
+
+
+def config(params: Params) -> DeployConfig:
+    return DeployConfig.from_params(params)
 
 
 def start_server(params: Params, log: Path) -> tuple[subprocess.Popen, str]:

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,18 +54,25 @@ def bundles_lock(bundles_dir: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def deploy_lock(bundles_dir: Path) -> Iterator[None]:
-    """One deploy at a time per bundles folder: a second concurrent deploy fails at once, cleanly,
-    rather than queueing and then activating a bundle built from a possibly older model."""
+def deploy_lock(bundles_dir: Path, wait_s: float = 0.0) -> Iterator[None]:
+    """One deploy at a time per bundles folder. Without `wait_s` a second concurrent deploy fails at once,
+    cleanly; a reconcile waits (it reads what to deploy only once it holds the lock, so queueing cannot
+    activate a stale model). The lock dies with its process (flock), so a killed deploy never blocks."""
     bundles_dir.mkdir(parents=True, exist_ok=True)
     with open(bundles_dir / ".deploy.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise BundleError(f"{bundles_dir}: another deploy is in progress ({holder}); "
-                              "nothing was changed, try again when it has finished") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise BundleError(f"{bundles_dir}: another deploy is in progress ({holder}); "
+                                  "nothing was changed, try again when it has finished") from None
         try:
             fh.truncate(0)
             fh.write(f"pid {os.getpid()}")
@@ -102,6 +110,7 @@ class BundleContent:
     parent: str | None = None
     embedded: int = 0                # how many items this build embedded (the rest came from `parent`)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)   # what it was built from: catalog and settings
 
 
 def _pid_alive(pid: int) -> bool:
@@ -171,7 +180,8 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
             "items": {"count": n, "dim": int(content.embeddings.shape[1]),
                       "categories": {str(k): int(v) for k, v in categories.items()},
                       "inventory_root": content.inventory_root},
-            "parent": content.parent, "embedded": content.embedded, "skipped": content.skipped,
+            "source": content.source, "parent": content.parent, "embedded": content.embedded,
+            "skipped": content.skipped,
             "files": checksums,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -200,17 +210,69 @@ def set_current(bundles_dir: Path, version: str) -> None:
     os.replace(tmp, bundles_dir / CURRENT)
 
 
-def read_history(bundles_dir: Path) -> dict[str, Any]:
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _valid_activations(data: Any, path: Path) -> dict[str, Any]:
+    """{"stack": [version, ...], "log": [{action, version, ...}, ...]}, or BundleError naming the field."""
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: expected an object with 'stack' and 'log', got {type(data).__name__}; "
+                          f"delete the file to rebuild it from the bundles' manifests")
+    stack, entries = data.get("stack", []), data.get("log", [])
+    if not isinstance(stack, list) or not all(isinstance(v, str) for v in stack):
+        raise BundleError(f"{path}: field 'stack' must be a list of bundle versions, got {stack!r:.200}")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "action" in e for e in entries):
+        raise BundleError(f"{path}: field 'log' must be a list of objects with an 'action'")
+    return {"stack": stack, "log": entries}
+
+
+def rebuild_activations(bundles_dir: Path) -> dict[str, Any]:
+    """The activation stack as the kept bundles say it was: every complete bundle up to the current one,
+    oldest first (their manifests' version order), the current one on top."""
+    versions = list_versions(bundles_dir)
+    current = current_version(bundles_dir)
+    stack = versions[: versions.index(current) + 1] if current in versions else versions
+    if current is None:
+        return {"stack": [], "log": []}   # nothing went live yet
+    return {"stack": stack, "log": [{"action": "rebuilt", "version": current,
+                                     "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                                     "from": "bundle manifests"}]}
+
+
+def read_activations(bundles_dir: Path) -> dict[str, Any]:
+    """`history.json`: which bundles went live, in order (the stack a bundle rollback pops) and the log.
+
+    Missing, empty or `[]` (an older or interrupted writer): rebuilt from the bundles' manifests. Any other
+    shape is refused with the field at fault."""
     path = bundles_dir / HISTORY
     if not path.is_file():
-        return {"stack": [], "log": []}
+        return rebuild_activations(bundles_dir)
+    text = path.read_text()
+    if not text.strip():
+        return rebuild_activations(bundles_dir)
     try:
-        return json.loads(path.read_text())
+        data = json.loads(text)
     except ValueError as exc:
-        raise BundleError(f"{path}: unreadable deploy history ({exc})") from exc
+        raise BundleError(f"{path}: unreadable deploy history ({exc}); delete the file to rebuild it from "
+                          "the bundles' manifests") from exc
+    if data == [] or data == {}:
+        return rebuild_activations(bundles_dir)
+    return _valid_activations(data, path)
 
 
-def write_history(bundles_dir: Path, history: dict[str, Any]) -> None:
+def write_activations(bundles_dir: Path, history: dict[str, Any]) -> None:
+    """Durable replace: temp file, fsync, rename over, fsync the folder (a crash leaves old or new)."""
+    path = bundles_dir / HISTORY
+    _valid_activations(history, path)
     tmp = bundles_dir / f".{HISTORY}.{os.getpid()}"
-    tmp.write_text(json.dumps(history, indent=2))
-    os.replace(tmp, bundles_dir / HISTORY)
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(history, indent=2))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(bundles_dir)

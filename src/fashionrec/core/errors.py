@@ -68,3 +68,12 @@ class KfpError(FashionrecError):
 
 class DataVersionError(FashionrecError):
     """A data version cannot be read or recorded (git revision, DVC lock entry, remote, commit)."""
+
+
+class WebhookRefused(FashionrecError):
+    """A webhook delivery failed verification (signature, timestamp, replay, shape); nothing was done."""
+
+    def __init__(self, message: str, status: int = 401, kind: str = "forged") -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind

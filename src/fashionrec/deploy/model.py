@@ -50,10 +50,10 @@ def read_preprocessing(onnx_path: Path) -> dict[str, Any]:
                                "beside it)") from exc
 
 
-def _find_onnx(folder: Path) -> Path:
+def _find_onnx(folder: Path, spec: str) -> Path:
     found = sorted(folder.rglob("*.onnx"))
     if not found:
-        raise ModelSourceError(f"{folder}: the downloaded model holds no .onnx file")
+        raise ModelSourceError(f"model '{spec}': artifacts missing: the registry's copy holds no .onnx file")
     named = [p for p in found if p.name == "model.onnx"]
     return (named or found)[0]
 
@@ -82,11 +82,38 @@ def resolve_model(spec: str, workdir: Path, tracking_uri: str | None = None) -> 
         pinned = f"models:/{name}/{version}"
         workdir.mkdir(parents=True, exist_ok=True)
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(workdir)))
+    except OSError as exc:   # a version whose artifacts were deleted from the artifact store
+        raise ModelSourceError(f"model '{spec}': artifacts missing or unreadable ({exc})") from exc
     except MlflowException as exc:
         hint = (f" (no version of '{name}' has the alias '{alias}' yet: promote one with "
                 f"`fashionrec promote VERSION`)") if alias is not None and exc.error_code in (
                     "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND") else ""
         raise ModelSourceError(f"model '{spec}': {exc.message}{hint}") from exc
-    onnx_path = _find_onnx(local)
+    onnx_path = _find_onnx(local, pinned)
     return ModelSource(onnx_path=onnx_path, preprocessing=read_preprocessing(onnx_path),
                        version=f"{name}/{version}", uri=pinned)
+
+
+def pin_model(spec: str, tracking_uri: str | None = None) -> tuple[str, str]:
+    """(pinned spec, version) without downloading anything: an alias is read from the registry, a local
+    file is hashed. What the deploy wants is decided from this; the files are fetched only to build."""
+    match = MODELS_URI.match(spec.strip())
+    if match is None:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ModelSourceError(f"model '{spec}': neither a models:/ URI nor an existing ONNX file")
+        return str(path.resolve()), f"local-{sha256_file(path)[:12]}"
+    name, alias, version = match["name"], match["alias"], match["version"]
+    if alias is not None:
+        import mlflow
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        try:
+            version = str(MlflowClient().get_model_version_by_alias(name, alias).version)
+        except MlflowException as exc:
+            raise ModelSourceError(f"model '{spec}': {exc.message} (no version of '{name}' has the alias "
+                                   f"'{alias}' yet: promote one with `fashionrec promote VERSION`)") from exc
+    return f"models:/{name}/{version}", f"{name}/{version}"

@@ -1,9 +1,10 @@
-"""Rollout and rollback of bundles: smoke-test, switch the `bundles/current` symlink atomically, tell the
-running servers, keep the last N bundles.
+"""Going live: smoke-test a bundle, switch the `bundles/current` symlink atomically, tell the running servers,
+keep the last N bundles.
 
-`history.json` holds the stack of activated versions: activating pushes, `rollback` pops, so a rollback
-returns to the bundle that served before. Servers notice a switch by watching the pointer, and are also
-told at once with `POST /admin/reload` (token from the environment variable named in params).
+`history.json` holds the activation stack (`bundle.store.read_activations`): going live pushes, so the
+bundle below the top is the one that served before. Only `deploy.reconcile` calls `go_live`: it is the one
+place where a bundle is activated. Servers notice a switch by watching the pointer, and are also told at
+once with `POST /admin/reload` (token from the environment variable named in params).
 """
 
 from __future__ import annotations
@@ -24,18 +25,18 @@ from fashionrec.bundle.store import (
     bundles_lock,
     current_version,
     list_versions,
-    read_history,
+    read_activations,
     set_current,
-    write_history,
+    write_activations,
 )
-from fashionrec.core.config import DEFAULT_SEED, Params
-from fashionrec.core.errors import BundleError, DataError, SmokeTestFailed
+from fashionrec.core.errors import DataError, SmokeTestFailed
 from fashionrec.data.images import open_image
+from fashionrec.deploy.config import DeployConfig
 
 
 @dataclass
 class RolloutResult:
-    action: str                    # activate | rollback
+    action: str                    # activate | restore (a kept bundle, verified, not re-smoke-tested)
     version: str
     previous: str | None
     smoke: dict[str, Any] | None
@@ -46,26 +47,22 @@ class RolloutResult:
         return asdict(self)
 
 
-def smoke_test(bundle_dir: Path, params: Params) -> dict[str, Any]:
+def smoke_test(bundle_dir: Path, cfg: DeployConfig) -> dict[str, Any]:
     """Load the bundle exactly as a server would and ask it a few questions.
 
     Sample items are re-embedded from their images through the bundle's model: each must come out as
     its stored embedding (model and index belong together) and find itself among its top-k. The index
     must reach `min_recall` against exact search on the stored embeddings.
     """
-    from fashionrec.index import RECALL_K
     from fashionrec.index.brute import BruteIndex
     from fashionrec.index.recall import recall_at_k
     from fashionrec.serve.state import load_state
 
-    sec = params.section("index")
-    serve = params.get("serve", {}) or {}
-    root = serve.get("inventory_root")
-    state = load_state(bundle_dir, inventory_root=params.path(root) if root else None)
+    state = load_state(bundle_dir, inventory_root=cfg.inventory_root)
     stored = state.stored_embeddings()
-    k = min(int(sec.get("recall_k", RECALL_K)), state.size)
-    rng = np.random.default_rng(int(params.get("seed", DEFAULT_SEED)))
-    rows = rng.permutation(state.size)[: int(sec.get("smoke_queries", 5))]
+    k = min(cfg.index.recall_k, state.size)
+    rng = np.random.default_rng(cfg.seed)
+    rows = rng.permutation(state.size)[: cfg.smoke_queries]
     answered, similarities = 0, []
     for row in rows.tolist():
         source = state.image_source(row)
@@ -77,7 +74,7 @@ def smoke_test(bundle_dir: Path, params: Params) -> dict[str, Any]:
             raise SmokeTestFailed(f"{bundle_dir.name}: item {state.item_ids[row]}: {exc}") from exc
         similarity = float(vector @ stored[row])
         similarities.append(similarity)
-        if similarity < float(sec.get("min_self_similarity", 0.99)):
+        if not similarity >= cfg.min_self_similarity:
             raise SmokeTestFailed(f"{bundle_dir.name}: item {state.item_ids[row]} re-embeds with cosine "
                                   f"{similarity:.4f} to its stored embedding: model and embeddings disagree")
         hits = state.search(vector, k)
@@ -88,13 +85,11 @@ def smoke_test(bundle_dir: Path, params: Params) -> dict[str, Any]:
     for row in rows.tolist():  # the stored vectors too, so a bundle of URL images is still queried
         if not state.search(stored[row], k):
             raise SmokeTestFailed(f"{bundle_dir.name}: empty answer for item {state.item_ids[row]}")
-    sample = np.sort(rng.choice(state.size, size=min(int(sec.get("recall_queries", 200)), state.size),
-                                replace=False))
-    queries = stored[sample]
-    recall = recall_at_k(state.index, BruteIndex(stored), queries, k)
-    if recall < float(sec.get("min_recall", 0.9)):
+    sample = np.sort(rng.choice(state.size, size=min(cfg.index.recall_queries, state.size), replace=False))
+    recall = recall_at_k(state.index, BruteIndex(stored), stored[sample], k)
+    if recall < cfg.min_recall:
         raise SmokeTestFailed(f"{bundle_dir.name}: recall@{k} {recall:.3f} of index "
-                              f"'{state.index.kind}' is below index.min_recall {sec.get('min_recall')}")
+                              f"'{state.index.kind}' is below index.min_recall {cfg.min_recall}")
     return {"version": state.version, "model_version": state.model_version, "provider": state.provider,
             "items": state.size, "image_queries": answered, f"recall_at_{k}": round(recall, 4),
             "min_self_similarity": round(min(similarities), 5) if similarities else None}
@@ -110,62 +105,58 @@ def prune(bundles_dir: Path, keep: int, protect: set[str]) -> list[str]:
 
 
 def notify_servers(urls: list[str], token_env: str) -> list[dict[str, Any]]:
-    """POST /admin/reload to each server; a server that cannot be told still sees the pointer change."""
+    """POST /admin/reload to every server at once (each loads the bundle itself, so together they take
+    as long as the slowest); a server that cannot be told still sees the pointer change."""
+    from concurrent.futures import ThreadPoolExecutor
+
     token = os.environ.get(token_env, "")
-    results = []
-    for url in urls:
+
+    def tell(url: str) -> dict[str, Any]:
         req = urllib.request.Request(f"{url.rstrip('/')}/admin/reload", method="POST", data=b"",
                                      headers={"Authorization": f"Bearer {token}"})
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - configured server URLs
-                results.append({"url": url, "status": resp.status, "body": json.loads(resp.read() or b"{}")})
+                return {"url": url, "status": resp.status, "body": json.loads(resp.read() or b"{}")}
         except Exception as exc:  # connection refused, HTTP errors: reported, the rollout stands
-            results.append({"url": url, "status": getattr(exc, "code", None), "error": str(exc)})
-    return results
+            return {"url": url, "status": getattr(exc, "code", None), "error": str(exc)}
+
+    if not urls:
+        return []
+    with ThreadPoolExecutor(max_workers=min(16, len(urls))) as pool:
+        return list(pool.map(tell, urls))
 
 
-def _notify(params: Params) -> list[dict[str, Any]]:
-    urls = list(params.get("index.notify") or [])
-    token_env = str(params.get("serve.admin_token_env") or "FASHIONREC_ADMIN_TOKEN")
-    return notify_servers(urls, token_env) if urls else []
+def was_live(bundles_dir: Path, version: str) -> bool:
+    """Whether this bundle went live before (so it passed its smoke test then)."""
+    history = read_activations(bundles_dir)
+    return version in history["stack"] or any(e.get("version") == version and e.get("action") in
+                                               ("activate", "restore") for e in history["log"])
 
 
-def activate(bundles_dir: Path, version: str, params: Params) -> RolloutResult:
-    """Smoke-test a bundle, then make it current; the previous one stays as the rollback target."""
+def go_live(cfg: DeployConfig, version: str, smoke: bool, reason: str = "") -> RolloutResult:
+    """Make `version` current: smoke-tested first when it never served, checksums verified when it did
+    (a kept bundle goes back live in well under a second). Call under the deploy lock (reconcile does)."""
+    bundles_dir = cfg.bundles
     folder = bundles_dir / version
-    smoke = smoke_test(folder, params)
+    report = smoke_test(folder, cfg) if smoke else None
+    if not smoke:
+        verify_bundle(folder)
     with bundles_lock(bundles_dir):
         previous = current_version(bundles_dir)
-        history = read_history(bundles_dir)
-        if previous is not None and (not history["stack"] or history["stack"][-1] != previous):
-            history["stack"].append(previous)   # a pointer set by hand joins the stack
-        set_current(bundles_dir, version)
-        if not history["stack"] or history["stack"][-1] != version:
-            history["stack"].append(version)
-        history["log"].append({"action": "activate", "version": version, "previous": previous,
-                               "at": datetime.now(UTC).isoformat(timespec="seconds")})
-        keep = int(params.get("index.keep", 5))
-        pruned = prune(bundles_dir, keep, protect={version, *history["stack"][-2:]})
-        history["stack"] = [v for v in history["stack"] if v not in pruned]
-        write_history(bundles_dir, history)
-    return RolloutResult("activate", version, previous, smoke, pruned, _notify(params))
-
-
-def rollback(bundles_dir: Path, params: Params) -> RolloutResult:
-    """Return serving to the bundle that was current before this one."""
-    with bundles_lock(bundles_dir):
-        current = current_version(bundles_dir)
-        history = read_history(bundles_dir)
+        history = read_activations(bundles_dir)
         stack = [v for v in history["stack"] if (bundles_dir / v).is_dir()]
-        if current is not None and (not stack or stack[-1] != current):
-            stack.append(current)
-        if len(stack) < 2:
-            raise BundleError(f"{bundles_dir}: no previous bundle to roll back to (history: {stack})")
-        target = stack[-2]
-        verify_bundle(bundles_dir / target)
-        set_current(bundles_dir, target)
-        history["stack"] = stack[:-1]
-        history["log"].append({"action": "rollback", "version": target, "previous": current,
-                               "at": datetime.now(UTC).isoformat(timespec="seconds")})
-        write_history(bundles_dir, history)
-    return RolloutResult("rollback", target, current, None, [], _notify(params))
+        if previous is not None and (not stack or stack[-1] != previous):
+            stack.append(previous)   # a pointer set by hand joins the stack
+        set_current(bundles_dir, version)
+        if version in stack[-2:-1]:
+            stack.pop()              # back to the one below: a rollback pops rather than pushes
+        elif not stack or stack[-1] != version:
+            stack.append(version)
+        history["log"].append({"action": "activate" if smoke else "restore", "version": version,
+                               "previous": previous, "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                               **({"reason": reason} if reason else {})})
+        pruned = prune(bundles_dir, cfg.keep, protect={version, *stack[-2:]})
+        history["stack"] = [v for v in stack if v not in pruned]
+        write_activations(bundles_dir, history)
+    notified = notify_servers(list(cfg.notify), cfg.admin_token_env) if cfg.notify else []
+    return RolloutResult("activate" if smoke else "restore", version, previous, report, pruned, notified)

@@ -1,16 +1,27 @@
 """The MLflow model registry side: champion lookup, aliases, promotion, rollback and their history.
 
-MLflow keeps no alias history, so every move of `champion` made here is appended to a JSON trail in the
-registered model's tag `champion_history` ({action, version, previous, at, by, reason}). Replaying that
-trail gives the stack of champions: `promote` pushes, `rollback` pops, so rolling back twice walks back two
-promotions, and a third rollback past the first champion is refused. `previous-champion` always names the
-version a rollback would restore. A champion moved by hand in the MLflow UI is noticed (the alias differs
-from the trail) and recorded as an `observed` entry before anything else happens.
+MLflow keeps no alias history, so every move of `champion` is appended to a JSON trail in the registered
+model's tag `champion_history` ({action, version, previous, at, by, reason}). Replaying that trail gives the
+stack of champions: `promote` pushes, `rollback` pops, so rolling back twice walks back two promotions, and
+a third rollback past the first champion is refused. `previous-champion` always names the version a
+rollback would restore.
+
+MLflow tags have no compare-and-set, so every read-move-write of the alias and the trail happens under
+`history_lock`: a mutex made of MLflow's one atomic operation, creating a registered model whose name is
+taken (`<name>.champion-lock`; a holder that died is broken after `LOCK_TTL_S`). Concurrent promotions from
+several machines then serialise and no entry is lost. A move made in the MLflow UI is recorded by the
+deployer when its webhook (or poll) sees it (`record_alias_move`), with the time it happened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import random
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +37,10 @@ HISTORY_TAG = "champion_history"
 HISTORY_LIMIT = 200            # entries kept in the tag (each ~150 bytes; the tag holds 100 kB)
 METRIC_PREFIX = "metric."      # model-version tags holding the flattened evaluation metrics
 GATE_TAG = "gate.passed"
+REFUSED_TAG = "deploy.refused"   # model-version tag: why the deployer would not serve this version
+LOCK_SUFFIX = ".champion-lock"
+LOCK_TTL_S = 60.0              # a lock older than this belongs to a dead holder and is broken
+LOCK_WAIT_S = 60.0
 
 
 @dataclass
@@ -91,7 +106,41 @@ def get_champion(client: MlflowClient, name: str) -> Champion | None:
     return Champion(version=version, metrics=metrics_from_tags(mv.tags), candidate=mv.tags.get("candidate"))
 
 
-def read_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def history_lock(client: MlflowClient, name: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the champion mutex of `name` (see the module docstring); raise RegistryError after `wait_s`."""
+    lock = f"{name}{LOCK_SUFFIX}"
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.create_registered_model(lock, tags={"holder": holder, "since": repr(time.time())},
+                                           description="fashionrec: champion history lock (transient)")
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            held = client.get_registered_model(lock)
+            since = float(held.tags.get("since", "0"))
+            if time.time() - since > LOCK_TTL_S:
+                client.delete_registered_model(lock)      # its holder died holding it
+                continue
+        except (MlflowException, ValueError):
+            continue                                      # released meanwhile: try again at once
+        if time.monotonic() > deadline:
+            raise RegistryError(f"registered model '{name}': champion history is locked by "
+                                f"{held.tags.get('holder', '?')} for more than {wait_s:.0f} s") from None
+        time.sleep(random.uniform(0.02, 0.1))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(MlflowException):
+            client.delete_registered_model(lock)
+
+
+def read_champion_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """The champion trail (oldest first) from the registered model's tag."""
     raw = client.get_registered_model(name).tags.get(HISTORY_TAG)
     if not raw:
         return []
@@ -103,7 +152,7 @@ def read_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     return data if isinstance(data, list) else []
 
 
-def write_history(client: MlflowClient, name: str, history: list[dict[str, Any]]) -> None:
+def write_champion_history(client: MlflowClient, name: str, history: list[dict[str, Any]]) -> None:
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-HISTORY_LIMIT:]))
 
 
@@ -122,9 +171,9 @@ def champion_stack(history: list[dict[str, Any]]) -> list[str]:
     return stack
 
 
-def reconcile(client: MlflowClient, name: str) -> tuple[list[dict[str, Any]], list[str]]:
+def trail_with_observed(client: MlflowClient, name: str) -> tuple[list[dict[str, Any]], list[str]]:
     """The trail and stack, after recording a champion alias moved outside fashionrec (MLflow UI)."""
-    history = read_history(client, name)
+    history = read_champion_history(client, name)
     stack = champion_stack(history)
     current = alias_version(client, name, CHAMPION)
     if current is not None and (not stack or stack[-1] != current):
@@ -163,9 +212,14 @@ def promote(client: MlflowClient, name: str, version: str | int, by: str, reason
     if mv.tags.get(GATE_TAG) != "true" and not force:
         raise RegistryError(f"{name} v{version} has no passed gate decision (tag {GATE_TAG}="
                             f"{mv.tags.get(GATE_TAG)!r}); use --force to promote it anyway")
-    history, stack = reconcile(client, name)
+    with history_lock(client, name):
+        return _promote(client, name, version, by, reason)
+
+
+def _promote(client: MlflowClient, name: str, version: str, by: str, reason: str) -> AliasChange:
+    history, stack = trail_with_observed(client, name)
     if stack and stack[-1] == version:
-        write_history(client, name, history)
+        write_champion_history(client, name, history)
         return AliasChange(name, "promote", version, stack[-2] if len(stack) > 1 else None, False,
                            f"{name} v{version} is already the champion; nothing changed", history)
     previous = stack[-1] if stack else None
@@ -173,18 +227,23 @@ def promote(client: MlflowClient, name: str, version: str | int, by: str, reason
                     "by": by, "reason": reason})
     stack.append(version)
     set_aliases(client, name, stack)
-    write_history(client, name, history)
+    write_champion_history(client, name, history)
     was = f" (was v{previous}, now previous-champion)" if previous else " (first champion)"
     return AliasChange(name, "promote", version, previous, True, f"{name} v{version} is the champion{was}",
                        history)
 
 
-def rollback(client: MlflowClient, name: str, by: str, reason: str) -> AliasChange:
+def roll_back_champion(client: MlflowClient, name: str, by: str, reason: str) -> AliasChange:
     """Restore the champion before the current one (the previous-champion alias); repeated calls walk
     further back through the promotion trail and stop with a clear error at the first champion."""
     if not model_exists(client, name):
         raise RegistryError(f"registered model '{name}' does not exist: nothing to roll back")
-    history, stack = reconcile(client, name)
+    with history_lock(client, name):
+        return _roll_back(client, name, by, reason)
+
+
+def _roll_back(client: MlflowClient, name: str, by: str, reason: str) -> AliasChange:
+    history, stack = trail_with_observed(client, name)
     if not stack:
         raise RegistryError(f"{name} has no champion: nothing to roll back")
     if len(stack) < 2:
@@ -196,7 +255,7 @@ def rollback(client: MlflowClient, name: str, by: str, reason: str) -> AliasChan
                     "reason": reason})
     stack.pop()
     set_aliases(client, name, stack)
-    write_history(client, name, history)
+    write_champion_history(client, name, history)
     below = f"; previous-champion is now v{stack[-2]}" if len(stack) > 1 else "; no earlier champion remains"
     return AliasChange(name, "rollback", target, stack[-2] if len(stack) > 1 else None, True,
                        f"{name} rolled back from v{current} to v{target}{below}", history)
@@ -208,3 +267,41 @@ def trail_summary(history: list[dict[str, Any]]) -> str:
 
 def aliases_of(client: MlflowClient, name: str, version: str) -> list[str]:
     return sorted(client.get_model_version(name, version).aliases)
+
+
+def record_alias_move(client: MlflowClient, name: str, version: str | None, at: str, by: str,
+                      reason: str) -> dict[str, Any] | None:
+    """Record a champion move made outside fashionrec (MLflow UI), when a webhook or poll reports it.
+
+    Under the lock, and only if the alias still points at `version` and the trail does not already say so
+    (a CLI move records itself; its webhook then finds nothing to add). A move back to the version below
+    the top is a rollback (the trail pops), anything else a promotion. Returns the entry, or None."""
+    with history_lock(client, name):
+        current = alias_version(client, name, CHAMPION)
+        if current is None or (version is not None and current != str(version)):
+            return None
+        history = read_champion_history(client, name)
+        stack = champion_stack(history)
+        if stack and stack[-1] == current:
+            return None
+        action = "rollback" if len(stack) > 1 and stack[-2] == current else "promote"
+        entry = {"action": action, "version": current, "previous": stack[-1] if stack else None, "at": at,
+                 "by": by, "reason": reason}
+        history.append(entry)
+        if action == "rollback":
+            stack.pop()
+        else:
+            stack.append(current)
+        write_champion_history(client, name, history)
+        if len(stack) > 1:
+            client.set_registered_model_alias(name, PREVIOUS, stack[-2])
+        return entry
+
+
+def tag_refusal(client: MlflowClient, name: str, version: str, reason: str | None) -> None:
+    """Show on the model version why it is not served (or clear it once it is)."""
+    if reason:
+        client.set_model_version_tag(name, version, REFUSED_TAG, reason[:4900])
+    else:
+        with contextlib.suppress(MlflowException):
+            client.delete_model_version_tag(name, version, REFUSED_TAG)

@@ -34,7 +34,8 @@ from fashionrec.registry.mlflow_registry import (
     aliases_of,
     get_champion,
     promote,
-    rollback,
+    read_champion_history,
+    roll_back_champion,
 )
 
 DEFAULT_NAME = "fashionrec"
@@ -212,4 +213,9 @@ def promote_version(version: str, name: str, by: str, reason: str, force: bool =
 
 def rollback_champion(name: str, by: str, reason: str) -> AliasChange:
     """`fashionrec rollback`."""
-    return rollback(MlflowClient(), name, by=by, reason=reason)
+    return roll_back_champion(MlflowClient(), name, by=by, reason=reason)
+
+
+def champion_history(name: str) -> list[dict[str, Any]]:
+    """`fashionrec history`: the champion trail, oldest first."""
+    return read_champion_history(MlflowClient(), name)

@@ -1,0 +1,145 @@
+"""The deploy step's configuration, built once from params at the edge (CLI, DVC, KFP component, deployer).
+
+Library functions below take a `DeployConfig` (and explicit paths inside it), never the whole `Params`:
+what a deploy reads is visible in one place, and a component can build one from its artifact paths
+without injecting them into a params tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from fashionrec.core.config import DEFAULT_SEED, Params
+from fashionrec.core.errors import ParamsError
+from fashionrec.index import AUTO_EXACT_MAX, KINDS, RECALL_K
+
+DEFAULT_MODEL = "models:/fashionrec@champion"
+DEFAULT_ADMIN_TOKEN_ENV = "FASHIONREC_ADMIN_TOKEN"
+DEFAULT_WEBHOOK_SECRET_ENV = "FASHIONREC_WEBHOOK_SECRET"
+DEFAULT_DEPLOYER_PORT = 8001
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How a bundle's index is built and checked (the `index` section minus paths and rollout)."""
+
+    kind: str = "balltree"
+    auto_exact_max: int = AUTO_EXACT_MAX
+    kind_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recall_k: int = RECALL_K
+    target_recall: float | None = 0.95
+    max_ef_search: int = 1024
+    recall_queries: int = 200
+
+    def params_of(self, kind: str) -> dict[str, Any]:
+        return dict(self.kind_params.get(kind) or {})
+
+    def fingerprint(self) -> str:
+        """What a bundle built with these settings records: a change (kind, M, ...) means a rebuild."""
+        blob = json.dumps({"kind": self.kind, "auto_exact_max": self.auto_exact_max,
+                           "kind_params": self.kind_params, "recall_k": self.recall_k,
+                           "target_recall": self.target_recall, "max_ef_search": self.max_ef_search},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """Everything the deploy step reads: where (paths), what (model, inventory), how (index, smoke test)."""
+
+    bundles: Path
+    model: str = DEFAULT_MODEL                # models:/NAME@ALIAS, models:/NAME/VERSION or an ONNX file
+    catalog: Path | None = None               # catalog CSV; None: every row of `manifest`
+    manifest: Path | None = None
+    summary: Path | None = None               # the step's JSON summary (DVC output)
+    inventory_root: Path | None = None        # serve.inventory_root (servers, smoke tests)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    min_recall: float = 0.9
+    min_self_similarity: float = 0.99
+    smoke_queries: int = 5
+    batch_size: int = 32
+    device: str = "cpu"
+    max_image_bytes: int = 20_000_000
+    activate: bool = True
+    keep: int = 5
+    notify: tuple[str, ...] = ()
+    admin_token_env: str = DEFAULT_ADMIN_TOKEN_ENV
+    seed: int = DEFAULT_SEED
+    tracking_uri: str | None = None
+    lock_wait_s: float = 600.0                # a reconcile waits this long for another deploy to finish
+
+    @classmethod
+    def from_params(cls, params: Params) -> DeployConfig:
+        """Read `index` (+ `serve.inventory_root`, `serve.admin_token_env`, `seed`, the tracking URI)."""
+        from fashionrec.core.tracking import tracking_uri
+
+        sec = params.section("index")
+
+        def path(value: Any) -> Path | None:
+            return params.path(value) if value else None
+
+        if not sec.get("bundles"):
+            raise ParamsError("params index.bundles: the bundles folder is required")
+        serve = params.get("serve") or {}
+        index = IndexSettings(
+            kind=str(sec.get("kind", "balltree")),
+            auto_exact_max=int(sec.get("auto_exact_max", AUTO_EXACT_MAX)),
+            kind_params={k: dict(sec.get(k) or {}) for k in KINDS if sec.get(k) is not None},
+            recall_k=int(sec.get("recall_k", RECALL_K)),
+            target_recall=None if sec.get("target_recall") is None else float(sec["target_recall"]),
+            max_ef_search=int(sec.get("max_ef_search", 1024)),
+            recall_queries=int(sec.get("recall_queries", 200)))
+        return cls(
+            bundles=params.path(sec["bundles"]), model=str(sec.get("model") or DEFAULT_MODEL),
+            catalog=path(sec.get("catalog")), manifest=path(sec.get("manifest")),
+            summary=path(sec.get("summary")), inventory_root=path(serve.get("inventory_root")), index=index,
+            min_recall=float(sec.get("min_recall", 0.9)),
+            min_self_similarity=float(sec.get("min_self_similarity", 0.99)),
+            smoke_queries=int(sec.get("smoke_queries", 5)), batch_size=int(sec.get("batch_size", 32)),
+            device=str(sec.get("device", "cpu")), max_image_bytes=int(sec.get("max_image_bytes", 20_000_000)),
+            activate=bool(sec.get("activate", True)), keep=int(sec.get("keep", 5)),
+            notify=tuple(str(u) for u in (sec.get("notify") or [])),
+            admin_token_env=str(serve.get("admin_token_env") or DEFAULT_ADMIN_TOKEN_ENV),
+            seed=int(params.get("seed", DEFAULT_SEED)), tracking_uri=tracking_uri(params),
+            lock_wait_s=float(sec.get("lock_wait_s", 600.0)))
+
+    def with_(self, **changes: Any) -> DeployConfig:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class DeployerConfig:
+    """The long-running controller (`fashionrec deployer`): where it listens and how it checks events."""
+
+    registered_model: str = "fashionrec"
+    alias: str = "champion"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_DEPLOYER_PORT
+    webhook_secret_env: str = DEFAULT_WEBHOOK_SECRET_ENV
+    poll_interval_s: float = 30.0             # the alias is read this often even without webhooks
+    max_clock_skew_s: float = 300.0           # webhook timestamps older or newer than this are refused
+    replay_memory: int = 10_000               # delivery ids remembered to refuse replays
+    log_level: str = "info"
+
+    @property
+    def webhook_secret(self) -> str | None:
+        return os.environ.get(self.webhook_secret_env) or None
+
+    @classmethod
+    def from_params(cls, params: Params) -> DeployerConfig:
+        sec = params.get("deployer") or {}
+        alias_spec = str(params.get("index.model") or DEFAULT_MODEL)
+        has_alias = alias_spec.startswith("models:/") and "@" in alias_spec
+        alias = alias_spec.split("@", 1)[1] if has_alias else "champion"
+        return cls(registered_model=str(params.get("register.name") or "fashionrec"), alias=alias,
+                   host=str(sec.get("host", "127.0.0.1")), port=int(sec.get("port", DEFAULT_DEPLOYER_PORT)),
+                   webhook_secret_env=str(sec.get("webhook_secret_env") or DEFAULT_WEBHOOK_SECRET_ENV),
+                   poll_interval_s=float(sec.get("poll_interval_s", 30.0)),
+                   max_clock_skew_s=float(sec.get("max_clock_skew_s", 300.0)),
+                   replay_memory=int(sec.get("replay_memory", 10_000)),
+                   log_level=str(sec.get("log_level", "info")))
