@@ -28,6 +28,36 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+M_MMAP_THRESHOLD = -3   # glibc's mallopt parameter
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+def tune_allocator(mmap_threshold_bytes: int) -> bool:
+    """Fix glibc's mmap threshold (setting it also stops glibc raising it after each large free)."""
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
+    if mallopt is None or mmap_threshold_bytes <= 0:
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, int(mmap_threshold_bytes)))
+
+
+def trim_heap() -> bool:
+    """Return free heap pages to the OS (no garbage collection: cheap enough after each large request)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 def release_memory() -> bool:
     """Collect reference cycles, then return free heap pages to the OS; True when glibc trimmed."""
     gc.collect()
