@@ -113,11 +113,24 @@ class Probe:
     decode_bytes: int
 
 
-def _upright(img: Image.Image) -> tuple[int, int, bool]:
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation from the header alone (PNG's `getexif` decodes the whole image looking for an
+    eXIf chunk after the pixels; only one before them is read here)."""
     try:
-        orientation = img.getexif().get(ORIENTATION, 1)
+        if img.format == "PNG":
+            raw = img.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            return int(exif.get(ORIENTATION, 1))
+        return int(img.getexif().get(ORIENTATION, 1))
     except Exception:  # a broken EXIF block: Pillow decodes the pixels anyway
-        orientation = 1
+        return 1
+
+
+def _upright(img: Image.Image) -> tuple[int, int, bool]:
+    orientation = _orientation(img)
     w, h = img.size
     swap = orientation in (5, 6, 7, 8)
     return (h, w, swap) if swap else (w, h, swap)
