@@ -6,9 +6,8 @@ import asyncio
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fashionrec.serve.handlers import error_response
@@ -56,13 +55,13 @@ class RequestBody:
             try:
                 msg = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                raise StarletteHTTPException(408, f"the request body did not arrive within "
+                raise HTTPException(408, f"the request body did not arrive within "
                                                   f"{self.timeout_s:g} s") from None
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 done = not msg.get("more_body", False)
-                if seen > self.max_bytes:  # an HTTPException passes FastAPI's body parsing unchanged
-                    raise StarletteHTTPException(413, message)
+                if seen > self.max_bytes:  # FastAPI's HTTPException passes its body parsing unchanged
+                    raise HTTPException(413, message)
             return msg
 
         await self.app(scope, limited, send)
@@ -95,7 +94,11 @@ class SecurityHeaders:
 
 def add_middleware(app: FastAPI, metrics: Metrics, max_upload_bytes: int, body_timeout_s: float,
                    csp_by_path: dict[str, str]) -> None:
-    """The stack, innermost first: metrics, body limits, security headers (outermost: on every answer)."""
+    """The stack, innermost first: body limits, metrics, security headers (outermost: on every answer).
+    The body limits sit inside the metrics middleware: their exceptions must reach FastAPI's body parsing
+    unwrapped."""
+    app.add_middleware(RequestBody, max_bytes=max_upload_bytes + MULTIPART_SLACK, timeout_s=body_timeout_s,
+                       metrics=metrics)
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Any) -> Response:
@@ -106,6 +109,4 @@ def add_middleware(app: FastAPI, metrics: Metrics, max_upload_bytes: int, body_t
         metrics.requests.labels(route, request.method, str(response.status_code)).inc()
         return response
 
-    app.add_middleware(RequestBody, max_bytes=max_upload_bytes + MULTIPART_SLACK, timeout_s=body_timeout_s,
-                       metrics=metrics)
     app.add_middleware(SecurityHeaders, csp_by_path=csp_by_path)
