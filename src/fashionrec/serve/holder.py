@@ -168,7 +168,7 @@ class StateHolder:
                 except FashionrecError as exc:
                     log.error("fallback candidate %s refused too: %s", version, exc)
                     continue
-                self._serve(new, None)
+                self._serve(new, Target(folder, version, False, _signature(folder)))
                 self.fallback = {"from": broken or CURRENT, "to": version, "reason": str(first)}
                 self.behind_since = time.time()
                 self._error(BundleError(f"{CURRENT} ({broken}) refused: {first}; serving {version}, "
@@ -186,6 +186,9 @@ class StateHolder:
             target = self._look()
         except BundleError as exc:
             self._behind()
+            if str(exc) != self.last_error:   # logged once per distinct error, not at every look
+                log.error("bundles/%s unreadable: %s (still serving %s)", CURRENT, exc,
+                          self.state.version if self.state else "nothing")
             self._error(exc)
             return "error"
         if target is None:
@@ -194,6 +197,7 @@ class StateHolder:
             return "missing"
         if target.signature == self.served:
             self.behind_since = None
+            self.fallback = None    # `current` now names what serves (the fallback, or its equal)
             return "unchanged"
         if target.signature in self._refused:
             self._behind()
