@@ -150,6 +150,7 @@ def memory_mib(pid: int | str = "self") -> dict[str, float]:
 
 
 def percentile_ms(seconds: list[float], q: float) -> float:
-    import numpy as np
+    """The library's percentile (fashionrec.evaluate.metrics), NaN for a run with no samples."""
+    from fashionrec.evaluate.metrics import percentile_ms as library_percentile_ms
 
-    return float(np.percentile(np.asarray(seconds) * 1000.0, q)) if seconds else float("nan")
+    return library_percentile_ms(seconds, q) if len(seconds) else float("nan")

@@ -13,7 +13,6 @@ import pytest
 import torch
 import yaml
 from onnx import numpy_helper
-from regkit import export_params, real_model, save_candidate
 
 from fashionrec.core.errors import FashionrecError, ParityError
 from fashionrec.data.images import Preprocessing
@@ -24,6 +23,7 @@ from fashionrec.runtime.export import export_onnx
 from fashionrec.runtime.metadata import METADATA_KEY, read_metadata
 from fashionrec.runtime.quantize import DEFAULTS, quantize, settings, static_options
 from fashionrec.runtime.session import create_session
+from tests.model.utils import export_params, real_model, save_candidate, tamper
 
 
 @pytest.fixture(scope="module")
@@ -88,17 +88,6 @@ def test_parity_on_real_test_images(which: str, request, tiny_validated, tmp_pat
     assert report["neighbours"]["mismatch_count"] == 0 and report["same_argmax"] == 1.0
     assert report["provider"] == "CPUExecutionProvider" or report["provider"].startswith("CUDA")
     assert json.loads((tmp_path / "parity.json").read_text())["onnx_sha256"] == report["onnx_sha256"]
-
-
-def tamper(src: Path, dst: Path) -> Path:
-    """Perturb the largest initializer (the dense layer's weights): a graph that still runs but lies."""
-    graph = onnx.load(str(src))
-    init = max(graph.graph.initializer, key=lambda t: np.prod(t.dims))
-    w = numpy_helper.to_array(init)
-    init.CopyFrom(numpy_helper.from_array(w + np.float32(0.05) * np.sign(w), init.name))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(graph, str(dst))
-    return dst
 
 
 def test_tampered_graph_fails_parity(cnn: EmbeddingModel, cnn_onnx: Path, tiny_validated,

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-from regkit import metrics_tree, select_params, write_metrics
 
 from fashionrec.core.config import numeric_leaves
 from fashionrec.core.errors import DataError, FashionrecError, GateFailed
 from fashionrec.registry.gate import Champion, decide, read_metrics
 from fashionrec.registry.steps import candidate_names, select
+from tests.model.utils import metrics_tree, select_params, write_metrics
 
 
 def flat(micro_f1: float, p5: float, top5: float) -> dict[str, float]:

@@ -20,8 +20,6 @@ import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
-from regkit import export_params, select_params
-from test_export import tamper
 
 from fashionrec.core.errors import GateFailed, ParityError, RegistryError
 from fashionrec.core.tracking import run_tags
@@ -31,6 +29,7 @@ from fashionrec.registry.export import export, parity_images
 from fashionrec.registry.mlflow_registry import HISTORY_TAG, get_champion
 from fashionrec.registry.steps import promote_version, register, rollback_champion, select
 from fashionrec.runtime.session import create_session
+from tests.model.utils import export_params, select_params, tamper
 
 
 @dataclass

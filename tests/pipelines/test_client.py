@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_kfp import FakeKfpApi
 
 from fashionrec.cli import main
 from fashionrec.core.config import load_params
 from fashionrec.kfp.client import pipeline_arguments
+from tests.pipelines.fake_kfp import FakeKfpApi
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = str(ROOT / "params.yaml")

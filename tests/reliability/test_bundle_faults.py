@@ -23,10 +23,10 @@ from typing import Any
 
 import httpx
 import pytest
-from deploykit import export_model, make_catalog, start_server, status_of, stop, write_params
 
 from fashionrec.bundle.store import set_current
 from fashionrec.deploy.build import build_index_bundle
+from tests.serving.utils import export_model, make_catalog, start_server, status_of, stop, write_params
 
 ADDRESS_SPACE_MIB = 3072
 BUDGET_MIB = 400 * 10**6 // 2**20

@@ -21,12 +21,12 @@ from collections.abc import Callable, Iterator
 import httpx
 import numpy as np
 import pytest
-from deploykit import export_model, make_catalog, start_server, status_of, stop, write_params
-from hostile import hostile_images
 from PIL import Image
 
 from fashionrec.data.manifest import read_manifest
 from fashionrec.deploy.build import build_index_bundle
+from tests.reliability.hostile import hostile_images
+from tests.serving.utils import export_model, make_catalog, start_server, status_of, stop, write_params
 
 CASES = int(os.environ.get("FASHIONREC_FUZZ_CASES", "2000"))
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP")

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from deploykit import export_model, make_catalog, start_server, status_of, stop, write_params
-from hostile import Hostile, hostile_images, png
 
 from fashionrec.deploy.build import build_index_bundle
+from tests.reliability.hostile import Hostile, hostile_images, png
+from tests.serving.utils import export_model, make_catalog, start_server, status_of, stop, write_params
 
 ADDRESS_SPACE_MIB = 3072        # a toy server maps ~2.0 GiB (VmSize) at rest
 BUDGET_MIB = 400 * 10**6 // 2**20

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploykit import export_model, make_catalog, write_params
 from fastapi.testclient import TestClient
 
 from fashionrec.core.config import Params
 from fashionrec.deploy.build import build_index_bundle
 from fashionrec.serve.app import ServeConfig, create_app
+from tests.serving.utils import export_model, make_catalog, write_params
 
 
 @dataclass(frozen=True)

@@ -90,9 +90,8 @@ def test_docs_and_page_need_no_network(served: TestClient) -> None:
 
 
 def test_not_ready_without_a_bundle(tmp_path: Path, assets) -> None:
-    from deploykit import write_params
-
     from fashionrec.serve.app import ServeConfig, create_app
+    from tests.serving.utils import write_params
 
     params = write_params(tmp_path, assets.model_a, assets.catalog, serve__watch_interval_s=0)
     with TestClient(create_app(ServeConfig.from_params(params))) as client:

@@ -141,12 +141,12 @@ def test_item_images_never_escape_the_inventory_folder(tmp_path, assets) -> None
     from pathlib import Path
 
     import pandas as pd
-    from deploykit import write_params
 
     from fashionrec.bundle.format import ITEMS, MANIFEST, SUMS
     from fashionrec.core.files import sha256_file
     from fashionrec.deploy.build import build_index_bundle
     from fashionrec.serve.app import ServeConfig, create_app
+    from tests.serving.utils import write_params
 
     inventory = tmp_path / "inv"
     shutil.copytree(Path(assets.catalog).parent, inventory)

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from deploykit import make_catalog, write_params
 
 from fashionrec.bundle.format import MANIFEST, SUMS, verify_bundle
 from fashionrec.bundle.load import load_bundle
@@ -26,6 +25,7 @@ from fashionrec.index.brute import BruteIndex
 from fashionrec.index.hnsw import HnswIndex
 from fashionrec.index.recall import recall_at_k, tune_ef_search
 from fashionrec.serve.state import load_state
+from tests.serving.utils import make_catalog, write_params
 
 
 def bundles(params: Params) -> Path:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from deploykit import TOKEN, start_server, stop, write_params
 
 from fashionrec.data.images import open_image
 from fashionrec.deploy.build import build_index_bundle
 from fashionrec.deploy.rollout import rollback
 from fashionrec.serve.state import load_state
+from tests.serving.utils import TOKEN, start_server, stop, write_params
 
 STREAM_SECONDS_MAX = 90
 

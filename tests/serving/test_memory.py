@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from deploykit import ROOT, TOKEN, write_params
 from fastapi.testclient import TestClient
 
 from fashionrec.core.config import Params
@@ -29,6 +28,7 @@ from fashionrec.serve.app import ServeConfig, create_app
 from fashionrec.serve.holder import StateHolder
 from fashionrec.serve.memory import release_memory
 from fashionrec.serve.state import ServingState
+from tests.serving.utils import ROOT, TOKEN, write_params
 
 # Loaded through serving/app.py (the ASGI entry) in a fresh interpreter, one request answered, then the
 # heavy packages that serving must not need are looked up in sys.modules.

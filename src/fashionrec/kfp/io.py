@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fashionrec.core.config import DEFAULT_SEED, Params
+from fashionrec.core.files import read_json
 
 SERVER_SCHEMES = ("http://", "https://", "databricks")
 
@@ -95,7 +95,7 @@ def data_docs_page(reports: Path) -> str:
     """The validation reports as one HTML file: a table of the checks from `summary.json`, then every
     Great Expectations validation page embedded whole (`srcdoc`), since the site's links cannot work in
     the KFP UI. The browsable site itself is in the `reports` artifact (`data_docs/index.html`)."""
-    summary = json.loads((reports / "summary.json").read_text())
+    summary = read_json(reports / "summary.json", f"{reports}: no summary.json (run validate first)")
     rows = "".join(
         f"<tr><td>{html.escape(str(c.get('name')))}</td><td>{'pass' if c.get('success') else 'FAIL'}</td>"
         f"<td>{c.get('unexpected_count', 0)}</td>"

@@ -56,12 +56,10 @@ def read_metrics(metrics_dir: Path, candidates: Sequence[str]) -> dict[str, dict
     out: dict[str, dict[str, float]] = {}
     for name in candidates:
         path = Path(metrics_dir) / f"{name}.json"
-        if not path.is_file():
-            raise DataError(f"{path}: metrics of candidate '{name}' not found (was it evaluated?)")
-        try:
-            out[name] = numeric_leaves(json.loads(path.read_text()))
-        except (json.JSONDecodeError, AttributeError) as exc:
-            raise DataError(f"{path}: not a JSON object of metrics ({exc})") from exc
+        tree = read_json(path, f"{path}: metrics of candidate '{name}' not found (was it evaluated?)")
+        if not isinstance(tree, dict):
+            raise DataError(f"{path}: not a JSON object of metrics")
+        out[name] = numeric_leaves(tree)
     return out
 
 

@@ -16,7 +16,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from fashionrec.core.errors import DataError, FashionrecError, GateFailed, ParityError
-from fashionrec.core.files import sha256_file
+from fashionrec.core.files import read_json, sha256_file
 from fashionrec.registry.gate import Decision, decide, read_decision, read_metrics, write_decision
 from fashionrec.registry.mlflow_registry import (
     CHALLENGER,
@@ -87,11 +87,10 @@ def check_export(export_dir: Path, decision: Mapping[str, Any]) -> tuple[Path, d
     failed, whose file changed since the check (tampering), or that is not the gate's winner."""
     onnx_path, spec_path, parity_path = (export_dir / n for n in ("model.onnx", "preprocessing.json",
                                                                   "parity.json"))
-    for path in (onnx_path, spec_path, parity_path):
-        if not path.is_file():
-            raise DataError(f"{path}: not found (run `fashionrec export` first)")
-    parity = json.loads(parity_path.read_text())
-    spec = json.loads(spec_path.read_text())
+    parity, spec = (read_json(path, f"{path}: not found (run `fashionrec export` first)")
+                    for path in (parity_path, spec_path))
+    if not onnx_path.is_file():
+        raise DataError(f"{onnx_path}: not found (run `fashionrec export` first)")
     if not parity.get("passed"):
         raise ParityError(f"{onnx_path}: refused, its parity check failed ({parity.get('reason')})")
     actual = sha256_file(onnx_path)
@@ -155,7 +154,7 @@ def register(export_dir: Path, models_dir: Path, decision_path: Path, out: Path,
     extra = dict(tags or {})
     train_run = model_dir / "mlflow.json"
     if train_run.is_file():
-        extra["training_run_id"] = str(json.loads(train_run.read_text()).get("run_id", ""))
+        extra["training_run_id"] = str(read_json(train_run, "").get("run_id", ""))
     client = MlflowClient()
     with mlflow.start_run(run_name=f"register-{candidate}") as run:
         mlflow.set_tags({"step": "register", **extra, "candidate": candidate})
@@ -167,7 +166,7 @@ def register(export_dir: Path, models_dir: Path, decision_path: Path, out: Path,
             if path.is_file():
                 mlflow.log_artifact(str(path), "reports")
         quant = export_dir / "quantization.json"
-        if quant.is_file() and json.loads(quant.read_text()).get("accepted"):
+        if quant.is_file() and read_json(quant, "").get("accepted"):
             mlflow.log_artifact(str(export_dir / "model.int8.onnx"), "int8")
         mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in decision["metrics"].items()})
     version = str(info.registered_model_version)

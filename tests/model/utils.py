@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 
 from fashionrec.models.base import EmbeddingModel
 from fashionrec.models.factory import build_model, new_card
@@ -56,3 +59,14 @@ def export_params(**over: Any) -> dict[str, Any]:
                                     "tie_tolerance": 1e-5, "batch_size": 16, "seed": 0},
             "quantize": {"enabled": False, "calibration_images": 16, "eval_images": 8, "batch_size": 8,
                          "max_accuracy_drop": 0.5, "min_neighbour_overlap": 0.0}, **over}
+
+
+def tamper(src: Path, dst: Path) -> Path:
+    """Perturb the largest initializer (the dense layer's weights): a graph that still runs but lies."""
+    graph = onnx.load(str(src))
+    init = max(graph.graph.initializer, key=lambda t: np.prod(t.dims))
+    w = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array(w + np.float32(0.05) * np.sign(w), init.name))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(graph, str(dst))
+    return dst
