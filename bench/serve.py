@@ -65,7 +65,7 @@ def free_port() -> int:
 
 
 def setup(work: Path, onnx: Path | None, catalog: Path | None, manifest: Path, items: int, kind: str,
-          port: int):
+          port: int, second: bool = True):
     """params.yaml in work/ pointing at work/bundles; bundle A active, bundle B built but not active."""
     from fashionrec.deploy.build import build_index_bundle
     from fashionrec.deploy.catalog import catalog_from_manifest, write_catalog
@@ -86,9 +86,10 @@ def setup(work: Path, onnx: Path | None, catalog: Path | None, manifest: Path, i
     started = time.perf_counter()
     a = build_index_bundle(params, do_activate=True)
     build_s = time.perf_counter() - started
-    b = build_index_bundle(params, do_activate=False)
+    b = build_index_bundle(params, do_activate=False) if second else None
     print(f"bundles: {a.version} ({a.items} items, {a.index['kind']}, embedded in {a.embed_seconds} s, "
-          f"{build_s:.0f} s with smoke test) active; {b.version} ready for the rollout")
+          f"{build_s:.0f} s with smoke test) active; {b.version if b else 'none'} ready for the rollout",
+          flush=True)
     return params, catalog, a, b
 
 
@@ -178,6 +179,7 @@ def hostile_cases() -> list[Any]:
 
     spec = importlib.util.spec_from_file_location("hostile", ROOT / "tests/reliability/hostile.py")
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]  (dataclasses look their module up)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module.hostile_images()
 
@@ -256,7 +258,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level")
     ap.add_argument("--warmup", type=int, default=10, help="requests before measuring")
     ap.add_argument("--rollout-concurrency", type=int, default=8)
-    ap.add_argument("--rollout-duration", type=float, default=30.0)
+    ap.add_argument("--rollout-duration", type=float, default=30.0, help="0: no second bundle, no rollout")
     ap.add_argument("--hostile-duration", type=float, default=20.0, help="seconds of hostile burst (0: skip)")
     ap.add_argument("--hostile-concurrency", type=int, default=12)
     ap.add_argument("--normal-concurrency", type=int, default=2, help="ordinary clients during the burst")
@@ -266,7 +268,8 @@ def main() -> None:
     run = Run("serve")
     work = Path(tempfile.mkdtemp(prefix="fashionrec-bench-serve-"))
     port = free_port()
-    params, catalog, a, b = setup(work, args.onnx, args.catalog, args.manifest, args.items, args.kind, port)
+    params, catalog, a, b = setup(work, args.onnx, args.catalog, args.manifest, args.items, args.kind, port,
+                                  second=args.rollout_duration > 0)
     from fashionrec.deploy.catalog import read_catalog
     from fashionrec.deploy.rollout import activate
 
@@ -275,6 +278,8 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     rows: list[dict[str, Any]] = []
     memory: list[dict[str, Any]] = []
+    row: dict[str, Any] = {}
+    burst: dict[str, Any] | None = None
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
             for i in range(args.warmup):
@@ -284,22 +289,23 @@ def main() -> None:
             row = asyncio.run(load(url, payloads, c, args.duration))
             rows.append({"phase": "steady", **row})
             print(f"  concurrency {c:3d}: p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
-                  f"{row['rps']:6.1f} req/s  errors {row['errors']}")
+                  f"{row['rps']:6.1f} req/s  errors {row['errors']}", flush=True)
         memory.append({"when": "steady", **memory_mib(proc.pid)})
-        def rollout() -> dict[str, Any]:
-            return activate(params.path(params.section("index")["bundles"]), b.version, params).to_dict()
+        if b is not None:
+            def rollout() -> dict[str, Any]:
+                return activate(params.path(params.section("index")["bundles"]), b.version, params).to_dict()
 
-        row = asyncio.run(load(url, payloads, args.rollout_concurrency, args.rollout_duration, rollout))
-        notified = row.get("result", {}).get("notified", [])
-        row = {"phase": "rollout", **row, "rollout_seconds": row.pop("seconds", None),
-               "notified_status": [n.get("status") for n in notified]}
-        row.pop("result", None)
-        rows.append(row)
-        print(f"  rollout  c={args.rollout_concurrency}: p50 {row['p50_ms']:.1f} ms  "
-              f"p99 {row['p99_ms']:.1f} ms  "
-              f"{row['rps']:.1f} req/s  errors {row['errors']}  versions {row['versions_seen']}")
-        memory.append({"when": "after_rollout", **memory_mib(proc.pid)})
-        burst: dict[str, Any] | None = None
+            row = asyncio.run(load(url, payloads, args.rollout_concurrency, args.rollout_duration, rollout))
+            notified = row.get("result", {}).get("notified", [])
+            row = {"phase": "rollout", **row, "rollout_seconds": row.pop("seconds", None),
+                   "notified_status": [n.get("status") for n in notified]}
+            row.pop("result", None)
+            rows.append(row)
+            print(f"  rollout  c={args.rollout_concurrency}: p50 {row['p50_ms']:.1f} ms  "
+                  f"p99 {row['p99_ms']:.1f} ms  "
+                  f"{row['rps']:.1f} req/s  errors {row['errors']}  versions {row['versions_seen']}",
+                  flush=True)
+            memory.append({"when": "after_rollout", **memory_mib(proc.pid)})
         if args.hostile_duration > 0:
             cases = hostile_cases()
             burst = asyncio.run(hostile_burst(url, proc.pid, payloads, cases, args.hostile_concurrency,
@@ -313,18 +319,19 @@ def main() -> None:
     finally:
         stop_server(proc)
         shutil.rmtree(work, ignore_errors=True)
-    both = set(row["versions_seen"]) == {a.version, b.version}
+    both = b is not None and set(row["versions_seen"]) == {a.version, b.version}
     print()
     print(table(rows, ["phase", "concurrency", "requests", "errors", "rps", "p50_ms", "p99_ms"]))
     print()
     print(table(memory, ["when", "rss_mib", "peak_mib"]))
-    print(f"\nrollout: {'zero errors' if row['errors'] == 0 else str(row['errors']) + ' ERRORS'}; "
-          f"clients saw {'both bundles' if both else 'only ' + str(list(row['versions_seen']))}; "
-          f"provider {health['provider']}; server RSS {memory[-1]['rss_mib']:.0f} MiB after the rollout "
-          f"(peak {memory[-1]['peak_mib']:.0f} MiB)")
+    if b is not None:
+        print(f"\nrollout: {'zero errors' if row['errors'] == 0 else str(row['errors']) + ' ERRORS'}; "
+              f"clients saw {'both bundles' if both else 'only ' + str(list(row['versions_seen']))}; "
+              f"provider {health['provider']}; server RSS {memory[-1]['rss_mib']:.0f} MiB after the rollout "
+              f"(peak {memory[-1]['peak_mib']:.0f} MiB)")
     run.save({"items": a.items, "index_kind": a.index["kind"], "model": str(args.onnx or "efficientnet_lite0 "
               "(ImageNet backbone, untrained head)"), "provider": health["provider"], "rows": rows,
-              "rollout_zero_errors": row["errors"] == 0, "rollout_saw_both_versions": both,
+              "rollout_zero_errors": row.get("errors") == 0 if b else None, "rollout_saw_both_versions": both,
               "server_rss_mib": memory[-1]["rss_mib"], "server_memory": memory, "hostile_burst": burst},
              args.out)
 
