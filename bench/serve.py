@@ -93,6 +93,22 @@ def setup(work: Path, onnx: Path | None, catalog: Path | None, manifest: Path, i
     return params, catalog, a, b
 
 
+def reuse(work: Path, port: int):
+    """A kept work folder: its params (on a new port) and its current bundle; no second bundle."""
+    from types import SimpleNamespace
+
+    from fashionrec.bundle.load import load_bundle
+
+    tree = yaml.safe_load((work / "params.yaml").read_text())
+    tree["serve"]["port"] = port
+    tree["index"]["notify"] = [f"http://127.0.0.1:{port}"]
+    (work / "params.yaml").write_text(yaml.safe_dump(tree))
+    bundle = load_bundle(work / "bundles" / "current", verify=False)
+    a = SimpleNamespace(version=bundle.version, items=len(bundle.items), index=bundle.manifest["index"])
+    print(f"reusing bundle {a.version} ({a.items} items) in {work}", flush=True)
+    return load_params(work / "params.yaml"), Path(tree["index"]["catalog"]), a, None
+
+
 def start_server(params_file: Path, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "FASHIONREC_ADMIN_TOKEN": TOKEN}
     cli = str(Path(sys.executable).with_name("fashionrec"))
@@ -262,14 +278,19 @@ def main() -> None:
     ap.add_argument("--hostile-duration", type=float, default=20.0, help="seconds of hostile burst (0: skip)")
     ap.add_argument("--hostile-concurrency", type=int, default=12)
     ap.add_argument("--normal-concurrency", type=int, default=2, help="ordinary clients during the burst")
+    ap.add_argument("--work", type=Path, help="keep bundles here; reuse its bundles/current when present")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
     run = Run("serve")
-    work = Path(tempfile.mkdtemp(prefix="fashionrec-bench-serve-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="fashionrec-bench-serve-"))
     port = free_port()
-    params, catalog, a, b = setup(work, args.onnx, args.catalog, args.manifest, args.items, args.kind, port,
-                                  second=args.rollout_duration > 0)
+    if args.work and (work / "bundles" / "current").is_dir():   # reuse: no embedding, no rollout
+        params, catalog, a, b = reuse(work, port)
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        params, catalog, a, b = setup(work, args.onnx, args.catalog, args.manifest, args.items, args.kind,
+                                      port, second=args.rollout_duration > 0)
     from fashionrec.deploy.catalog import read_catalog
     from fashionrec.deploy.rollout import activate
 
@@ -318,7 +339,8 @@ def main() -> None:
                   f"{burst['peak_rss_mib']} MiB, settled {burst['settled_rss_mib']} MiB")
     finally:
         stop_server(proc)
-        shutil.rmtree(work, ignore_errors=True)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
     both = b is not None and set(row["versions_seen"]) == {a.version, b.version}
     print()
     print(table(rows, ["phase", "concurrency", "requests", "errors", "rps", "p50_ms", "p99_ms"]))

@@ -24,6 +24,7 @@ class Admission:
         self.retry_after_s = retry_after_s
         self.in_flight = 0
         self.heavy_in_flight = 0
+        self.finished = 0          # requests done so far (the idle trim looks whether any were)
         self._heavy: asyncio.Semaphore | None = None
 
     def _refuse(self, what: str) -> ServiceUnavailable:
@@ -40,6 +41,7 @@ class Admission:
             yield
         finally:
             self.in_flight -= 1
+            self.finished += 1
 
     @contextlib.asynccontextmanager
     async def lane(self, heavy: bool) -> AsyncIterator[None]:
