@@ -49,12 +49,14 @@ def router(ctx: ServeContext) -> APIRouter:
         """The top-k inventory items most similar to the photo (or to its crop)."""
         state = ctx.current()
         query = parse_query(state, k, category, kids, crop, config.max_k)
+        loop = asyncio.get_running_loop()
         async with ctx.admission.admit():
             data = await image.read(config.max_upload_bytes + 1)
             probe = inspect_upload(data, query, limits, config.max_upload_bytes)
-            heavy = probe.decode_bytes > heavy_bytes
-            async with ctx.admission.lane(heavy):
-                return await asyncio.get_running_loop().run_in_executor(
-                    ctx.compute, answer, state, data, query, limits, heavy)
+            if probe.decode_bytes <= heavy_bytes:
+                return await loop.run_in_executor(ctx.compute, answer, state, data, query, limits, False)
+        # a heavy upload waits in its own lane, not in the queue ordinary photos use
+        async with ctx.admission.heavy_lane():
+            return await loop.run_in_executor(ctx.compute, answer, state, data, query, limits, True)
 
     return api
