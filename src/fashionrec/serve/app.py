@@ -55,7 +55,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     configure_logging(config.log_level)
     Image.MAX_IMAGE_PIXELS = config.max_image_pixels  # Pillow's own bomb limit, set explicitly
     use_system_allocator_for_arrow()
-    tune_allocator(config.malloc_mmap_threshold_kb * 1024)
+    tune_allocator(config.malloc_mmap_threshold_kb * 1024, config.malloc_arena_max)
     holder = StateHolder(config.bundles, config.bundle, config.inventory_root, config.intra_op_threads,
                          allow_spinning=config.intra_op_spinning)
     metrics = Metrics()

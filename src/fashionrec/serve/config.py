@@ -43,6 +43,7 @@ class ServeConfig:
     header_timeout_s: float = 10.0         # a request's headers must all arrive within this
     body_timeout_s: float = 20.0           # and its body within this
     malloc_mmap_threshold_kb: int = 1024   # glibc: blocks above this are mmapped, so freed at once
+    malloc_arena_max: int = 2              # glibc: at most this many heap arenas (0: glibc's default)
     admin_token: str | None = None
     admin_token_env: str = "FASHIONREC_ADMIN_TOKEN"
     static_dir: Path | None = None

@@ -28,7 +28,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-M_MMAP_THRESHOLD = -3   # glibc's mallopt parameter
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8   # glibc's mallopt parameters
 
 
 @functools.cache
@@ -39,14 +39,20 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def tune_allocator(mmap_threshold_bytes: int) -> bool:
-    """Fix glibc's mmap threshold (setting it also stops glibc raising it after each large free)."""
+def tune_allocator(mmap_threshold_bytes: int, arena_max: int = 0) -> bool:
+    """Fix glibc's mmap threshold (setting it also stops glibc raising it after each large free) and cap
+    its arenas (each thread's arena keeps freed pages of its own; 0 leaves glibc's default)."""
     libc = _libc()
     mallopt = getattr(libc, "mallopt", None) if libc is not None else None
-    if mallopt is None or mmap_threshold_bytes <= 0:
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, int(mmap_threshold_bytes)))
+    ok = True
+    if mmap_threshold_bytes > 0:
+        ok &= bool(mallopt(M_MMAP_THRESHOLD, int(mmap_threshold_bytes)))
+    if arena_max > 0:
+        ok &= bool(mallopt(M_ARENA_MAX, int(arena_max)))
+    return ok
 
 
 def trim_heap() -> bool:
