@@ -31,12 +31,12 @@ from typing import Any
 import yaml
 from common import ROOT, Run, table
 
-from fashionrec.deploy.build import build_index_bundle
 from fashionrec.deploy.rollout import activate
 
 sys.path.insert(0, str(ROOT))   # the runners and bundle helpers of the tests (tests/ is a package), one copy
 from tests.container import utils as container_utils  # noqa: E402
 from tests.serving import utils as serving_utils  # noqa: E402
+from tests.serving.utils import deploy_with  # noqa: E402
 
 
 def pick_runner(wanted: str) -> str:
@@ -133,8 +133,8 @@ def main() -> None:
         model_b = serving_utils.export_model(work / "model_b", seed=2)
         params_b = serving_utils.write_params(work, model_b, catalog, serve__watch_interval_s=watch_s)
         params_a = serving_utils.write_params(work, model_a, catalog, serve__watch_interval_s=watch_s)
-        first = build_index_bundle(params_a)
-        second = build_index_bundle(params_b, do_activate=False)
+        first = deploy_with(params_a, rebuild=True)
+        second = deploy_with(params_b, activate=False)
         pairs = {}
         for result in (first, second):
             manifest = json.loads((Path(result.bundle) / "manifest.json").read_text())

@@ -9,6 +9,12 @@ while the second bundle is activated mid-run (smoke test, pointer switch, `POST 
 errors expected, and both index versions must be seen by clients. The server's resident memory (VmRSS)
 and its peak so far (VmHWM) are read after the steady phases and again after the rollout phase.
 
+Last, a hostile burst: `--hostile-concurrency` clients post legal-but-hostile images back to back
+(`tests/reliability/hostile.py`: thin, 16-bit, large under the pixel limit, strip crops) while
+`--normal-concurrency` clients post ordinary photos. Reported: statuses (no 5xx other than the admission's
+503 `overloaded` expected), time per hostile request, the p99 of the ordinary photos during the burst, the
+server's peak RSS during the burst (sampled every 50 ms) and its settled RSS 5 s after.
+
     nice -n 10 .venv/bin/python bench/serve.py --concurrency 1 8 32 --duration 15
 """
 
@@ -28,7 +34,7 @@ from typing import Any
 
 import httpx
 import yaml
-from common import ROOT, Run, memory_mib, percentile_ms, table
+from common import ROOT, Run, memory_mib, percentile_ms, rss_mib, table
 
 from fashionrec.core.config import load_params
 
@@ -59,7 +65,7 @@ def free_port() -> int:
 
 
 def setup(work: Path, onnx: Path | None, catalog: Path | None, manifest: Path, items: int, kind: str,
-          port: int):
+          port: int, second: bool = True):
     """params.yaml in work/ pointing at work/bundles; bundle A active, bundle B built but not active."""
     from fashionrec.deploy.catalog import catalog_from_manifest, write_catalog
     from fashionrec.deploy.config import DeployConfig
@@ -82,10 +88,27 @@ def setup(work: Path, onnx: Path | None, catalog: Path | None, manifest: Path, i
     cfg = DeployConfig.from_params(params)
     a = deploy(cfg, rebuild=True)
     build_s = time.perf_counter() - started
-    b = deploy(cfg.with_(activate=False), rebuild=True)
+    b = deploy(cfg.with_(activate=False), rebuild=True) if second else None
     print(f"bundles: {a.version} ({a.items} items, {a.index['kind']}, embedded in {a.embed_seconds} s, "
-          f"{build_s:.0f} s with smoke test) active; {b.version} ready for the rollout")
+          f"{build_s:.0f} s with smoke test) active; {b.version if b else 'none'} ready for the rollout",
+          flush=True)
     return params, catalog, a, b
+
+
+def reuse(work: Path, port: int):
+    """A kept work folder: its params (on a new port) and its current bundle; no second bundle."""
+    from types import SimpleNamespace
+
+    from fashionrec.bundle.load import load_bundle
+
+    tree = yaml.safe_load((work / "params.yaml").read_text())
+    tree["serve"]["port"] = port
+    tree["index"]["notify"] = [f"http://127.0.0.1:{port}"]
+    (work / "params.yaml").write_text(yaml.safe_dump(tree))
+    bundle = load_bundle(work / "bundles" / "current", verify=False)
+    a = SimpleNamespace(version=bundle.version, items=len(bundle.items), index=bundle.manifest["index"])
+    print(f"reusing bundle {a.version} ({a.items} items) in {work}", flush=True)
+    return load_params(work / "params.yaml"), Path(tree["index"]["catalog"]), a, None
 
 
 def start_server(params_file: Path, port: int, log: Path) -> subprocess.Popen:
@@ -168,6 +191,80 @@ async def load(url: str, payloads: list[bytes], concurrency: int, duration: floa
             "p99_ms": round(percentile_ms(latencies, 99), 1), "versions_seen": versions, **side}
 
 
+def hostile_cases() -> list[Any]:
+    """The reliability tests' legal-but-hostile images (loaded by path: bench/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hostile", ROOT / "tests/reliability/hostile.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]  (dataclasses look their module up)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.hostile_images()
+
+
+async def hostile_burst(url: str, pid: int, payloads: list[bytes], cases: list[Any], concurrency: int,
+                        normal_concurrency: int, duration: float, settle: float = 5.0) -> dict[str, Any]:
+    """Hostile uploads from `concurrency` clients and ordinary photos from `normal_concurrency` clients for
+    `duration` s; the server's RSS sampled throughout and `settle` s after."""
+    hostile_s: list[float] = []
+    statuses: dict[str, int] = {}
+    normal_s: list[float] = []
+    normal_errors: list[str] = []
+    peak = [rss_mib(pid)]
+    deadline = time.perf_counter() + duration
+    limits = httpx.Limits(max_connections=concurrency + normal_concurrency)
+
+    async def attacker(w: int, client: httpx.AsyncClient) -> None:
+        i = w
+        while time.perf_counter() < deadline:
+            case = cases[i % len(cases)]
+            i += concurrency
+            t0 = time.perf_counter()
+            r = await client.post("/recommend", files={"image": ("h", case.data, "image/png")},
+                                  data={"k": "5", **({"crop": case.crop} if case.crop else {})})
+            hostile_s.append(time.perf_counter() - t0)
+            kind = "ok" if r.status_code == 200 else (
+                r.json().get("error", "?") if r.headers.get("content-type") == "application/json" else "?")
+            key = f"{r.status_code} {kind}"
+            statuses[key] = statuses.get(key, 0) + 1
+
+    async def shopper(w: int, client: httpx.AsyncClient) -> None:
+        i = w
+        while time.perf_counter() < deadline:
+            data = payloads[i % len(payloads)]
+            i += normal_concurrency
+            t0 = time.perf_counter()
+            r = await client.post("/recommend", files={"image": ("q.jpg", data, "image/jpeg")})
+            if r.status_code == 200:
+                normal_s.append(time.perf_counter() - t0)
+            else:
+                normal_errors.append(f"{r.status_code}: {r.text[:120]}")
+
+    async def sampler() -> None:
+        while time.perf_counter() < deadline:
+            peak.append(rss_mib(pid))
+            await asyncio.sleep(0.05)
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        await asyncio.gather(sampler(), *(attacker(w, client) for w in range(concurrency)),
+                             *(shopper(w, client) for w in range(normal_concurrency)))
+    after = {}
+    for second in range(1, int(settle) + 1):
+        await asyncio.sleep(1.0)
+        after[f"rss_mib_after_{second}s"] = round(rss_mib(pid), 1)
+    five_xx = sum(n for k, n in statuses.items() if k.startswith("5") and not k.endswith("overloaded"))
+    return {"phase": "hostile_burst", "hostile_concurrency": concurrency,
+            "normal_concurrency": normal_concurrency,
+            "hostile_requests": len(hostile_s), "statuses": statuses, "5xx_other_than_overloaded": five_xx,
+            "hostile_p50_ms": round(percentile_ms(hostile_s, 50), 1),
+            "hostile_p99_ms": round(percentile_ms(hostile_s, 99), 1),
+            "hostile_max_ms": round(max(hostile_s, default=0) * 1000, 1),
+            "normal_requests": len(normal_s) + len(normal_errors), "normal_errors": len(normal_errors),
+            "normal_error_samples": normal_errors[:5], "normal_p50_ms": round(percentile_ms(normal_s, 50), 1),
+            "normal_p99_ms": round(percentile_ms(normal_s, 99), 1), "peak_rss_mib": round(max(peak), 1),
+            "settled_rss_mib": after.get(f"rss_mib_after_{int(settle)}s"), **after}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--onnx", type=Path, help="ONNX model to deploy (default: efficientnet_lite0 export)")
@@ -179,14 +276,23 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level")
     ap.add_argument("--warmup", type=int, default=10, help="requests before measuring")
     ap.add_argument("--rollout-concurrency", type=int, default=8)
-    ap.add_argument("--rollout-duration", type=float, default=30.0)
+    ap.add_argument("--rollout-duration", type=float, default=30.0, help="0: no second bundle, no rollout")
+    ap.add_argument("--hostile-duration", type=float, default=20.0, help="seconds of hostile burst (0: skip)")
+    ap.add_argument("--hostile-concurrency", type=int, default=12)
+    ap.add_argument("--normal-concurrency", type=int, default=2, help="ordinary clients during the burst")
+    ap.add_argument("--work", type=Path, help="keep bundles here; reuse its bundles/current when present")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
     run = Run("serve")
-    work = Path(tempfile.mkdtemp(prefix="fashionrec-bench-serve-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="fashionrec-bench-serve-"))
     port = free_port()
-    params, catalog, a, b = setup(work, args.onnx, args.catalog, args.manifest, args.items, args.kind, port)
+    if args.work and (work / "bundles" / "current").is_dir():   # reuse: no embedding, no rollout
+        params, catalog, a, b = reuse(work, port)
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        params, catalog, a, b = setup(work, args.onnx, args.catalog, args.manifest, args.items, args.kind,
+                                      port, second=args.rollout_duration > 0)
     from fashionrec.deploy.catalog import read_catalog
     from fashionrec.deploy.config import DeployConfig
     from fashionrec.deploy.rollout import go_live  # the switch itself, timed (B is built like A)
@@ -196,6 +302,8 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     rows: list[dict[str, Any]] = []
     memory: list[dict[str, Any]] = []
+    row: dict[str, Any] = {}
+    burst: dict[str, Any] | None = None
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
             for i in range(args.warmup):
@@ -205,37 +313,52 @@ def main() -> None:
             row = asyncio.run(load(url, payloads, c, args.duration))
             rows.append({"phase": "steady", **row})
             print(f"  concurrency {c:3d}: p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
-                  f"{row['rps']:6.1f} req/s  errors {row['errors']}")
+                  f"{row['rps']:6.1f} req/s  errors {row['errors']}", flush=True)
         memory.append({"when": "steady", **memory_mib(proc.pid)})
-        def rollout() -> dict[str, Any]:
-            return go_live(DeployConfig.from_params(params), b.version, smoke=True).to_dict()
+        if b is not None:
+            def rollout() -> dict[str, Any]:
+                return go_live(DeployConfig.from_params(params), b.version, smoke=True).to_dict()
 
-        row = asyncio.run(load(url, payloads, args.rollout_concurrency, args.rollout_duration, rollout))
-        notified = row.get("result", {}).get("notified", [])
-        row = {"phase": "rollout", **row, "rollout_seconds": row.pop("seconds", None),
-               "notified_status": [n.get("status") for n in notified]}
-        row.pop("result", None)
-        rows.append(row)
-        print(f"  rollout  c={args.rollout_concurrency}: p50 {row['p50_ms']:.1f} ms  "
-              f"p99 {row['p99_ms']:.1f} ms  "
-              f"{row['rps']:.1f} req/s  errors {row['errors']}  versions {row['versions_seen']}")
-        memory.append({"when": "after_rollout", **memory_mib(proc.pid)})
+            row = asyncio.run(load(url, payloads, args.rollout_concurrency, args.rollout_duration, rollout))
+            notified = row.get("result", {}).get("notified", [])
+            row = {"phase": "rollout", **row, "rollout_seconds": row.pop("seconds", None),
+                   "notified_status": [n.get("status") for n in notified]}
+            row.pop("result", None)
+            rows.append(row)
+            print(f"  rollout  c={args.rollout_concurrency}: p50 {row['p50_ms']:.1f} ms  "
+                  f"p99 {row['p99_ms']:.1f} ms  "
+                  f"{row['rps']:.1f} req/s  errors {row['errors']}  versions {row['versions_seen']}",
+                  flush=True)
+            memory.append({"when": "after_rollout", **memory_mib(proc.pid)})
+        if args.hostile_duration > 0:
+            cases = hostile_cases()
+            burst = asyncio.run(hostile_burst(url, proc.pid, payloads, cases, args.hostile_concurrency,
+                                              args.normal_concurrency, args.hostile_duration))
+            memory.append({"when": "after_hostile_burst", **memory_mib(proc.pid)})
+            print(f"  hostile burst c={args.hostile_concurrency}+{args.normal_concurrency}: "
+                  f"{burst['hostile_requests']} hostile (p50 {burst['hostile_p50_ms']} ms, p99 "
+                  f"{burst['hostile_p99_ms']} ms, max {burst['hostile_max_ms']} ms) {burst['statuses']}; "
+                  f"normal p99 {burst['normal_p99_ms']} ms ({burst['normal_errors']} errors); RSS peak "
+                  f"{burst['peak_rss_mib']} MiB, settled {burst['settled_rss_mib']} MiB")
     finally:
         stop_server(proc)
-        shutil.rmtree(work, ignore_errors=True)
-    both = set(row["versions_seen"]) == {a.version, b.version}
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    both = b is not None and set(row["versions_seen"]) == {a.version, b.version}
     print()
     print(table(rows, ["phase", "concurrency", "requests", "errors", "rps", "p50_ms", "p99_ms"]))
     print()
     print(table(memory, ["when", "rss_mib", "peak_mib"]))
-    print(f"\nrollout: {'zero errors' if row['errors'] == 0 else str(row['errors']) + ' ERRORS'}; "
-          f"clients saw {'both bundles' if both else 'only ' + str(list(row['versions_seen']))}; "
-          f"provider {health['provider']}; server RSS {memory[-1]['rss_mib']:.0f} MiB after the rollout "
-          f"(peak {memory[-1]['peak_mib']:.0f} MiB)")
+    if b is not None:
+        print(f"\nrollout: {'zero errors' if row['errors'] == 0 else str(row['errors']) + ' ERRORS'}; "
+              f"clients saw {'both bundles' if both else 'only ' + str(list(row['versions_seen']))}; "
+              f"provider {health['provider']}; server RSS {memory[-1]['rss_mib']:.0f} MiB after the rollout "
+              f"(peak {memory[-1]['peak_mib']:.0f} MiB)")
     run.save({"items": a.items, "index_kind": a.index["kind"], "model": str(args.onnx or "efficientnet_lite0 "
               "(ImageNet backbone, untrained head)"), "provider": health["provider"], "rows": rows,
-              "rollout_zero_errors": row["errors"] == 0, "rollout_saw_both_versions": both,
-              "server_rss_mib": memory[-1]["rss_mib"], "server_memory": memory}, args.out)
+              "rollout_zero_errors": row.get("errors") == 0 if b else None, "rollout_saw_both_versions": both,
+              "server_rss_mib": memory[-1]["rss_mib"], "server_memory": memory, "hostile_burst": burst},
+             args.out)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,7 @@ from typing import Any
 import yaml
 
 from fashionrec.core.config import Params
-from fashionrec.deploy.build import build_index_bundle
-from tests.serving.utils import write_params
+from tests.serving.utils import deploy_with, write_params
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -47,7 +46,7 @@ def build_bundle(folder: Path, validated: Path, model: Path) -> ImageBundle:
     """Every validated tiny-dataset image as an inventory item, embedded with `model`, activated."""
     params = write_params(folder, model, None, index__manifest=str(validated / "manifest.parquet"),
                                     index__kind="balltree")
-    bundle = build_index_bundle(params).bundle   # type: ignore[attr-defined]
+    bundle = deploy_with(params, rebuild=True).bundle   # type: ignore[attr-defined]
     return bundle_info(params, Path(bundle), model)
 
 

@@ -2,16 +2,20 @@
 
 Seeds are real JPEG, PNG, GIF and WebP encodings of dataset photos (the tiny dataset); each case applies a
 seeded mutation (bit flips, truncation, header corruption, dimension fields set huge, spliced or repeated
-segments, swapped magic bytes) or sends a hand-broken multipart body. Whatever arrives, the server must
-answer with a status below 500 and stay healthy. 2,000 cases by default; FASHIONREC_FUZZ_CASES=10000 for
-the long run.
+segments, swapped magic bytes) or sends a hand-broken multipart body; interleaved with them, legal-but-hostile
+images (`hostile.py`: extreme aspect ratios, 16-bit, large under the pixel limit, strip crops). Whatever
+arrives, the server (under an address-space cap) must answer with a status below 500 within a time per
+request, leak no exception type or path in its bodies, stay healthy, and end with its RSS under the
+400 MB budget. 2,000 cases by default; FASHIONREC_FUZZ_CASES=10000 for the long run.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import struct
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -20,10 +24,23 @@ import pytest
 from PIL import Image
 
 from fashionrec.data.manifest import read_manifest
-from tests.serving.utils import deploy_with, export_model, make_catalog, start_server, stop, write_params
+from tests.reliability.hostile import hostile_images
+from tests.serving.utils import (
+    deploy_with,
+    export_model,
+    make_catalog,
+    start_server,
+    status_of,
+    stop,
+    write_params,
+)
 
 CASES = int(os.environ.get("FASHIONREC_FUZZ_CASES", "2000"))
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
+HOSTILE_EVERY = 40                   # one legal-but-hostile image every this many cases
+SECONDS_PER_REQUEST = 5.0            # the slowest answer allowed (2 loaded cores; refusals take ms)
+BUDGET_MIB = 400 * 10**6 // 2**20    # docs/BENCHMARKS.md: the server's RSS budget, 400 MB
+LEAK = re.compile(r"Traceback|[A-Z][a-zA-Z]+(Error|Exception)\b|(?<![\w.:/])/(tmp|work|home|usr|srv)/")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +49,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, obje
     params = write_params(base, export_model(base / "model", seed=3), make_catalog(base / "inv", 24, seed=3),
                           serve__watch_interval_s=0)
     deploy_with(params)
-    proc, url = start_server(params, base / "server.log")
+    proc, url = start_server(params, base / "server.log", address_space_mib=3072)
     try:
         yield url, proc
     finally:
@@ -159,22 +176,42 @@ def test_fuzzed_uploads_never_get_a_5xx_and_the_server_stays_healthy(server, tin
     url, proc = server
     pool = seeds(tiny_validated)
     rng = np.random.default_rng(20261123)
-    failures, kinds = [], {}
+    hostile = hostile_images()
+    failures, kinds, slowest = [], {}, (0.0, "")
     with httpx.Client(base_url=url, timeout=30) as client:
         for case in range(CASES):
             fmt = FORMATS[case % len(FORMATS)]
             seed = pool[fmt][case % len(pool[fmt])]
-            if rng.random() < 0.25:
+            started = time.perf_counter()
+            if case % HOSTILE_EVERY == HOSTILE_EVERY - 1:
+                h = hostile[(case // HOSTILE_EVERY) % len(hostile)]
+                what = f"hostile {h.name}"
+                r = client.post("/recommend", files={"image": ("h", h.data, "image/png")},
+                                data={"k": "3", **({"crop": h.crop} if h.crop else {})})
+                if r.status_code != h.status:
+                    failures.append(f"case {case} ({what}): {r.status_code}, expected {h.status}")
+            elif rng.random() < 0.25:
                 what, headers, body = malformed(seed, rng)
                 r = client.post("/recommend", content=body, headers=headers)
             else:
                 what, data = mutate(seed, fmt, rng)
                 r = client.post("/recommend", files={"image": (f"q.{fmt.lower()}", data, "image/jpeg")},
                                 data={"k": str(int(rng.integers(1, 8)))})
+            elapsed = time.perf_counter() - started
+            slowest = max(slowest, (elapsed, what))
             kinds[r.status_code] = kinds.get(r.status_code, 0) + 1
             if r.status_code >= 500:
                 failures.append(f"case {case} ({fmt} {what}): {r.status_code} {r.text[:200]}")
-        assert not failures, f"{len(failures)} of {CASES} cases got a 5xx:\n" + "\n".join(failures[:10])
+            elif r.status_code >= 400 and LEAK.search(r.text):
+                failures.append(f"case {case} ({fmt} {what}): the body leaks internals: {r.text[:200]}")
+        assert not failures, f"{len(failures)} of {CASES} cases failed:\n" + "\n".join(failures[:10])
+        assert slowest[0] < SECONDS_PER_REQUEST, slowest
+        rss = status_of(proc.pid)["VmRSS"]
+        deadline = time.monotonic() + 5
+        while rss > BUDGET_MIB and time.monotonic() < deadline:
+            time.sleep(0.25)
+            rss = status_of(proc.pid)["VmRSS"]
+        assert rss <= BUDGET_MIB, f"server RSS {rss} MiB after the run (budget {BUDGET_MIB})"
         assert proc.poll() is None, "the server process died during fuzzing"
         health = client.get("/healthz").json()
         assert health["ready"] is True and health["last_error"] is None

@@ -126,6 +126,15 @@ def open_image_bytes(assets) -> bytes:
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
+def poll(page, expression: str, timeout: float = 30.0) -> None:
+    """Wait until a JS expression holds. `page.evaluate` (DevTools) is not subject to the page's CSP, which
+    forbids the string evaluation `wait_for_function` does."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not within {timeout} s: {expression}"
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args):
     """Debian's chromium (Playwright never downloads a browser here)."""
@@ -141,8 +150,13 @@ def test_web_page_upload_shows_five_results(tmp_path: Path, assets, page) -> Non
     params = write_params(tmp_path, assets.model_a, assets.catalog)
     deploy_with(params)
     proc, url = start_server(params, tmp_path / "server.log")
+    blocked: list[str] = []      # the page must work under its Content-Security-Policy
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
     try:
-        page.goto(url)
+        response = page.goto(url)
+        csp = response.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "'unsafe-inline'" not in csp
+        assert response.headers["x-content-type-options"] == "nosniff"
         expect(page.locator("#versions")).to_contain_text("model local-")
         expect(page.locator("#category option")).to_have_count(5)     # any + 4 categories
         page.set_input_files("#file", str(Path(assets.catalog).parent / "images" / "item006.jpg"))
@@ -150,8 +164,8 @@ def test_web_page_upload_shows_five_results(tmp_path: Path, assets, page) -> Non
         expect(results).to_have_count(5)
         expect(page.locator("#status")).to_contain_text("5 results")
         expect(results.first.locator(".title")).to_contain_text("item 6")   # the photo's own item first
-        page.wait_for_function("[...document.querySelectorAll('#results img')]"
-                               ".every(i => i.complete && i.naturalWidth > 0)")
+        poll(page, "[...document.querySelectorAll('#results img')]"
+                   ".every(i => i.complete && i.naturalWidth > 0)")
         # crop: drag over the preview, the search reruns on the crop
         box = page.locator("#preview").bounding_box()
         page.mouse.move(box["x"] + 5, box["y"] + 5)
@@ -162,9 +176,11 @@ def test_web_page_upload_shows_five_results(tmp_path: Path, assets, page) -> Non
         expect(page.locator("#status")).to_contain_text("5 results")
         # filters: kids' pants only
         page.select_option("#category", "pants")
-        page.wait_for_function("(() => { const m = [...document.querySelectorAll('#results .meta')];"
-                               " return m.length === 5"
-                               " && m.every(x => x.textContent.includes('pants')); })()")
+        poll(page, "(() => { const m = [...document.querySelectorAll('#results .meta')];"
+                   " return m.length === 5 && m.every(x => x.textContent.includes('pants')); })()")
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        page.goto(f"{url}/docs")                  # Swagger UI: its one inline script allowed by hash
+        page.wait_for_selector(".opblock-summary-path", timeout=30000)
+        assert not blocked, blocked
     finally:
         stop(proc)

@@ -93,7 +93,8 @@ def test_admin_reload_leaves_nothing_of_the_previous_bundle(project: Params, ass
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FASHIONREC_ADMIN_TOKEN", TOKEN)
     deploy_with(project)
-    app = create_app(ServeConfig.from_params(project))
+    # no watcher: it could switch to the new bundle before the admin reload does (a race under load)
+    app = create_app(replace(ServeConfig.from_params(project), watch_interval_s=0))
     with TestClient(app) as client:
         payload = photo(assets).read_bytes()
         before = client.post("/recommend", files={"image": ("q.jpg", payload, "image/jpeg")}).json()

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from fashionrec.deploy.build import build_index_bundle
-from tests.serving.utils import free_port, stop, wait_http, write_params
+from tests.serving.utils import deploy_with, free_port, stop, wait_http, write_params
 
 
 def test_empty_bundles_folder_waits_not_ready_then_follows_current(tmp_path: Path, assets) -> None:
@@ -36,7 +35,7 @@ def test_empty_bundles_folder_waits_not_ready_then_follows_current(tmp_path: Pat
                 assert list(bundles.iterdir()) == [], "a server must never build or write a bundle"
                 assert http.get("/readyz").status_code == 503
 
-                result = build_index_bundle(params)   # the deployer's call: build, smoke-test, activate
+                result = deploy_with(params, rebuild=True)   # the deployer: build, smoke-test, activate
                 deadline = time.monotonic() + 15
                 while time.monotonic() < deadline and http.get("/readyz").status_code != 200:
                     time.sleep(0.2)

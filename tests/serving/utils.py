@@ -111,19 +111,32 @@ def config(params: Params) -> DeployConfig:
     return DeployConfig.from_params(params)
 
 
-def start_server(params: Params, log: Path) -> tuple[subprocess.Popen, str]:
-    """`fashionrec serve` as a real uvicorn process on a free loopback port (stop it with `stop`)."""
+def start_server(params: Params, log: Path, address_space_mib: int | None = None,
+                 ready: bool = True) -> tuple[subprocess.Popen, str]:
+    """`fashionrec serve` as a real uvicorn process on a free loopback port (stop it with `stop`); with
+    `address_space_mib`, under `prlimit --as` (allocations beyond it fail with MemoryError)."""
     port = free_port()
     env = {**os.environ, "FASHIONREC_ADMIN_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
     fh = open(log, "w")  # noqa: SIM115 - owned by the process for its lifetime
-    cmd = [str(Path(sys.executable).with_name("fashionrec")), "serve", "-p", str(params.root / "params.yaml"),
-           "--port", str(port)]
+    cap = ["prlimit", f"--as={address_space_mib * 2**20}", "--"] if address_space_mib else []
+    cmd = [*cap, str(Path(sys.executable).with_name("fashionrec")), "serve", "-p",
+           str(params.root / "params.yaml"), "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True, cwd=params.root)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/readyz", timeout=120, proc=proc)
+        wait_http(f"{url}/{'readyz' if ready else 'healthz'}", timeout=120, proc=proc)
     except Exception:
         stop(proc)
         raise RuntimeError(f"server did not become ready; log:\n{log.read_text()[-3000:]}") from None
     return proc, url
+
+
+def status_of(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM and VmSize of a process, in MiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "VmSize"):
+            out[key] = int(value.split()[0]) // 1024
+    return out

@@ -13,6 +13,15 @@ class ImageTooLarge(DataError):
     """An image whose pixel count exceeds the limit (a decompression bomb or simply too big to decode)."""
 
 
+class ImageRefused(DataError):
+    """A decodable image whose shape or cost the limits refuse: `kind` "bad_shape" (too thin, too small)
+    or "too_costly" (its decoded raster exceeds the per-request memory limit)."""
+
+    def __init__(self, message: str, kind: str = "bad_shape") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class ValidationFailed(FashionrecError):
     """A data-quality expectation failed; the message names the expectation and the culprits."""
 
@@ -60,6 +69,16 @@ class BadRequest(FashionrecError):
         super().__init__(message)
         self.status = status
         self.kind = kind
+
+
+class ServiceUnavailable(FashionrecError):
+    """The server's trouble, not the client's (overloaded, out of memory, no bundle): a 503 with a stable
+    `kind` and a `Retry-After` of `retry_after_s` seconds."""
+
+    def __init__(self, message: str, kind: str = "unavailable", retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retry_after_s = retry_after_s
 
 
 class KfpError(FashionrecError):

@@ -1,18 +1,23 @@
-"""Request handling for `POST /recommend`: check the input, decode, crop, embed, search, shape the answer.
+"""Request handling for `POST /recommend`: check the input, bound its cost, decode, crop, embed, search.
 
-Every way a request can be wrong raises `BadRequest` with an HTTP status and a message for the client;
-nothing a client sends can make it raise anything else.
+Every way a request can be wrong raises `BadRequest` with an HTTP status and a message for the client.
+What an upload will cost is known from its header before any pixel is decoded (`inspect_upload`); the
+decode itself (`answer`, on a compute thread) is bounded by the same limits. Server-side trouble
+(MemoryError) passes through to the app's 503 handler: it is never the client's "bad image".
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from fashionrec.core.errors import BadRequest, DataError, ImageTooLarge
-from fashionrec.data.images import open_image
+from fashionrec.core.errors import BadRequest, DataError, ImageRefused, ImageTooLarge
+from fashionrec.data.images import DecodeLimits, Probe, decode_bounded, probe_image
+from fashionrec.serve.memory import trim_heap
 from fashionrec.serve.state import ServingState
 
 
@@ -34,7 +39,8 @@ def parse_crop(text: str | None) -> tuple[float, float, float, float] | None:
     except ValueError:
         box = ()
     if len(box) != 4 or not all(math.isfinite(v) for v in box):
-        raise BadRequest(f"crop must be four numbers 'left,top,right,bottom', got {text!r}", kind="bad_crop")
+        raise BadRequest(f"crop must be four numbers 'left,top,right,bottom', got {text[:80]!r}",
+                         kind="bad_crop")
     left, top, right, bottom = box
     if right <= left or bottom <= top:
         raise BadRequest(f"crop box {text!r}: right must exceed left and bottom must exceed top",
@@ -48,33 +54,55 @@ def parse_query(state: ServingState, k: int, category: str | None, kids: bool | 
         raise BadRequest(f"k must be between 1 and {max_k}, got {k}", kind="bad_k")
     cat = category.strip().lower() if category and category.strip() else None
     if cat is not None and cat not in state.categories:
-        raise BadRequest(f"unknown category {category!r}; the inventory has {state.categories}",
+        raise BadRequest(f"unknown category {category[:80]!r}; the inventory has {state.categories}",
                          kind="bad_filter")
     return Query(k=k, category=cat, kids=kids, crop=parse_crop(crop))
 
 
-def recommend(state: ServingState, data: bytes, query: Query, max_pixels: int,
-              max_bytes: int) -> dict[str, Any]:
-    """One upload -> the top-k inventory items, all from `state` (one model version, one index version)."""
+@contextlib.contextmanager
+def _client_errors() -> Iterator[None]:
+    """The decoder's refusals as the client's 4xx."""
+    try:
+        yield
+    except ImageTooLarge as exc:
+        raise BadRequest(str(exc), status=413, kind="decompression_bomb") from exc
+    except ImageRefused as exc:
+        raise BadRequest(str(exc), status=413 if exc.kind == "too_costly" else 422, kind=exc.kind) from exc
+    except DataError as exc:
+        raise BadRequest(str(exc), status=400, kind="bad_image") from exc
+
+
+def inspect_upload(data: bytes, query: Query, limits: DecodeLimits, max_bytes: int) -> Probe:
+    """Size, header, shape, crop and decode cost of an upload, all checked before any pixel is decoded."""
     if not data:
         raise BadRequest("the uploaded image is empty", status=400, kind="empty_upload")
     if len(data) > max_bytes:
         raise BadRequest(f"the upload has {len(data)} bytes; the limit is {max_bytes}", status=413,
                          kind="too_large")
-    try:
-        img = open_image(data, name="upload", max_pixels=max_pixels)
-    except ImageTooLarge as exc:
-        raise BadRequest(str(exc), status=413, kind="decompression_bomb") from exc
-    except DataError as exc:
-        raise BadRequest(str(exc), status=400, kind="bad_image") from exc
-    if query.crop is not None:
+    with _client_errors():
+        probe = probe_image(data, limits)
+        if query.crop is None:
+            return probe
         left, top, right, bottom = query.crop
-        w, h = img.size
+        w, h = probe.width, probe.height
         if left < 0 or top < 0 or right > w or bottom > h:
             raise BadRequest(f"crop box {list(query.crop)} lies outside the {w}x{h} image", kind="bad_crop")
-        box = (int(left), int(top), max(int(left) + 1, round(right)), max(int(top) + 1, round(bottom)))
-        img = img.crop(box)
-    vector = state.embed([img])[0]
-    hits = state.search(vector, query.k, query.category, query.kids)
+        return probe_image(data, limits, crop=query.crop)
+
+
+def answer(state: ServingState, data: bytes, query: Query, limits: DecodeLimits,
+           trim: bool = False) -> dict[str, Any]:
+    """One upload -> the top-k inventory items, all from `state` (one model version, one index version).
+
+    `trim`: hand the decode's freed pages back to the OS afterwards (after a large upload)."""
+    try:
+        with _client_errors():
+            img = decode_bounded(data, limits, crop=query.crop)
+        vector = state.embed([img])[0]
+        del img
+        hits = state.search(vector, query.k, query.category, query.kids)
+    finally:
+        if trim:
+            trim_heap()
     items = [{**state.item(h.row), "score": round(h.score, 6)} for h in hits]
     return {"items": items, "model_version": state.model_version, "index_version": state.version}

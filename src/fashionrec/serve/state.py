@@ -3,8 +3,9 @@
 A server holds exactly one `ServingState` at a time and swaps it by reference, so every answer comes from
 one (model version, index version) pair; the deploy smoke test drives the same object before a bundle
 goes live. A state keeps only what answers need (session, index, item fields as lists): the bundle's
-embeddings are memory-mapped for the index build and not held afterwards (an exact index keeps its own
-copy, or the mapping itself), and the item DataFrame is dropped once its columns are taken.
+embeddings are read into memory (never memory-mapped: a file truncated or rewritten on disk under a
+mapping kills the process with SIGBUS at the next search), handed to the index build (an exact index keeps
+them, BallTree and HNSW their own structures), and the item DataFrame is dropped once its columns are taken.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class ServingState:
 def load_state(bundle_dir: Path, inventory_root: Path | None = None, intra_op_threads: int = 0,
                providers: tuple[str, ...] = DEFAULT_PROVIDERS, allow_spinning: bool = True) -> ServingState:
     """Verify and load a bundle, open its model and build its index: all or nothing."""
-    bundle = load_bundle(bundle_dir, verify=True, mmap=True)
+    bundle = load_bundle(bundle_dir, verify=True, mmap=False)
     session = create_session(bundle.model_file, providers=providers, intra_op_threads=intra_op_threads,
                              allow_spinning=allow_spinning)
     if "embedding" not in session.output_names:

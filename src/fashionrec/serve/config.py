@@ -1,0 +1,87 @@
+"""The server's settings: params.yaml's `serve` section, with the defaults in one place (the fields below)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fashionrec.core.config import Params
+from fashionrec.core.errors import ParamsError
+from fashionrec.data.images import DecodeLimits
+
+PATHS = ("bundles", "bundle", "inventory_root", "static_dir")
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    bundles: Path | None
+    bundle: Path | None = None             # serve this one folder only (no pointer, no watch)
+    inventory_root: Path | None = None     # None: the root recorded in the bundle
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_bytes: int = 10_000_000
+    max_image_pixels: int = 50_000_000     # header width x height (decompression bombs)
+    max_decode_mb: int = 96                # one upload's decoded raster and conversion copies
+    decode_short_side: int = 512           # uploads decode reduced while their short side stays >= this
+    min_image_side: int = 8                # shorter side of an upload or crop
+    max_aspect_ratio: float = 20.0         # long / short side of an upload or crop
+    max_k: int = 50
+    default_k: int = 5
+    watch_interval_s: float = 2.0
+    intra_op_threads: int = 0
+    intra_op_spinning: bool = False        # ONNX Runtime threads busy-wait between operators
+    compute_threads: int = 2               # requests decoded, embedded and searched at once
+    queue_size: int = 8                    # requests waiting for a compute thread; beyond: 503 + Retry-After
+    heavy_decode_mb: int = 8               # uploads decoding to more than this take the heavy lane
+    heavy_queue_size: int = 2              # heavy uploads waiting for the heavy lane; beyond: 503
+    retry_after_s: int = 1
+    limit_concurrency: int = 64            # uvicorn: connections + tasks at once; beyond: 503
+    timeout_keep_alive_s: float = 5.0      # an idle keep-alive connection is closed after this
+    header_timeout_s: float = 10.0         # a request's headers must all arrive within this
+    body_timeout_s: float = 20.0           # and its body within this
+    malloc_mmap_threshold_kb: int = 1024   # glibc: blocks above this are mmapped, so freed at once
+    malloc_arena_max: int = 2              # glibc: at most this many heap arenas (0: glibc's default)
+    admin_token: str | None = None
+    admin_token_env: str = "FASHIONREC_ADMIN_TOKEN"
+    static_dir: Path | None = None
+    log_level: str = "info"
+    access_log: bool = False
+
+    @classmethod
+    def from_params(cls, params: Params) -> ServeConfig:
+        """Every field from `serve.<field>` when set, else the default above; the admin token from the
+        environment variable `serve.admin_token_env` names."""
+        sec = params.section("serve")
+        values: dict[str, Any] = {"bundles": None}
+        for f in fields(cls):
+            raw = sec.get(f.name)
+            if f.name == "admin_token" or raw is None:
+                continue
+            if f.name in PATHS:
+                values[f.name] = params.path(raw) if raw else None
+                continue
+            default = f.default if f.default is not MISSING else None
+            values[f.name] = _coerce(f.name, raw, default)
+        token = os.environ.get(str(values.get("admin_token_env", cls.admin_token_env))) or None
+        return cls(**values, admin_token=token)
+
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(max_pixels=self.max_image_pixels, max_decode_bytes=self.max_decode_mb * MIB,
+                            min_side=self.min_image_side, max_aspect=self.max_aspect_ratio,
+                            short_side=self.decode_short_side)
+
+
+def _coerce(name: str, raw: Any, default: Any) -> Any:
+    if default is None:
+        return raw
+    if isinstance(default, bool):
+        if isinstance(raw, str):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        return bool(raw)
+    try:
+        return type(default)(raw)
+    except (TypeError, ValueError) as exc:
+        raise ParamsError(f"serve.{name}: {raw!r} is not a {type(default).__name__}") from exc

@@ -1,0 +1,56 @@
+"""`/info`, `/healthz`, `/readyz`, `/metrics`: what the page, the probes and Prometheus read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from fashionrec.serve.context import ServeContext
+from fashionrec.serve.handlers import public_message
+
+
+def router(ctx: ServeContext) -> APIRouter:
+    config = ctx.config
+    api = APIRouter(tags=["meta"])
+
+    @api.get("/info")
+    def info() -> dict[str, Any]:
+        """What the web page needs: versions, categories, limits."""
+        state = ctx.current()
+        return {"model_version": state.model_version, "index_version": state.version,
+                "categories": state.categories, "items": state.size, "max_k": config.max_k,
+                "default_k": config.default_k, "max_upload_bytes": config.max_upload_bytes}
+
+    @api.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        """Liveness, and what is served: the execution provider that really runs the model, the bundle,
+        what `current` names, how stale the served bundle is (`stale_s`), the last bundle error and any
+        fallback taken at start."""
+        state = ctx.holder.state
+        status = ctx.holder.status()
+        if status["last_error"] is not None:
+            status["last_error"] = public_message(status["last_error"])
+        if status["fallback"] is not None:
+            status["fallback"] = {k: public_message(v) for k, v in status["fallback"].items()}
+        return {"status": "ok", "ready": state is not None,
+                "provider": state.provider if state else None,
+                "providers": state.session.providers if state else None,
+                "model_version": state.model_version if state else None,
+                "index_version": state.version if state else None,
+                "index_kind": state.index.kind if state else None,
+                **status, "in_flight": ctx.admission.in_flight}
+
+    @api.get("/readyz")
+    def readyz() -> dict[str, Any]:
+        """Readiness: a bundle is loaded and its model answers."""
+        state = ctx.current()
+        return {"status": "ready", "model_version": state.model_version, "index_version": state.version}
+
+    @api.get("/metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return api
