@@ -149,9 +149,9 @@ def build(name: str, ref: str, base: str, pull: str, mounts: list[str]) -> dict[
     """buildah bud of one Dockerfile (docker format, so HEALTHCHECK is kept; layers cached)."""
     dockerfile = ROOT / DOCKERFILES[name]
     ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
-    cmd = ["buildah", "bud", "--isolation", "chroot", "--layers", "--format", "docker", f"--pull={pull}",
-           "--build-arg", f"BASE={base}", "-f", str(dockerfile), "--ignorefile", str(ignore), "-t", ref,
-           *mounts, str(ROOT)]
+    cmd = ["buildah", "bud", "--isolation", "chroot", "--layers", "--force-rm", "--format", "docker",
+           f"--pull={pull}", "--build-arg", f"BASE={base}", "-f", str(dockerfile),
+           "--ignorefile", str(ignore), "-t", ref, *mounts, str(ROOT)]
     started = time.monotonic()
     run(cmd)
     seconds = time.monotonic() - started
