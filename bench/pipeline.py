@@ -49,7 +49,7 @@ def make_copy(work: Path, source: str) -> Path:
 
         tiny = make_tiny_dataset(work / "source" / "clothing-dataset")
         overrides = {**(tree["kfp"]["local"].get("tiny") or {}), **TINY_EXTRA,
-                     "ingest.source": str(tiny.root), "subset.classes": list(tiny.classes)}
+                     "ingest.source": str(tiny.root), "subset.subsets.benchmark.classes": list(tiny.classes)}
     else:
         overrides = {"ingest.source": str(Path(source).resolve())}
     overrides.update({"mlflow.tracking_uri": "sqlite:///mlflow/mlflow.db",

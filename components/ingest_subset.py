@@ -19,6 +19,7 @@ def ingest_subset(source: str, ingest_params: dict, subset_params: dict, manifes
 
     from fashionrec.data.ingest import ingest
     from fashionrec.data.subset import subset as make_subset
+    from fashionrec.data.subset import subset_params
     from fashionrec.kfp_io import component_params
 
     p = component_params({"ingest": ingest_params, "subset": subset_params})
@@ -27,6 +28,8 @@ def ingest_subset(source: str, ingest_params: dict, subset_params: dict, manifes
     found = ingest(src, Path(manifest.path), s, shared_path=p.path(s.get("shared_path", "shared")),
                    download_dir=Path(tempfile.mkdtemp(prefix="fashionrec-download-")))
     manifest.metadata.update({"source": found.source, "n_images": found.n_images, "problems": found.problems})
-    made = make_subset(Path(manifest.path) / "manifest.parquet", Path(subset.path), p.section("subset"))
+    s = p.section("subset")  # the pipeline trains on the product subset (subset.product, e.g. catalog)
+    made = make_subset(Path(manifest.path) / "manifest.parquet", Path(subset.path),
+                       subset_params(s, s["product"]))
     subset.metadata.update({"policy": made.policy, "classes": made.classes, "n_images": made.n_images,
                             "counts": made.counts})

@@ -28,7 +28,7 @@ def tiny_params(root: Path, tiny_source, thresholds: float) -> Params:
     metrics = base.get("select.thresholds")
     return with_overrides(params, {
         **base.get("kfp.local.tiny"), "ingest.source": str(tiny_source.root),
-        "subset.classes": list(tiny_source.classes), "register.name": NAME,
+        "subset.subsets.benchmark.classes": list(tiny_source.classes), "register.name": NAME,
         "index.model": f"models:/{NAME}@champion", "index.bundles": str(root / "bundles"),
         "select.thresholds": {metric: thresholds for metric in metrics}})
 
