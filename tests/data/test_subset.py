@@ -118,6 +118,8 @@ def test_catalog_keeps_senders_apart_and_benchmark_test_images_in_test(tiny_vali
     assert set(tiny.kids) - set(tiny.small_ids()) <= set(df["id"])
     assert df.loc[df["kids"], "labels"].map(lambda labels: labels[-1] == "kids").all()
     assert "kids" not in set(df["category"])
+    assert df.loc[df["split"] == "test", "kids"].sum() >= len(tiny.classes)  # kids in every split
+    assert df.loc[df["split"] == "train", "kids"].any() and df.loc[df["split"] == "validation", "kids"].any()
     # the published label still corrects images.csv
     (wrong_id, wrong_label), = tiny.relabelled.items()
     assert df.set_index("id").loc[wrong_id, "category"] != wrong_label.lower()

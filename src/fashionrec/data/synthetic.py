@@ -86,9 +86,9 @@ def make_tiny_dataset(root: Path, *, per_class: int = 12, senders: int = 16, see
                       small_count: int = 3) -> TinyDataset:
     """Write `images/`, `images.csv` and `top10-splits.csv` under root; return what they contain.
 
-    `senders` share the published train/validation images (and the photos outside the published split);
-    the test images come from `TEST_SENDERS`. `extra_kids` kids' photos per class and `small_count` photos
-    of the small category are in images.csv only.
+    `senders` share the published train/validation images (and most photos outside the published split);
+    the test images come from `TEST_SENDERS`. `extra_kids` kids' photos per class (the first of each from a
+    test sender) and `small_count` photos of the small category are in images.csv only.
     """
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -120,10 +120,13 @@ def make_tiny_dataset(root: Path, *, per_class: int = 12, senders: int = 16, see
                 kids.append(image_id)
 
     unpublished: list[str] = []
-    for label in [*CLASSES] * extra_kids + [*SMALL] * small_count:
+    for n, label in enumerate([*CLASSES] * extra_kids + [*SMALL] * small_count):
         image_id = new_image(label)
-        is_kids = label in CLASSES or len(unpublished) % 3 == 0
-        rows.append({"image": image_id, "sender_id": sender("train"), "label": label, "kids": is_kids})
+        is_kids = label in CLASSES or n % 3 == 0
+        # the first round of kids' photos comes from the published test senders: the catalog's test split
+        # then holds kids' photos (the published split has none there), as in the real dataset
+        split = "test" if n < len(CLASSES) else "train"
+        rows.append({"image": image_id, "sender_id": sender(split), "label": label, "kids": is_kids})
         unpublished.append(image_id)
         if is_kids:
             kids.append(image_id)
