@@ -34,6 +34,7 @@ run: repro
 	$(BIN)/fashionrec serve    # http://127.0.0.1:8000 (the bundle `dvc repro` just built and activated)
 
 test: install browser
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-fast: install
@@ -41,6 +42,7 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Benchmarks (not tests): each writes bench/results/<name>.json and prints a table; see docs/BENCHMARKS.md.
 # BENCH_ARGS_<NAME> passes flags to one script, e.g. BENCH_ARGS_INDEX="--sizes 5000 100000".

@@ -26,10 +26,12 @@ import torch
 import yaml
 from common import ROOT, Run, cores, fp32_peak, table
 
-from fashionrec.models.base import EmbeddingModel, load_model
+from fashionrec.models.base import EmbeddingModel
 from fashionrec.models.factory import build_model, new_card
-from fashionrec.models.inference import OnnxRunner, TorchRunner
-from fashionrec.registry.export import export_onnx
+from fashionrec.models.store import load_model
+from fashionrec.runtime.embed import OnnxRunner
+from fashionrec.runtime.export import export_onnx
+from fashionrec.runtime.torch_runner import TorchRunner
 
 
 def build(models_dir: Path, manifest: Path) -> tuple[EmbeddingModel, str]:
@@ -54,7 +56,7 @@ def fit_head(model: EmbeddingModel, manifest: Path, count: int, seed: int) -> di
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
 
-    from fashionrec.registry.parity import load_images, sample_split
+    from fashionrec.runtime.parity import load_images, sample_split
 
     rows = sample_split(manifest, "train", count, seed)
     images = load_images(rows, model.card.prep, "fit head")
@@ -171,7 +173,7 @@ def main() -> None:
     peak = fp32_peak(fma_units=args.fma_units)
     size = model.card.prep.size
     if have_data:
-        from fashionrec.registry.parity import load_images, sample_split
+        from fashionrec.runtime.parity import load_images, sample_split
 
         rows = sample_split(args.manifest, "test", 32, 1)
         sample = load_images(rows, model.card.prep, "bench images").batch
@@ -192,7 +194,7 @@ def main() -> None:
         quant = None
         if not args.skip_int8 and have_data:
             from fashionrec.registry.export import parity_images
-            from fashionrec.registry.quantize import quantize
+            from fashionrec.runtime.quantize import quantize
 
             q = yaml.safe_load((ROOT / "params.yaml").read_text())["export"]["quantize"]
             q.update(eval_images=args.eval_images or None, batch_size=32)

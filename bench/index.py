@@ -3,7 +3,7 @@
 For each N: build time, memory (RSS growth during the build; the embeddings themselves are not counted),
 single-query latency p50/p99 for k=10, and recall@10 against exact search, for the project's own index
 classes with the parameters in params.yaml (`index.*`), plus an `ef_search` sweep for HNSW and the ef a
-deploy would tune to (`index.target_recall`). Then it checks that `index.kind: auto` (`auto_kind(n,
+deploy would tune to (`index.target_recall`). Then it checks that `index.kind: auto` (`resolve_kind('auto', n,
 index.auto_exact_max)`, HNSW as tuned) picks the fastest kind meeting the recall floor. Embeddings are
 L2-normalised points around random cluster centres (a new photo is a new point of the same distribution, so
 queries are fresh draws, not indexed items). The dimension comes from a model card (`embedding_dim`) when
@@ -27,9 +27,9 @@ import numpy as np
 import yaml
 from common import ROOT, Run, percentile_ms, rss_mib, table
 
-from fashionrec.deploy.bundle import make_index
+from fashionrec.index import build_index, resolve_kind
 from fashionrec.index.brute import BruteIndex
-from fashionrec.index.hnsw import auto_kind, overlap, tune_ef_search
+from fashionrec.index.recall import overlap, tune_ef_search
 
 
 def embedding_dim(models_dir: Path, default: int) -> tuple[int, str]:
@@ -102,7 +102,7 @@ def measure(kind: str, params: dict[str, Any], data: np.ndarray, queries: np.nda
     gc.collect()
     before = rss_mib()
     started = time.perf_counter()
-    index = make_index(data, kind, params)
+    index = build_index(data, kind, **params)
     build = time.perf_counter() - started
     mem = rss_mib() - before
     row: dict[str, Any] = {"kind": kind, "params": params, "build_s": round(build, 2),
@@ -216,7 +216,7 @@ def main() -> None:
             gc.collect()
         ok = {k: r for k, r in measured.items() if r["recall_at_k"] >= args.recall_floor}
         fastest = min(ok, key=lambda k: ok[k]["p50_ms"]) if ok else None
-        pick = auto_kind(n, int(sec.get("auto_exact_max", 5000)))
+        pick = resolve_kind("auto", n, int(sec.get("auto_exact_max", 5000)))
         autos.append({"n": n, "auto_picks": pick, "fastest_meeting_floor": fastest,
                       "recall_floor": args.recall_floor,
                       "auto_is_fastest": pick == fastest if fastest and pick in measured else None,

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from common import ROOT, Run, table
 
-from fashionrec.config import set_dotted
+from fashionrec.core.config import set_dotted
 
 TINY_EXTRA = {
     "train.candidates": ["pixels", "simple_cnn", "efficientnet_lite0"],   # dvc.yaml's select needs all three

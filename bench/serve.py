@@ -30,7 +30,7 @@ import httpx
 import yaml
 from common import ROOT, Run, memory_mib, percentile_ms, table
 
-from fashionrec.config import load_params
+from fashionrec.core.config import load_params
 
 TOKEN = "bench-admin-token"
 
@@ -40,7 +40,7 @@ def export_lite0(out: Path) -> Path:
     import torch
 
     from fashionrec.models.factory import build_model, new_card
-    from fashionrec.registry.export import export_onnx
+    from fashionrec.runtime.export import export_onnx
 
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
     classes = tree["subset"]["classes"]

@@ -8,6 +8,6 @@ installs nothing at run time (`install_kfp_package=False`).
 
 from pathlib import Path
 
-from fashionrec.config import load_params
+from fashionrec.core.config import load_params
 
 BASE_IMAGE: str = str(load_params(Path(__file__).resolve().parents[1] / "params.yaml").get("kfp.image"))

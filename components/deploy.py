@@ -15,7 +15,7 @@ def deploy(index_params: dict, serve_params: dict, mlflow_params: dict, seed: in
     from pathlib import Path
 
     from fashionrec.deploy.build import build_index_bundle
-    from fashionrec.kfp_io import component_params
+    from fashionrec.kfp.io import component_params
 
     index = {**index_params, "manifest": str(Path(validated.path) / "manifest.parquet"),
              "bundles": bundles_dir, "summary": summary.path}

@@ -15,13 +15,14 @@ def evaluate(evaluate_params: dict, mlflow_params: dict, seed: int, model: Input
     query -> top-5 grid; `reports` holds them with per_class.csv."""
     from pathlib import Path
 
+    from fashionrec.core.config import numeric_leaves
     from fashionrec.evaluate.evaluate import evaluate as run
-    from fashionrec.kfp_io import component_params, flat_metrics, image_page
+    from fashionrec.kfp.io import component_params, image_page
 
     p = component_params({"evaluate": evaluate_params}, mlflow_params, seed)
     out = Path(reports.path)
     result = run(Path(model.path), Path(validated.path), Path(metrics.path), out, p.section("evaluate"))
-    for key, value in flat_metrics(result.metrics).items():
+    for key, value in numeric_leaves(result.metrics).items():
         metrics.log_metric(key, value)
     metrics.metadata["candidate"] = result.candidate
     pictures = [("confusion matrix (test split)", out / "confusion_matrix.png"),

@@ -13,7 +13,7 @@ def export(export_params: dict, winner_model: Input[Model], decision: Input[Arti
     a failed parity check fails the task, so nothing is registered."""
     from pathlib import Path
 
-    from fashionrec.kfp_io import component_params, linked_folder
+    from fashionrec.kfp.io import component_params, linked_folder
     from fashionrec.registry.export import export as run
 
     p = component_params({"export": export_params})

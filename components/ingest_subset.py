@@ -20,7 +20,7 @@ def ingest_subset(source: str, ingest_params: dict, subset_params: dict, manifes
     from fashionrec.data.ingest import ingest
     from fashionrec.data.subset import subset as make_subset
     from fashionrec.data.subset import subset_params
-    from fashionrec.kfp_io import component_params
+    from fashionrec.kfp.io import component_params
 
     p = component_params({"ingest": ingest_params, "subset": subset_params})
     s = p.section("ingest")

@@ -13,7 +13,7 @@ def record_rejection(decision: Input[Artifact], report: Output[Markdown], gate: 
     already logged the decision to MLflow). Returns the reason."""
     from pathlib import Path
 
-    from fashionrec.kfp_io import decision_markdown
+    from fashionrec.kfp.io import decision_markdown
     from fashionrec.registry.gate import read_decision
 
     verdict = read_decision(Path(decision.path))

@@ -14,9 +14,9 @@ def register(register_params: dict, mlflow_params: dict, seed: int, onnx_model: 
     models/registered.json. The KFP run's name is recorded as who made the change. Returns the version."""
     from pathlib import Path
 
-    from fashionrec.kfp_io import component_params, linked_folder
+    from fashionrec.core.tracking import configure, run_tags
+    from fashionrec.kfp.io import component_params, linked_folder
     from fashionrec.registry.steps import register as run
-    from fashionrec.tracking import configure, run_tags
 
     p = component_params({"register": register_params}, mlflow_params, seed)
     configure(p)

@@ -21,11 +21,11 @@ def select(select_params: dict, register_params: dict, mlflow_params: dict, seed
     from collections import namedtuple
     from pathlib import Path
 
-    from fashionrec.errors import GateFailed
-    from fashionrec.kfp_io import component_params, linked_folder
+    from fashionrec.core.errors import GateFailed
+    from fashionrec.core.tracking import configure
+    from fashionrec.kfp.io import component_params, linked_folder
     from fashionrec.registry.gate import read_decision
     from fashionrec.registry.steps import select as run
-    from fashionrec.tracking import configure
 
     p = component_params({"select": select_params, "register": register_params}, mlflow_params, seed)
     configure(p)

@@ -15,7 +15,7 @@ def train(candidate: dict, train_params: dict, mlflow_params: dict, seed: int, v
     import tempfile
     from pathlib import Path
 
-    from fashionrec.kfp_io import component_params, image_page, plain
+    from fashionrec.kfp.io import component_params, image_page, plain
     from fashionrec.train.loop import train as run
 
     block = plain(candidate)

@@ -18,7 +18,7 @@ def validate(validate_params: dict, subset: Input[Dataset], validated: Output[Da
     from pathlib import Path
 
     from fashionrec.data.validate import validate as run
-    from fashionrec.kfp_io import component_params, data_docs_page
+    from fashionrec.kfp.io import component_params, data_docs_page
 
     p = component_params({"validate": validate_params})
     try:

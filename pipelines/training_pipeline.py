@@ -25,8 +25,8 @@ from components.register import register
 from components.select import select
 from components.train import train
 from components.validate import validate
-from fashionrec.config import load_params
-from fashionrec.kfp_client import pipeline_arguments
+from fashionrec.core.config import load_params
+from fashionrec.kfp.client import pipeline_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = load_params(ROOT / "params.yaml")

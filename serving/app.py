@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from fashionrec.config import load_params
+from fashionrec.core.config import load_params
 from fashionrec.serve.app import ServeConfig, create_app
 
 app = create_app(ServeConfig.from_params(load_params(os.environ.get("FASHIONREC_PARAMS", "params.yaml"))))

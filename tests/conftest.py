@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fashionrec.config import Params, load_params, set_dotted
+from fashionrec.core.config import Params, load_params, set_dotted
 from fashionrec.data.synthetic import TinyDataset, make_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

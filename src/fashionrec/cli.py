@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from fashionrec.config import Params, ParamsError, load_params
-from fashionrec.errors import FashionrecError
+from fashionrec.core.config import DEFAULT_SEED, Params, load_params
+from fashionrec.core.errors import FashionrecError, ParamsError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="fashionrec pipeline steps (see README.md).")
@@ -132,7 +132,7 @@ def train(candidate: Annotated[str, typer.Argument(help="Candidate name (a block
     s = p.section("train")
     report(run(candidate, s, manifest=p.path(s["manifest"]), out_dir=p.path(s["models_dir"]) / candidate,
                cache_dir=p.path(s["cache_dir"]), checkpoint_dir=p.path(s["checkpoints_dir"]) / candidate,
-               tracking_params=p, seed=int(p.get("seed", 42)), resume=resume))
+               tracking_params=p, seed=int(p.get("seed", DEFAULT_SEED)), resume=resume))
 
 
 @app.command()
@@ -173,9 +173,9 @@ def select(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
            out: Annotated[Path | None, typer.Option(help="Decision JSON (written even on failure).")] = None
            ) -> None:
     """Gate: pick the best candidate by the primary metric, check thresholds and the champion."""
+    from fashionrec.core.tracking import configure
     from fashionrec.registry.steps import candidate_names
     from fashionrec.registry.steps import select as run
-    from fashionrec.tracking import configure
 
     p = load(params, sets, select__out=out)
     configure(p)
@@ -201,8 +201,8 @@ def register(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
              promotion: Annotated[str | None, typer.Option(help="auto | manual")] = None,
              by: ByOpt = None) -> None:
     """Register the exported winner in MLflow (alias challenger; champion too when promotion is auto)."""
+    from fashionrec.core.tracking import configure, run_tags
     from fashionrec.registry.steps import register as run
-    from fashionrec.tracking import configure, run_tags
 
     p = load(params, sets, register__promotion=promotion)
     configure(p)
@@ -218,8 +218,8 @@ def promote(version: Annotated[str, typer.Argument(help="Model version to make c
             reason: ReasonOpt = "promoted from the CLI",
             force: Annotated[bool, typer.Option(help="Promote even without a passed gate.")] = False) -> None:
     """Make VERSION the champion (the current one becomes previous-champion)."""
+    from fashionrec.core.tracking import configure
     from fashionrec.registry.steps import promote_version
-    from fashionrec.tracking import configure
 
     p = load(params, sets)
     configure(p)
@@ -230,8 +230,8 @@ def promote(version: Annotated[str, typer.Argument(help="Model version to make c
 def rollback(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, by: ByOpt = None,
              reason: ReasonOpt = "rolled back from the CLI") -> None:
     """Give the champion alias back to the previous champion (repeat to go further back)."""
+    from fashionrec.core.tracking import configure
     from fashionrec.registry.steps import rollback_champion
-    from fashionrec.tracking import configure
 
     p = load(params, sets)
     configure(p)
@@ -306,7 +306,7 @@ def kfp_compile(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
                 out: Annotated[Path | None, typer.Option(help="Output YAML (default: kfp.package).")] = None
                 ) -> None:
     """Compile pipelines/training_pipeline.py to its YAML spec (defaults: params.yaml)."""
-    from fashionrec.kfp_client import compile_pipeline
+    from fashionrec.kfp.client import compile_pipeline
 
     p = load(params, sets)
     report({"package": str(compile_pipeline(out or p.path(p.section("kfp")["package"])))})
@@ -317,7 +317,7 @@ def kfp_local(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
               source: Annotated[str | None, typer.Option(
                   help="tiny (generated, the default) or a dataset folder.")] = None) -> None:
     """Run the whole pipeline on this machine with kfp.local (no cluster, no Docker)."""
-    from fashionrec.kfp_client import run_local
+    from fashionrec.kfp.client import run_local
 
     report(run_local(load(params, sets), source))
 
@@ -327,7 +327,7 @@ def kfp_submit(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, hos
                package: PackageOpt = None, experiment: ExperimentOpt = None, token: TokenOpt = None,
                run_name: Annotated[str | None, typer.Option(help="Name of the run.")] = None) -> None:
     """Create a run of the compiled pipeline on a Kubeflow cluster."""
-    from fashionrec.kfp_client import submit
+    from fashionrec.kfp.client import submit
 
     report(submit(load(params, sets), host, package, run_name, experiment, token))
 
@@ -339,6 +339,6 @@ def kfp_schedule(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, h
                  package: PackageOpt = None, experiment: ExperimentOpt = None, token: TokenOpt = None,
                  name: Annotated[str | None, typer.Option(help="Recurring run name.")] = None) -> None:
     """Create a recurring run of the compiled pipeline on a Kubeflow cluster."""
-    from fashionrec.kfp_client import schedule
+    from fashionrec.kfp.client import schedule
 
     report(schedule(load(params, sets), host, cron, package, name, experiment, token))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fashionrec.errors import DataError
+from fashionrec.core.errors import DataError
 from fashionrec.index import KINDS, build_index
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fashionrec.errors import DataError, FashionrecError, TrainingError
-from fashionrec.jsonfile import read_json
+from fashionrec.core.errors import DataError, FashionrecError, TrainingError
+from fashionrec.core.files import read_json
 from fashionrec.registry.gate import read_decision
 
 

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import f1_score
 
+from fashionrec.core.errors import EvaluationError
 from fashionrec.data.images import Preprocessing
-from fashionrec.errors import TrainingError
 from fashionrec.evaluate import metrics as m
 from fashionrec.evaluate.instance import Augmentation, augment, make_queries, sample_sources
 from fashionrec.evaluate.retrieval import category_retrieval, instance_retrieval
@@ -132,9 +132,9 @@ def test_augmentation_changes_the_image(tmp_path) -> None:
 
 
 def test_bad_augmentation_params_name_the_key() -> None:
-    with pytest.raises(TrainingError, match=r"evaluate\.instance\.crop_scale"):
+    with pytest.raises(EvaluationError, match=r"evaluate\.instance\.crop_scale"):
         Augmentation.from_params({"crop_scale": [0.9, 0.2]})
-    with pytest.raises(TrainingError, match=r"evaluate\.instance\.flip"):
+    with pytest.raises(EvaluationError, match=r"evaluate\.instance\.flip"):
         Augmentation.from_params({"flip": 2})
     assert Augmentation.from_params({"jpeg_quality": [70, 70]}).jpeg_quality == (70, 70)
 
@@ -144,5 +144,5 @@ def test_sample_sources_is_seeded_and_bounded() -> None:
     assert len(set(a.tolist())) == 30 and a.max() < 100
     assert np.array_equal(a, sample_sources(100, 30, seed=3))
     assert len(sample_sources(10, 30, seed=3)) == 10
-    with pytest.raises(TrainingError, match="empty"):
+    with pytest.raises(EvaluationError, match="empty"):
         sample_sources(0, 5, seed=0)

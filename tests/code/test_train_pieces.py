@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fashionrec.config import load_params
-from fashionrec.errors import TrainingError
+from fashionrec.core.config import load_params
+from fashionrec.core.errors import TrainingError
+from fashionrec.core.tracking import data_version, flatten, tracking_uri
 from fashionrec.models.base import ModelCard
 from fashionrec.models.factory import build_model, new_card
 from fashionrec.models.losses import LossConfig, compute_loss, smooth_targets, supcon_loss, triplet_loss
-from fashionrec.tracking import data_version, flatten, tracking_uri
 from fashionrec.train.config import train_config
 from fashionrec.train.data import shift_flip, to_input
 from fashionrec.train.features import FeatureCache
@@ -114,7 +114,7 @@ def test_pixels_logits_follow_the_nearest_centroid() -> None:
     model = build_model(card)
     a, b = torch.ones(1, 3, 4, 4), -torch.ones(1, 3, 4, 4)
     embs = model.embed(torch.cat([a, a, b]))
-    model.fit(embs, torch.tensor([[1.0, 0, 0], [1, 0, 1], [0, 1, 0]]))
+    model.fit_once(embs, torch.tensor([[1.0, 0, 0], [1, 0, 1], [0, 1, 0]]))
     emb, logits = model(torch.cat([a * 0.5, b * 2]))
     assert torch.allclose(emb.norm(dim=1), torch.ones(2))
     assert logits[0, 0] > 0 > logits[0, 1] and logits[1, 1] > 0 > logits[1, 0]

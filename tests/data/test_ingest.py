@@ -10,11 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fashionrec.core.errors import DataError
 from fashionrec.data import source as source_mod
 from fashionrec.data.ingest import ingest
 from fashionrec.data.manifest import COLUMNS, read_manifest
 from fashionrec.data.source import ENV_VAR, resolve_source
-from fashionrec.errors import DataError
 
 
 def test_manifest_has_one_row_per_image_with_facts(tiny_validated):

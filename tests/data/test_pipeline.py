@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from fashionrec.config import load_params, set_dotted
+from fashionrec.core.config import load_params, set_dotted
 from fashionrec.data.describe import describe
 from fashionrec.data.ingest import ingest
 from fashionrec.data.manifest import read_manifest
@@ -57,8 +57,11 @@ def test_dvc_repro_then_nothing_then_push_pull(tiny_validated, tmp_path):
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {k: stages[k] for k in DATA_STAGES}},
                                                   sort_keys=False))
     shutil.copy(tiny_validated.root / "params.yaml", repo / "params.yaml")
-    shutil.copytree(ROOT / "src" / "fashionrec" / "data", repo / "src" / "fashionrec" / "data",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = sorted({dep for k in DATA_STAGES for dep in stages[k].get("do", stages[k])["deps"]
+                   if dep.startswith("src/")})
+    assert "src/fashionrec/data" in code
+    for dep in code:  # the code the stages depend on, as dvc.yaml names it
+        shutil.copytree(ROOT / dep, repo / dep, ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "GIT_CONFIG_NOSYSTEM": "1"}
 

@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
+from fashionrec.core.errors import DataError
 from fashionrec.data.manifest import read_manifest
 from fashionrec.data.subset import subset, subset_params
-from fashionrec.errors import DataError
 
 
 def params(tiny, **over):

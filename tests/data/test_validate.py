@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from fashionrec import cli
+from fashionrec.core.errors import ValidationFailed
 from fashionrec.data.manifest import read_manifest, write_manifest
 from fashionrec.data.subset import subset, subset_params
 from fashionrec.data.validate import validate
-from fashionrec.errors import ValidationFailed
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from fashionrec.models.base import EmbeddingModel, save_model
+from fashionrec.models.base import EmbeddingModel
 from fashionrec.models.factory import build_model, new_card
+from fashionrec.models.store import save_model
 
 BLOCKS: dict[str, dict[str, Any]] = {
     "simple_cnn": {"arch": "simple_cnn", "size": 64},

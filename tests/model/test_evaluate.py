@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
+from fashionrec.core.errors import EvaluationError
 from fashionrec.data.manifest import read_dataset, read_manifest
-from fashionrec.errors import TrainingError
 from fashionrec.evaluate.evaluate import evaluate
-from fashionrec.models.base import save_model
 from fashionrec.models.factory import build_model, new_card
-from fashionrec.models.inference import embed_images
+from fashionrec.models.store import save_model
+from fashionrec.runtime.torch_runner import embed_model
 
 KEYS = {
     "test": {"accuracy", "micro_f1", "macro_f1"},
@@ -43,9 +43,9 @@ def pixels_dir(tiny_validated, tmp_path_factory: pytest.TempPathFactory) -> Path
     model = build_model(new_card("pixels", block, info["classes"], info["labels"]))
     df = read_manifest(tiny_validated.validated)
     train = df[df["split"] == "train"]
-    emb = embed_images(model, list(train["abspath"]), backend="torch", progress=False).embeddings
+    emb = embed_model(model, list(train["abspath"]), backend="torch", progress=False).embeddings
     targets = torch.tensor([[lab in labels for lab in model.card.labels] for labels in train["labels"]])
-    model.fit(torch.from_numpy(emb), targets)
+    model.fit_once(torch.from_numpy(emb), targets)
     out = tmp_path_factory.mktemp("models") / "pixels"
     save_model(model, out)
     return out
@@ -117,7 +117,7 @@ def test_evaluate_a_trained_candidate_logs_into_its_training_run(tiny_validated,
 
 def test_missing_run_reference_fails_before_any_work(tiny_validated, pixels_dir: Path,
                                                      tmp_path: Path) -> None:
-    with pytest.raises(TrainingError, match="mlflow.json"):
+    with pytest.raises(EvaluationError, match="mlflow.json"):
         evaluate(pixels_dir, tiny_validated.validated, tmp_path / "m.json", tmp_path / "r",
                  eval_params(tiny_validated, mlflow=True), progress=False)
     assert not (tmp_path / "m.json").exists() and not (tmp_path / "r").exists()
@@ -151,7 +151,7 @@ def test_unusable_test_split_fails_clearly(tiny_validated, pixels_dir: Path, tmp
         return df
 
     data = _copy_with_splits(tiny_validated, tmp_path, change)
-    with pytest.raises(TrainingError, match=message):
+    with pytest.raises(EvaluationError, match=message):
         evaluate(pixels_dir, data, tmp_path / "m.json", tmp_path / "r", eval_params(tiny_validated),
                  progress=False)
     assert not (tmp_path / "m.json").exists()
@@ -161,7 +161,7 @@ def test_bad_params_name_the_key(tiny_validated, pixels_dir: Path, tmp_path: Pat
     for change, key in (({"batch_size": 0}, "evaluate.batch_size"),
                         ({"backend": "tpu"}, "evaluate.backend"),
                         ({"instance": {"crop_scale": [0.5, 2.0]}}, "evaluate.instance.crop_scale")):
-        with pytest.raises(TrainingError, match=key.replace(".", r"\.")):
+        with pytest.raises(EvaluationError, match=key.replace(".", r"\.")):
             evaluate(pixels_dir, tiny_validated.validated, tmp_path / "m.json", tmp_path / "r",
                      eval_params(tiny_validated, **change), progress=False)
 

@@ -15,13 +15,15 @@ import yaml
 from onnx import numpy_helper
 from regkit import export_params, real_model, save_candidate
 
+from fashionrec.core.errors import FashionrecError, ParityError
 from fashionrec.data.images import Preprocessing
 from fashionrec.data.manifest import read_dataset
-from fashionrec.errors import FashionrecError, ParityError
 from fashionrec.models.base import EmbeddingModel
-from fashionrec.onnx_runtime import create_session
-from fashionrec.registry.export import METADATA_KEY, export, export_onnx, parity_images, read_metadata, verify
-from fashionrec.registry.quantize import DEFAULTS, quantize, settings, static_options
+from fashionrec.registry.export import export, parity_images, verify
+from fashionrec.runtime.export import export_onnx
+from fashionrec.runtime.metadata import METADATA_KEY, read_metadata
+from fashionrec.runtime.quantize import DEFAULTS, quantize, settings, static_options
+from fashionrec.runtime.session import create_session
 
 
 @pytest.fixture(scope="module")

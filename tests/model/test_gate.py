@@ -14,13 +14,14 @@ import yaml
 from mlflow import MlflowClient
 from regkit import metrics_tree, select_params, write_metrics
 
-from fashionrec.errors import DataError, FashionrecError, GateFailed
-from fashionrec.registry.gate import Champion, decide, flatten, read_metrics
+from fashionrec.core.config import numeric_leaves
+from fashionrec.core.errors import DataError, FashionrecError, GateFailed
+from fashionrec.registry.gate import Champion, decide, read_metrics
 from fashionrec.registry.steps import candidate_names, select
 
 
 def flat(micro_f1: float, p5: float, top5: float) -> dict[str, float]:
-    return flatten(metrics_tree(micro_f1, p5, top5))
+    return numeric_leaves(metrics_tree(micro_f1, p5, top5))
 
 
 def test_winner_is_best_primary_metric_and_passes() -> None:

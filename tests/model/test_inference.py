@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from fashionrec.core.errors import DataError, TrainingError
 from fashionrec.data.images import Preprocessing
-from fashionrec.errors import DataError, TrainingError
 from fashionrec.models.base import EmbeddingModel, ModelCard
-from fashionrec.models.inference import OnnxRunner, TorchRunner, embed_images, make_runner
+from fashionrec.runtime.embed import OnnxRunner, embed_images
+from fashionrec.runtime.torch_runner import TorchRunner, embed_model, make_runner
 
 SIZE = 16
 
@@ -48,8 +49,8 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 def test_backends_and_input_kinds_agree(photos: list[str]) -> None:
     model = TinyModel().eval()
     prep = model.card.prep
-    torch_out = embed_images(model, photos, batch_size=3, backend="torch", progress=False)
-    onnx_out = embed_images(model, photos, batch_size=4, backend="onnx", progress=False)
+    torch_out = embed_model(model, photos, batch_size=3, backend="torch", progress=False)
+    onnx_out = embed_model(model, photos, batch_size=4, backend="onnx", progress=False)
     assert torch_out.backend == "torch:cpu" and onnx_out.backend.startswith("onnx:")
     assert torch_out.embeddings.shape == (7, 8) and torch_out.logits.shape == (7, 3)
     np.testing.assert_allclose(onnx_out.embeddings, torch_out.embeddings, atol=1e-5)
@@ -60,7 +61,7 @@ def test_backends_and_input_kinds_agree(photos: list[str]) -> None:
     pixels = [np.asarray(prep.resize_crop(im.convert("RGB"))) for im in images]
     for items in (images, pixels, [prep(im.convert("RGB")) for im in images],
                   [open(p, "rb").read() for p in photos]):  # noqa: SIM115
-        out = embed_images(model, items, batch_size=32, backend="torch", progress=False)
+        out = embed_model(model, items, batch_size=32, backend="torch", progress=False)
         np.testing.assert_allclose(out.embeddings, torch_out.embeddings, atol=1e-6)
     assert torch_out.ms_per_image > 0
 
@@ -79,11 +80,11 @@ def test_flip_tta_makes_embeddings_mirror_invariant(photos: list[str]) -> None:
     model = TinyModel().eval()
     pixels = [np.asarray(model.card.prep.resize_crop(Image.open(p).convert("RGB"))) for p in photos]
     mirrored = [np.ascontiguousarray(px[:, ::-1]) for px in pixels]
-    plain = embed_images(model, pixels, backend="torch", progress=False).embeddings
-    plain_m = embed_images(model, mirrored, backend="torch", progress=False).embeddings
+    plain = embed_model(model, pixels, backend="torch", progress=False).embeddings
+    plain_m = embed_model(model, mirrored, backend="torch", progress=False).embeddings
     assert not np.allclose(plain, plain_m, atol=1e-4)  # the model itself is not mirror-invariant
-    tta = embed_images(model, pixels, backend="torch", flip_tta=True, progress=False)
-    tta_m = embed_images(model, mirrored, backend="torch", flip_tta=True, progress=False)
+    tta = embed_model(model, pixels, backend="torch", flip_tta=True, progress=False)
+    tta_m = embed_model(model, mirrored, backend="torch", flip_tta=True, progress=False)
     np.testing.assert_allclose(tta.embeddings, tta_m.embeddings, atol=1e-5)
     np.testing.assert_allclose(tta.logits, tta_m.logits, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(tta.embeddings, axis=1), 1.0, atol=1e-5)
@@ -94,12 +95,14 @@ def test_bad_inputs_name_the_problem(tmp_path, photos: list[str]) -> None:
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(DataError, match="broken.jpg"):
-        embed_images(model, [photos[0], str(broken)], backend="torch", progress=False)
+        embed_model(model, [photos[0], str(broken)], backend="torch", progress=False)
     with pytest.raises(DataError, match="image array of shape"):
-        embed_images(model, [np.zeros((5, 5), np.uint8)], backend="torch", progress=False)
+        embed_model(model, [np.zeros((5, 5), np.uint8)], backend="torch", progress=False)
     with pytest.raises(TrainingError, match="backend 'tpu'"):
-        embed_images(model, photos, backend="tpu", progress=False)
+        embed_model(model, photos, backend="tpu", progress=False)
     with pytest.raises(TrainingError, match="pass `prep`"):
         embed_images(make_runner(model, "onnx").session, photos, progress=False)
-    empty = embed_images(model, [], backend="torch", progress=False)
+    with pytest.raises(TrainingError, match="embed_model"):   # a PyTorch model is no runner
+        embed_images(model, photos, progress=False)
+    empty = embed_model(model, [], backend="torch", progress=False)
     assert len(empty.embeddings) == 0

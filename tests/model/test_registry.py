@@ -23,13 +23,14 @@ from mlflow import MlflowClient
 from regkit import export_params, select_params
 from test_export import tamper
 
-from fashionrec.errors import GateFailed, ParityError
-from fashionrec.models.base import EmbeddingModel, load_model
-from fashionrec.onnx_runtime import create_session
+from fashionrec.core.errors import GateFailed, ParityError, RegistryError
+from fashionrec.core.tracking import run_tags
+from fashionrec.models.base import EmbeddingModel
+from fashionrec.models.store import load_model
 from fashionrec.registry.export import export, parity_images
-from fashionrec.registry.mlflow_registry import HISTORY_TAG, RegistryError, get_champion
+from fashionrec.registry.mlflow_registry import HISTORY_TAG, get_champion
 from fashionrec.registry.steps import promote_version, register, rollback_champion, select
-from fashionrec.tracking import run_tags
+from fashionrec.runtime.session import create_session
 
 
 @dataclass

@@ -14,10 +14,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from fashionrec.core.errors import TrainingError
 from fashionrec.data.manifest import read_dataset, read_manifest
-from fashionrec.errors import TrainingError
-from fashionrec.models.base import load_model
 from fashionrec.models.factory import build_model
+from fashionrec.models.store import load_model
 from fashionrec.train.loop import train
 from fashionrec.train.report import COLUMNS
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fashionrec.config import load_params
+from fashionrec.core.config import load_params
 from fashionrec.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from fashionrec.config import Params, load_params
-from fashionrec.kfp_client import compile_pipeline
+from fashionrec.core.config import Params, load_params
+from fashionrec.kfp.client import compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 

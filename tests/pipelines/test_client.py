@@ -12,8 +12,8 @@ import pytest
 from fake_kfp import FakeKfpApi
 
 from fashionrec.cli import main
-from fashionrec.config import load_params
-from fashionrec.kfp_client import pipeline_arguments
+from fashionrec.core.config import load_params
+from fashionrec.kfp.client import pipeline_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = str(ROOT / "params.yaml")

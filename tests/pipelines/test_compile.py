@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fashionrec.kfp_client import pipeline_arguments
-from fashionrec.kfp_io import component_params, plain, without_nulls
+from fashionrec.kfp.client import pipeline_arguments
+from fashionrec.kfp.io import component_params, plain, without_nulls
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ["ingest_subset", "validate", "train", "evaluate", "select", "export", "register", "deploy",

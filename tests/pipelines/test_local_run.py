@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from fashionrec.config import Params, load_params
+from fashionrec.core.config import Params, load_params
 from fashionrec.data.manifest import read_manifest
-from fashionrec.kfp_client import LocalRun, run_local, with_overrides
+from fashionrec.kfp.client import LocalRun, run_local, with_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "kfp-local-test"   # its own registered model on the shared test server

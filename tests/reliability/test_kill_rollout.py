@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 from deploykit import TOKEN, export_model, make_catalog, start_server, stop, write_params
 
+from fashionrec.bundle.format import verify_bundle
+from fashionrec.bundle.store import current_version, deploy_lock, list_versions, read_history
+from fashionrec.core.errors import BundleError
 from fashionrec.deploy.build import build_index_bundle
-from fashionrec.deploy.bundle import BundleError, deploy_lock, list_versions, verify_bundle
-from fashionrec.deploy.rollout import current_version, read_history
 
 CLI = str(Path(sys.executable).with_name("fashionrec"))
 

@@ -10,7 +10,7 @@ import pytest
 from deploykit import export_model, make_catalog, write_params
 from fastapi.testclient import TestClient
 
-from fashionrec.config import Params
+from fashionrec.core.config import Params
 from fashionrec.deploy.build import build_index_bundle
 from fashionrec.serve.app import ServeConfig, create_app
 

@@ -14,9 +14,9 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
-from fashionrec.config import Params, load_params
+from fashionrec.core.config import Params, load_params
 from fashionrec.models.factory import build_model, new_card
-from fashionrec.registry.export import export_onnx
+from fashionrec.runtime.export import export_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
 CATEGORIES = ["t-shirt", "pants", "shoes", "dress"]

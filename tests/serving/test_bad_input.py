@@ -143,8 +143,9 @@ def test_item_images_never_escape_the_inventory_folder(tmp_path, assets) -> None
     import pandas as pd
     from deploykit import write_params
 
+    from fashionrec.bundle.format import ITEMS, MANIFEST, SUMS
+    from fashionrec.core.files import sha256_file
     from fashionrec.deploy.build import build_index_bundle
-    from fashionrec.deploy.bundle import ITEMS, MANIFEST, SUMS, sha256_file
     from fashionrec.serve.app import ServeConfig, create_app
 
     inventory = tmp_path / "inv"

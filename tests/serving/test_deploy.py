@@ -14,23 +14,18 @@ import pandas as pd
 import pytest
 from deploykit import make_catalog, write_params
 
-from fashionrec.config import Params
+from fashionrec.bundle.format import MANIFEST, SUMS, verify_bundle
+from fashionrec.bundle.load import load_bundle
+from fashionrec.bundle.store import current_version, list_versions, read_history, remove_abandoned
+from fashionrec.core.config import Params
+from fashionrec.core.errors import BundleError, DataError, FashionrecError, SmokeTestFailed
 from fashionrec.deploy.build import add_items, build_index_bundle
-from fashionrec.deploy.bundle import (
-    MANIFEST,
-    SUMS,
-    BundleError,
-    list_versions,
-    load_bundle,
-    remove_abandoned,
-    verify_bundle,
-)
 from fashionrec.deploy.catalog import read_catalog
-from fashionrec.deploy.rollout import SmokeTestFailed, activate, current_version, read_history, rollback
-from fashionrec.errors import DataError, FashionrecError
+from fashionrec.deploy.rollout import activate, rollback
 from fashionrec.index.brute import BruteIndex
-from fashionrec.index.hnsw import HnswIndex, recall_at_k, tune_ef_search
-from fashionrec.serve.engine import load_state
+from fashionrec.index.hnsw import HnswIndex
+from fashionrec.index.recall import recall_at_k, tune_ef_search
+from fashionrec.serve.state import load_state
 
 
 def bundles(params: Params) -> Path:
@@ -137,7 +132,7 @@ def test_smoke_test_refuses_a_bundle_whose_model_does_not_match_its_embeddings(p
     for p in bad.iterdir():
         p.chmod(0o644)
     shutil.copyfile(assets.model_b, bad / "model.onnx")    # the other model, checksums made to match
-    from fashionrec.deploy.bundle import sha256_file
+    from fashionrec.core.files import sha256_file
     manifest = json.loads((bad / MANIFEST).read_text())
     manifest["version"] = bad.name
     (bad / MANIFEST).write_text(json.dumps(manifest))

@@ -15,7 +15,7 @@ from deploykit import TOKEN, start_server, stop, write_params
 from fashionrec.data.images import open_image
 from fashionrec.deploy.build import build_index_bundle
 from fashionrec.deploy.rollout import rollback
-from fashionrec.serve.engine import load_state
+from fashionrec.serve.state import load_state
 
 STREAM_SECONDS_MAX = 90
 

@@ -21,14 +21,14 @@ import pytest
 from deploykit import ROOT, TOKEN, write_params
 from fastapi.testclient import TestClient
 
-from fashionrec.config import Params
+from fashionrec.core.config import Params
+from fashionrec.core.errors import FashionrecError
 from fashionrec.data.images import open_image
 from fashionrec.deploy.build import build_index_bundle
-from fashionrec.errors import FashionrecError
 from fashionrec.serve.app import ServeConfig, create_app
-from fashionrec.serve.engine import ServingState
+from fashionrec.serve.holder import StateHolder
 from fashionrec.serve.memory import release_memory
-from fashionrec.serve.state import StateHolder
+from fashionrec.serve.state import ServingState
 
 # Loaded through serving/app.py (the ASGI entry) in a fresh interpreter, one request answered, then the
 # heavy packages that serving must not need are looked up in sys.modules.

@@ -19,9 +19,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from fashionrec.core.config import DEFAULT_SEED
+from fashionrec.core.errors import DataError  # noqa: E402
 from fashionrec.data.images import open_image  # noqa: E402
 from fashionrec.data.manifest import SPLITS, read_manifest  # noqa: E402
-from fashionrec.errors import DataError  # noqa: E402
 
 
 @dataclass
@@ -47,7 +48,7 @@ def describe(manifest: Path, out: Path, params: dict[str, Any]) -> DescribeResul
         kids_balance(df, classes, out / "kids_balance.png"),
         image_sizes(df, out / "image_sizes.png"),
         contact_sheet(df, classes, out / "contact_sheet.png", int(params.get("samples_per_class", 8)),
-                      int(params.get("thumb_size", 112)), int(params.get("seed", 42))),
+                      int(params.get("thumb_size", 112)), int(params.get("seed", DEFAULT_SEED))),
     ]
     return DescribeResult(out=str(out), figures=[str(f) for f in figures], n_images=len(df), classes=classes)
 

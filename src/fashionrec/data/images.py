@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from fashionrec.errors import DataError
+from fashionrec.core.errors import DataError, ImageTooLarge
 
 # Set explicitly rather than relying on Pillow's default: ~50 MP is far above any product photo.
 MAX_IMAGE_PIXELS = 50_000_000
@@ -39,14 +39,14 @@ def open_image(source: str | Path | bytes, *, name: str | None = None,
             with Image.open(fp) as img:
                 w, h = img.size
                 if w * h > max_pixels:
-                    raise DataError(f"{label}: {w}x{h} pixels exceeds the limit of {max_pixels}")
+                    raise ImageTooLarge(f"{label}: {w}x{h} pixels exceeds the limit of {max_pixels}")
                 img.seek(0)  # first frame of animated images
                 img.load()
                 return to_rgb(ImageOps.exif_transpose(img))
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{label}: decompression bomb refused ({exc})") from exc
+        raise ImageTooLarge(f"{label}: decompression bomb refused ({exc})") from exc
     except Exception as exc:  # Pillow raises many types for corrupt data; all mean "not an image".
         raise DataError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from exc
 

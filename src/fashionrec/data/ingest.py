@@ -18,9 +18,9 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from fashionrec.core.errors import DataError
 from fashionrec.data.manifest import MANIFEST, category_of, image_facts, labels_of, write_manifest
 from fashionrec.data.source import fingerprint, resolve_source
-from fashionrec.errors import DataError
 
 CSV_COLUMNS = ("image", "sender_id", "label", "kids")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -14,9 +14,9 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from fashionrec.core.errors import DataError
+from fashionrec.core.files import read_json
 from fashionrec.data.images import open_image
-from fashionrec.errors import DataError
-from fashionrec.jsonfile import read_json
 
 COLUMNS = ["id", "path", "label", "category", "labels", "kids", "sender_id",
            "width", "height", "mode", "bytes", "sha256"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fashionrec.errors import DataError
+from fashionrec.core.errors import DataError
 
 ENV_VAR = "FASHIONREC_DATA"
 

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from fashionrec.core.config import DEFAULT_SEED
+from fashionrec.core.errors import DataError
 from fashionrec.data.manifest import (
     MANIFEST,
     SPLITS,
@@ -35,7 +37,6 @@ from fashionrec.data.manifest import (
     write_dataset,
     write_manifest,
 )
-from fashionrec.errors import DataError
 
 POLICIES = ("published", "grouped")
 DROPPED = "dropped"  # dropped.json / dropped.md
@@ -104,7 +105,7 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
     policy = split_params.get("policy", "published")
     if policy not in POLICIES:
         raise DataError(f"subset.split.policy: '{policy}' is not one of {list(POLICIES)}")
-    seed = int(params.get("seed", 42))
+    seed = int(params.get("seed", DEFAULT_SEED))
     name = params.get("name")
     attributes = list(params.get("attributes") or [])
     source_dir = Path(manifest).parent / "source"

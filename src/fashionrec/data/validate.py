@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from fashionrec.core.errors import DataError, ValidationFailed
 from fashionrec.data.images import open_image
 from fashionrec.data.manifest import (
     MANIFEST,
@@ -30,7 +31,6 @@ from fashionrec.data.manifest import (
     write_dataset,
     write_manifest,
 )
-from fashionrec.errors import DataError, ValidationFailed
 
 REQUIRED = ["id", "path", "label", "category", "labels", "sender_id", "width", "height", "mode",
             "bytes", "sha256", "split"]

@@ -20,26 +20,19 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fashionrec.config import Params
+from fashionrec.bundle.format import GRAPH, is_url
+from fashionrec.bundle.load import LoadedBundle, load_bundle
+from fashionrec.bundle.store import BundleContent, current_version, deploy_lock, write_bundle
+from fashionrec.core.config import DEFAULT_SEED, Params
+from fashionrec.core.errors import BundleError, DataError
+from fashionrec.core.tracking import tracking_uri
 from fashionrec.data.images import Preprocessing
-from fashionrec.deploy.bundle import (
-    GRAPH,
-    INDEX_KINDS,
-    BundleContent,
-    BundleError,
-    LoadedBundle,
-    deploy_lock,
-    load_bundle,
-    make_index,
-    write_bundle,
-)
-from fashionrec.deploy.catalog import catalog_from_manifest, fetch_image, is_url, read_catalog
+from fashionrec.deploy.catalog import catalog_from_manifest, fetch_image, read_catalog
 from fashionrec.deploy.model import resolve_model
-from fashionrec.deploy.rollout import RolloutResult, activate, current_version
-from fashionrec.errors import DataError
+from fashionrec.deploy.rollout import RolloutResult, activate
+from fashionrec.index import AUTO_EXACT_MAX, RECALL_K, build_index, resolve_kind
 from fashionrec.index.brute import BruteIndex
-from fashionrec.index.hnsw import auto_kind, recall_at_k, tune_ef_search
-from fashionrec.tracking import tracking_uri
+from fashionrec.index.recall import recall_at_k, tune_ef_search
 
 CHUNK = 256   # images decoded at a time (bounded memory whatever the inventory size)
 
@@ -68,7 +61,7 @@ def embed_catalog(catalog: pd.DataFrame, model_file: Path, prep: Preprocessing, 
                   max_bytes: int, device: str = "cpu"
                   ) -> tuple[np.ndarray, pd.DataFrame, list[dict[str, str]]]:
     """Embed every item's image; items whose image cannot be read are skipped (and listed), not fatal."""
-    from fashionrec.models.inference import OnnxRunner, embed_images, load_pixels
+    from fashionrec.runtime.embed import OnnxRunner, embed_images, load_pixels
 
     runner = OnnxRunner(model_file, device=device)
     keep: list[int] = []
@@ -117,18 +110,13 @@ def index_with_report(embeddings: np.ndarray, sec: dict[str, Any], seed: int,
     (the bundle records the tuned ef, so every server of it searches as measured here)."""
     requested = kind or str(sec.get("kind", "auto"))
     n = embeddings.shape[0]
-    if requested == "auto":
-        kind = auto_kind(n, int(sec.get("auto_exact_max", 5000)))
-    elif requested in INDEX_KINDS:
-        kind = requested
-    else:
-        raise DataError(f"index.kind '{requested}' is unknown; choose auto or one of "
-                        f"{', '.join(INDEX_KINDS)}")
+    kind = resolve_kind(requested, n, int(sec.get("auto_exact_max", AUTO_EXACT_MAX)))
     params = dict(sec.get(kind) or {})
     started = time.perf_counter()
-    index = make_index(embeddings, kind, params, graph_file=graph_file)
+    graph = {"graph_file": graph_file} if kind == "hnsw" and graph_file is not None else {}
+    index = build_index(embeddings, kind, **params, **graph)
     build_seconds = time.perf_counter() - started
-    k = min(int(sec.get("recall_k", 10)), n)
+    k = min(int(sec.get("recall_k", RECALL_K)), n)
     rng = np.random.default_rng(seed)
     sample = rng.choice(n, size=min(int(sec.get("recall_queries", 200)), n), replace=False)
     exact, queries = BruteIndex(embeddings), embeddings[np.sort(sample)]
@@ -190,7 +178,8 @@ def _build_index_bundle(params: Params, sec: dict[str, Any], model: str | None, 
         embed_seconds = time.perf_counter() - started
         images, root = relative_images(kept["image"].tolist())
         kept = kept.assign(image=images)
-        index, kind, kparams, report = index_with_report(embeddings, sec, int(params.get("seed", 42)))
+        seed = int(params.get("seed", DEFAULT_SEED))
+        index, kind, kparams, report = index_with_report(embeddings, sec, seed)
         content = BundleContent(model_file=source.onnx_path, preprocessing=source.preprocessing,
                                 model_version=source.version, model_uri=source.uri, embeddings=embeddings,
                                 items=kept, inventory_root=root, index_kind=kind, index_params=kparams,
@@ -232,7 +221,7 @@ def _add_items(params: Params, sec: dict[str, Any], bundles: Path, catalog: Path
     kind = base.manifest["index"]["kind"]
     graph = base.folder / GRAPH if kind == "hnsw" else None
     same = {**sec, kind: base.manifest["index"]["params"]}   # the parent's index kind and parameters
-    index, kind, kparams, report = index_with_report(embeddings, same, int(params.get("seed", 42)),
+    index, kind, kparams, report = index_with_report(embeddings, same, int(params.get("seed", DEFAULT_SEED)),
                                                      graph_file=graph, kind=kind)
     content = BundleContent(model_file=base.model_file, preprocessing=base.preprocessing,
                             model_version=base.model_version, model_uri=base.manifest["model"]["uri"],

@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from fashionrec.errors import DataError
+from fashionrec.bundle.format import is_url
+from fashionrec.core.errors import DataError
 
 COLUMNS = ["item_id", "image", "title", "category", "attributes"]
 REQUIRED = ["item_id", "image"]
-
-
-def is_url(value: str) -> bool:
-    return value.startswith(("http://", "https://"))
 
 
 def _split_attributes(value: object) -> list[str]:

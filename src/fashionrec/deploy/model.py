@@ -11,16 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fashionrec.core.errors import ModelSourceError
+from fashionrec.core.files import sha256_file
 from fashionrec.data.images import Preprocessing
-from fashionrec.deploy.bundle import sha256_file
-from fashionrec.errors import FashionrecError
 
 PREPROCESSING_FILE = "preprocessing.json"
 MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
-
-
-class ModelSourceError(FashionrecError):
-    """The model to deploy cannot be found, downloaded or understood."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +35,7 @@ class ModelSource:
 
 def read_preprocessing(onnx_path: Path) -> dict[str, Any]:
     """The spec export stored in the model's metadata, else `preprocessing.json` beside the model."""
-    from fashionrec.registry.export import read_metadata
+    from fashionrec.runtime.metadata import read_metadata
 
     try:
         return read_metadata(onnx_path)

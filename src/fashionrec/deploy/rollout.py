@@ -19,16 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from fashionrec.config import Params
+from fashionrec.bundle.format import verify_bundle
+from fashionrec.bundle.store import (
+    bundles_lock,
+    current_version,
+    list_versions,
+    read_history,
+    set_current,
+    write_history,
+)
+from fashionrec.core.config import DEFAULT_SEED, Params
+from fashionrec.core.errors import BundleError, DataError, SmokeTestFailed
 from fashionrec.data.images import open_image
-from fashionrec.deploy.bundle import BundleError, bundles_lock, list_versions, verify_bundle
-from fashionrec.errors import DataError
-
-CURRENT, HISTORY = "current", "history.json"
-
-
-class SmokeTestFailed(BundleError):
-    """A new bundle did not pass its smoke test; serving was not switched."""
 
 
 @dataclass
@@ -44,35 +46,6 @@ class RolloutResult:
         return asdict(self)
 
 
-def current_version(bundles_dir: Path) -> str | None:
-    link = bundles_dir / CURRENT
-    return os.readlink(link) if link.is_symlink() else None
-
-
-def _set_current(bundles_dir: Path, version: str) -> None:
-    """Point `current` at version by renaming a fresh symlink over it: readers see old or new, never none."""
-    tmp = bundles_dir / f".current-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    os.symlink(version, tmp)
-    os.replace(tmp, bundles_dir / CURRENT)
-
-
-def read_history(bundles_dir: Path) -> dict[str, Any]:
-    path = bundles_dir / HISTORY
-    if not path.is_file():
-        return {"stack": [], "log": []}
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise BundleError(f"{path}: unreadable deploy history ({exc})") from exc
-
-
-def _write_history(bundles_dir: Path, history: dict[str, Any]) -> None:
-    tmp = bundles_dir / f".{HISTORY}.{os.getpid()}"
-    tmp.write_text(json.dumps(history, indent=2))
-    os.replace(tmp, bundles_dir / HISTORY)
-
-
 def smoke_test(bundle_dir: Path, params: Params) -> dict[str, Any]:
     """Load the bundle exactly as a server would and ask it a few questions.
 
@@ -80,17 +53,18 @@ def smoke_test(bundle_dir: Path, params: Params) -> dict[str, Any]:
     its stored embedding (model and index belong together) and find itself among its top-k. The index
     must reach `min_recall` against exact search on the stored embeddings.
     """
+    from fashionrec.index import RECALL_K
     from fashionrec.index.brute import BruteIndex
-    from fashionrec.index.hnsw import recall_at_k
-    from fashionrec.serve.engine import load_state
+    from fashionrec.index.recall import recall_at_k
+    from fashionrec.serve.state import load_state
 
     sec = params.section("index")
     serve = params.get("serve", {}) or {}
     root = serve.get("inventory_root")
     state = load_state(bundle_dir, inventory_root=params.path(root) if root else None)
     stored = state.stored_embeddings()
-    k = min(int(sec.get("recall_k", 10)), state.size)
-    rng = np.random.default_rng(int(params.get("seed", 42)))
+    k = min(int(sec.get("recall_k", RECALL_K)), state.size)
+    rng = np.random.default_rng(int(params.get("seed", DEFAULT_SEED)))
     rows = rng.permutation(state.size)[: int(sec.get("smoke_queries", 5))]
     answered, similarities = 0, []
     for row in rows.tolist():
@@ -165,7 +139,7 @@ def activate(bundles_dir: Path, version: str, params: Params) -> RolloutResult:
         history = read_history(bundles_dir)
         if previous is not None and (not history["stack"] or history["stack"][-1] != previous):
             history["stack"].append(previous)   # a pointer set by hand joins the stack
-        _set_current(bundles_dir, version)
+        set_current(bundles_dir, version)
         if not history["stack"] or history["stack"][-1] != version:
             history["stack"].append(version)
         history["log"].append({"action": "activate", "version": version, "previous": previous,
@@ -173,7 +147,7 @@ def activate(bundles_dir: Path, version: str, params: Params) -> RolloutResult:
         keep = int(params.get("index.keep", 5))
         pruned = prune(bundles_dir, keep, protect={version, *history["stack"][-2:]})
         history["stack"] = [v for v in history["stack"] if v not in pruned]
-        _write_history(bundles_dir, history)
+        write_history(bundles_dir, history)
     return RolloutResult("activate", version, previous, smoke, pruned, _notify(params))
 
 
@@ -189,9 +163,9 @@ def rollback(bundles_dir: Path, params: Params) -> RolloutResult:
             raise BundleError(f"{bundles_dir}: no previous bundle to roll back to (history: {stack})")
         target = stack[-2]
         verify_bundle(bundles_dir / target)
-        _set_current(bundles_dir, target)
+        set_current(bundles_dir, target)
         history["stack"] = stack[:-1]
         history["log"].append({"action": "rollback", "version": target, "previous": current,
                                "at": datetime.now(UTC).isoformat(timespec="seconds")})
-        _write_history(bundles_dir, history)
+        write_history(bundles_dir, history)
     return RolloutResult("rollback", target, current, None, [], _notify(params))

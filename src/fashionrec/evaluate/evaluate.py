@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fashionrec.config import dotted_leaves
+from fashionrec.core.config import DEFAULT_SEED, dotted_leaves
+from fashionrec.core.errors import EvaluationError, FashionrecError
+from fashionrec.core.tracking import RUN_REF, read_run_ref
 from fashionrec.data.images import open_image
 from fashionrec.data.manifest import read_manifest
-from fashionrec.errors import FashionrecError, TrainingError
 from fashionrec.evaluate import metrics as m
 from fashionrec.evaluate.instance import Augmentation, make_queries, sample_sources
 from fashionrec.evaluate.plots import GridRow, confusion_matrix_png, retrieval_grid_png
@@ -34,10 +35,11 @@ from fashionrec.evaluate.retrieval import (
     instance_retrieval,
     query_latency,
 )
-from fashionrec.index import build_index
-from fashionrec.models.base import EmbeddingModel, ModelCard, load_model
-from fashionrec.models.inference import BACKENDS, embed_images, make_runner
-from fashionrec.tracking import RUN_REF, read_run_ref
+from fashionrec.index import AUTO, AUTO_EXACT_MAX, KINDS, build_index, resolve_kind
+from fashionrec.models.base import EmbeddingModel, ModelCard
+from fashionrec.models.store import load_model
+from fashionrec.runtime.embed import BACKENDS, embed_images
+from fashionrec.runtime.torch_runner import make_runner
 
 THRESHOLD = 0.5          # multi-label decision: sigmoid(logit) >= 0.5, as the model contract says
 INVENTORY_SPLITS = ("train", "validation")
@@ -73,7 +75,8 @@ class EvalConfig:
     batch_size: int
     flip_tta: bool
     index_kind: str
-    index_params: dict[str, Any]
+    index_params: dict[str, dict[str, Any]]   # per kind
+    auto_exact_max: int
     latency_queries: int
     instance_queries: int
     augmentation: Augmentation
@@ -89,7 +92,7 @@ def _positive_int(params: dict[str, Any], key: str, default: int) -> int:
         node = node.get(part, {}) if isinstance(node, dict) else {}
     value = default if node == {} else node
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TrainingError(f"params evaluate.{key}: expected a positive integer, got {value!r}")
+        raise EvaluationError(f"params evaluate.{key}: expected a positive integer, got {value!r}")
     return value
 
 
@@ -97,26 +100,32 @@ def read_config(params: dict[str, Any]) -> EvalConfig:
     """Check the `evaluate` section; every error names its parameter."""
     backend = params.get("backend", "auto")
     if backend not in BACKENDS:
-        raise TrainingError(f"params evaluate.backend: '{backend}' is not one of {', '.join(BACKENDS)}")
+        raise EvaluationError(f"params evaluate.backend: '{backend}' is not one of {', '.join(BACKENDS)}")
     flip = params.get("flip_tta", False)
     if not isinstance(flip, bool):
-        raise TrainingError(f"params evaluate.flip_tta: expected true or false, got {flip!r}")
+        raise EvaluationError(f"params evaluate.flip_tta: expected true or false, got {flip!r}")
     index = dict(params.get("index") or {})
     kind = index.get("kind", "balltree")
-    kind_params = index.get(kind) or {}
-    if not isinstance(kind_params, dict):
-        raise TrainingError(f"params evaluate.index.{kind}: expected a mapping of the index's parameters")
+    if kind != AUTO and kind not in KINDS:
+        raise EvaluationError(f"params evaluate.index.kind: '{kind}' is not one of "
+                              f"{', '.join([*KINDS, AUTO])}")
+    kind_params = {name: index.get(name) or {} for name in KINDS}
+    for name, value in kind_params.items():
+        if not isinstance(value, dict):
+            raise EvaluationError(f"params evaluate.index.{name}: expected a mapping of the index's "
+                                  "parameters")
     instance = dict(params.get("instance") or {})
     return EvalConfig(
         backend=backend, device=str(params.get("device", "cpu")),
         batch_size=_positive_int(params, "batch_size", 32), flip_tta=flip,
-        index_kind=kind, index_params=dict(kind_params),
+        index_kind=kind, index_params=kind_params,
+        auto_exact_max=_positive_int(params, "index.auto_exact_max", AUTO_EXACT_MAX),
         latency_queries=_positive_int(params, "latency_queries", 200),
         instance_queries=_positive_int(params, "instance.n_queries", 300),
         augmentation=Augmentation.from_params(instance),
         grid_queries=_positive_int(params, "grid.n_queries", 8),
         thumb=_positive_int(params, "grid.thumb", 128),
-        seed=int(params.get("seed", 42)), mlflow=bool(params.get("mlflow", True)))
+        seed=int(params.get("seed", DEFAULT_SEED)), mlflow=bool(params.get("mlflow", True)))
 
 
 # --- data ----------------------------------------------------------------------------------------------
@@ -125,22 +134,22 @@ def read_config(params: dict[str, Any]) -> EvalConfig:
 def split_frames(df: pd.DataFrame, card: ModelCard, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(test queries, train + validation inventory); refuses splits that cannot be evaluated."""
     if "split" not in df.columns:
-        raise TrainingError(f"{source}: manifest has no 'split' column (evaluate needs data/validated)")
+        raise EvaluationError(f"{source}: manifest has no 'split' column (evaluate needs data/validated)")
     test = df[df["split"] == TEST_SPLIT].reset_index(drop=True)
     inventory = df[df["split"].isin(INVENTORY_SPLITS)].reset_index(drop=True)
     if test.empty:
-        raise TrainingError(f"{source}: the test split is empty; nothing to evaluate")
+        raise EvaluationError(f"{source}: the test split is empty; nothing to evaluate")
     present = sorted(test["category"].unique())
     if len(present) < 2:
-        raise TrainingError(f"{source}: the test split holds a single class ({present[0]!r}, {len(test)} "
+        raise EvaluationError(f"{source}: the test split holds a single class ({present[0]!r}, {len(test)} "
                             "images); accuracy and retrieval need at least two classes")
     unknown = sorted(set(df["category"]) - set(card.classes))
     if unknown:
-        raise TrainingError(f"{source}: categories {unknown} are not among the classes of candidate "
+        raise EvaluationError(f"{source}: categories {unknown} are not among the classes of candidate "
                             f"'{card.candidate}' ({card.classes}); was it trained on another dataset?")
     need = max(*RETRIEVAL_KS, *INSTANCE_KS)
     if len(inventory) < need:
-        raise TrainingError(f"{source}: the inventory (train + validation) has {len(inventory)} images; "
+        raise EvaluationError(f"{source}: the inventory (train + validation) has {len(inventory)} images; "
                             f"top-{need} retrieval needs at least {need}")
     return test, inventory
 
@@ -164,7 +173,7 @@ def label_metrics(logits: np.ndarray, test: pd.DataFrame,
     """test.{accuracy, micro_f1, macro_f1}, the per-class report and the confusion matrix."""
     n_classes = len(card.classes)
     if logits.shape[1] != len(card.labels):
-        raise TrainingError(f"candidate '{card.candidate}' returns {logits.shape[1]} logits for "
+        raise EvaluationError(f"candidate '{card.candidate}' returns {logits.shape[1]} logits for "
                             f"{len(card.labels)} labels in its card")
     class_index = {c: i for i, c in enumerate(card.classes)}
     y_true = test["category"].map(class_index).to_numpy()
@@ -214,7 +223,7 @@ def training_run_ref(model_dir: Path) -> dict[str, str]:
     try:
         return read_run_ref(model_dir)
     except FashionrecError as exc:
-        raise TrainingError(f"{exc}; or set evaluate.mlflow=false to evaluate without logging") from exc
+        raise EvaluationError(f"{exc}; or set evaluate.mlflow=false to evaluate without logging") from exc
 
 
 def log_to_training_run(model_dir: Path, tree: dict[str, dict[str, float]], files: list[Path],
@@ -238,7 +247,7 @@ def log_to_training_run(model_dir: Path, tree: dict[str, dict[str, float]], file
         for key, value in {"evaluated": "true", **tags}.items():
             client.set_tag(run_id, key, value)
     except MlflowException as exc:
-        raise TrainingError(f"MLflow run {run_id} (from {where}) at {client.tracking_uri}: "
+        raise EvaluationError(f"MLflow run {run_id} (from {where}) at {client.tracking_uri}: "
                             f"{exc.message}") from exc
     return run_id
 
@@ -267,7 +276,8 @@ def evaluate(model_dir: Path, data_dir: Path, metrics_path: Path, reports_dir: P
     queries, stock = out.embeddings[:len(test)], out.embeddings[len(test):]
     scores, per_class, cm = label_metrics(out.logits[:len(test)], test, card)
 
-    index = build_index(stock, cfg.index_kind, **cfg.index_params)
+    kind = resolve_kind(cfg.index_kind, len(stock), cfg.auto_exact_max)
+    index = build_index(stock, kind, **cfg.index_params[kind])
     k = max(*RETRIEVAL_KS, *INSTANCE_KS)
     distances, indices = index.query(queries, k)
     retrieval = category_retrieval(indices[:, :max(RETRIEVAL_KS)], test["category"].to_numpy(),
@@ -287,7 +297,7 @@ def evaluate(model_dir: Path, data_dir: Path, metrics_path: Path, reports_dir: P
     tree = {s: {key: round(float(v), 6) for key, v in values.items()} for s, values in tree.items()}
     bad = [key for key, v in dotted_leaves(tree).items() if not math.isfinite(v)]
     if bad:
-        raise TrainingError(f"candidate '{card.candidate}': non-finite metrics {bad}")
+        raise EvaluationError(f"candidate '{card.candidate}': non-finite metrics {bad}")
 
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
@@ -298,13 +308,13 @@ def evaluate(model_dir: Path, data_dir: Path, metrics_path: Path, reports_dir: P
     grid_path = retrieval_grid_png(
         grid_rows(test, inventory, distances, indices, card, cfg.grid_queries, 5, cfg.thumb, cfg.seed),
         reports_dir / "retrieval_grid.png",
-        f"{card.candidate}: test query -> top-5 of the inventory ({cfg.index_kind}, Euclidean distance)")
+        f"{card.candidate}: test query -> top-5 of the inventory ({index.kind}, Euclidean distance)")
     metrics_path = Path(metrics_path)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(tree, indent=2) + "\n")
 
     files = [metrics_path, per_class_path, cm_path, grid_path]
-    tags = {"evaluate.backend": out.backend, "evaluate.index": cfg.index_kind}
+    tags = {"evaluate.backend": out.backend, "evaluate.index": index.kind}
     run_id = log_to_training_run(model_dir, tree, files, tags) if cfg.mlflow else None
     return EvaluateResult(
         candidate=card.candidate, metrics=tree, metrics_path=str(metrics_path),

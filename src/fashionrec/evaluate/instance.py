@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageEnhance
 from tqdm.auto import tqdm
 
+from fashionrec.core.errors import EvaluationError
 from fashionrec.data.images import Preprocessing, open_image
-from fashionrec.errors import TrainingError
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,8 @@ class Augmentation:
         return aug
 
     def check(self, prefix: str) -> None:
-        def bad(name: str, why: str) -> TrainingError:
-            return TrainingError(f"{prefix}.{name}={getattr(self, name)!r}: {why}")
+        def bad(name: str, why: str) -> EvaluationError:
+            return EvaluationError(f"{prefix}.{name}={getattr(self, name)!r}: {why}")
 
         for name, lo_min, hi_max in (("crop_scale", 0.0, 1.0), ("crop_ratio", 0.0, float("inf")),
                                      ("jpeg_quality", 1, 100)):
@@ -93,9 +93,9 @@ def augment(img: Image.Image, aug: Augmentation, rng: np.random.Generator, prep:
 def sample_sources(n_inventory: int, n_queries: int, seed: int) -> np.ndarray:
     """Seeded sample (without replacement, sorted) of inventory rows to make queries from."""
     if n_inventory < 1:
-        raise TrainingError("instance retrieval: the inventory is empty")
+        raise EvaluationError("instance retrieval: the inventory is empty")
     if n_queries < 1:
-        raise TrainingError(f"evaluate.instance.n_queries must be positive, got {n_queries}")
+        raise EvaluationError(f"evaluate.instance.n_queries must be positive, got {n_queries}")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n_inventory, size=min(n_queries, n_inventory), replace=False))
 

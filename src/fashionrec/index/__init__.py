@@ -1,7 +1,11 @@
-"""Nearest-neighbour indexes over embeddings: `build_index(embeddings, kind, **params)`.
+"""Nearest-neighbour indexes over embeddings: one registry of every kind, `build_index(embeddings, kind,
+**params)`.
 
-Kinds: `balltree` (scikit-learn BallTree, the reference systems' choice) and `brute` (matrix product).
-Each returns `query(queries, k) -> (distances, indices)` with Euclidean distances, nearest first.
+Kinds: `balltree` (scikit-learn BallTree, the reference systems' choice), `brute` (matrix product, exact),
+`hnsw` (hnswlib, approximate; `graph_file` loads a saved graph) and `auto` (`brute` up to `exact_max`
+items, `hnsw` above: see `resolve_kind`). Each returns `query(queries, k) -> (distances, indices)` with
+Euclidean distances, nearest first. Adding a kind = one module with a `NeighbourIndex` subclass + a line in
+KINDS.
 """
 
 from __future__ import annotations
@@ -11,25 +15,45 @@ from typing import Any
 
 import numpy as np
 
-from fashionrec.errors import DataError
+from fashionrec.core.errors import DataError
 from fashionrec.index.balltree import BallTreeIndex
 from fashionrec.index.base import NeighbourIndex
 from fashionrec.index.brute import BruteIndex
+from fashionrec.index.hnsw import HnswIndex
 
-KINDS: dict[str, type[NeighbourIndex]] = {"balltree": BallTreeIndex, "brute": BruteIndex}
+KINDS: dict[str, type[NeighbourIndex]] = {"balltree": BallTreeIndex, "brute": BruteIndex, "hnsw": HnswIndex}
+AUTO = "auto"
+AUTO_EXACT_MAX = 5000   # `index.auto_exact_max`: above this many items `auto` is HNSW
+RECALL_K = 10           # `index.recall_k`: neighbours compared when measuring an index's recall
+
+
+def resolve_kind(kind: str, size: int, exact_max: int) -> str:
+    """A configured kind as built: `auto` is exact brute force up to `exact_max` items (perfect recall, and
+    faster than BallTree on high-dimensional embeddings at every size measured in docs/BENCHMARKS.md),
+    HNSW above; any other kind is itself."""
+    if kind == AUTO:
+        return "brute" if size <= exact_max else "hnsw"
+    if kind not in KINDS:
+        raise DataError(f"index kind '{kind}' is unknown; choose one of {', '.join([*sorted(KINDS), AUTO])}")
+    return kind
+
+
+def accepted_params(kind: str) -> list[str]:
+    """The parameters a kind's constructor takes (beyond the embeddings)."""
+    return [name for name in inspect.signature(KINDS[kind].__init__).parameters
+            if name not in ("self", "embeddings")]
 
 
 def build_index(embeddings: np.ndarray, kind: str = "balltree", **params: Any) -> NeighbourIndex:
     """Build an index of `kind` over (N, D) embeddings; unknown kinds or parameters raise DataError."""
     if kind not in KINDS:
         raise DataError(f"index kind '{kind}' is unknown; choose one of {', '.join(sorted(KINDS))}")
-    cls = KINDS[kind]
-    accepted = [name for name in inspect.signature(cls.__init__).parameters
-                if name not in ("self", "embeddings")]
+    accepted = accepted_params(kind)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise DataError(f"index kind '{kind}': unknown parameter(s) {unknown}; accepted: {accepted}")
-    return cls(embeddings, **params)
+    return KINDS[kind](embeddings, **params)
 
 
-__all__ = ["KINDS", "BallTreeIndex", "BruteIndex", "NeighbourIndex", "build_index"]
+__all__ = ["AUTO", "KINDS", "BallTreeIndex", "BruteIndex", "HnswIndex", "NeighbourIndex", "build_index",
+           "resolve_kind", "AUTO_EXACT_MAX", "RECALL_K"]

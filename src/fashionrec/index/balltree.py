@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.neighbors import BallTree
 
-from fashionrec.errors import DataError
+from fashionrec.core.errors import DataError
 from fashionrec.index.base import NeighbourIndex, as_matrix
 
 

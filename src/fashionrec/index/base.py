@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from fashionrec.errors import DataError
+from fashionrec.core.errors import DataError
 
 
 def as_matrix(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:

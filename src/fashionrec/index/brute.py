@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fashionrec.errors import DataError
+from fashionrec.core.errors import DataError
 from fashionrec.index.base import NeighbourIndex, as_matrix
 
 

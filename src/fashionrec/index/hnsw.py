@@ -2,7 +2,8 @@
 
 Same contract as the exact kinds: `query(queries, k) -> (distances, indices)` with Euclidean distances,
 nearest first. The graph is saved in hnswlib's own binary format (never a pickle) so a deploy bundle can
-carry it and a server need not rebuild it; `auto_kind` picks exact or approximate by inventory size.
+carry it and a server need not rebuild it; `fashionrec.index.resolve_kind` picks exact or approximate by
+inventory size.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fashionrec.errors import DataError
+from fashionrec.core.config import DEFAULT_SEED
+from fashionrec.core.errors import DataError
 from fashionrec.index.base import NeighbourIndex, as_matrix
 
 
-def _positive_int(name: str, value: object) -> int:
+def positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or int(value) < 1:
         raise DataError(f"index.hnsw.{name} must be a positive integer, got {value!r}")
     return int(value)
@@ -45,14 +47,14 @@ class HnswIndex(NeighbourIndex):
     kind = "hnsw"
 
     def __init__(self, embeddings: np.ndarray, M: int = 16, ef_construction: int = 200,  # noqa: N803
-                 ef_search: int = 128, seed: int = 42, graph_file: str | Path | None = None,
+                 ef_search: int = 128, seed: int = DEFAULT_SEED, graph_file: str | Path | None = None,
                  build_threads: int = 0) -> None:
         import hnswlib
 
         super().__init__(embeddings)
-        self.M = _positive_int("M", M)
-        self.ef_construction = _positive_int("ef_construction", ef_construction)
-        self.ef_search = _positive_int("ef_search", ef_search)
+        self.M = positive_int("M", M)
+        self.ef_construction = positive_int("ef_construction", ef_construction)
+        self.ef_search = positive_int("ef_search", ef_search)
         self.seed = int(seed)
         self.build_threads = build_thread_count(build_threads)
         data = as_matrix(embeddings, "index embeddings")
@@ -84,7 +86,7 @@ class HnswIndex(NeighbourIndex):
 
     @ef_search.setter
     def ef_search(self, value: int) -> None:
-        self._ef_search = _positive_int("ef_search", value)
+        self._ef_search = positive_int("ef_search", value)
         if hasattr(self, "_index"):
             with self._lock:
                 self._index.set_ef(self._ef_search)
@@ -105,41 +107,3 @@ class HnswIndex(NeighbourIndex):
                 if ef != self.ef_search:
                     self._index.set_ef(self.ef_search)
         return np.sqrt(np.maximum(sq, 0.0)), labels.astype(np.int64)
-
-
-def auto_kind(size: int, exact_max: int) -> str:
-    """`auto`: exact brute force up to `exact_max` items (perfect recall, and faster than BallTree on
-    high-dimensional embeddings at every size measured in docs/BENCHMARKS.md), HNSW above."""
-    return "brute" if size <= exact_max else "hnsw"
-
-
-def overlap(got: np.ndarray, want: np.ndarray) -> float:
-    """Mean share of each row of `want` (exact neighbour ids) that the same row of `got` also holds."""
-    hits = [len(set(g.tolist()) & set(w.tolist())) / len(w) for g, w in zip(got, want, strict=True)]
-    return float(np.mean(hits)) if hits else 1.0
-
-
-def recall_at_k(approx: NeighbourIndex, exact: NeighbourIndex, queries: np.ndarray, k: int) -> float:
-    """Mean share of the exact top-k that the index under test also returns in its top-k."""
-    return overlap(approx.query(queries, k)[1], exact.query(queries, k)[1])
-
-
-def tune_ef_search(index: HnswIndex, exact: NeighbourIndex, queries: np.ndarray, k: int, target: float,
-                   max_ef: int) -> tuple[int, float]:
-    """Raise the index's `ef_search` (doubling, at most `max_ef`) until recall@k reaches `target`.
-
-    The recall one ef gives falls as the inventory grows (ef 64: 0.92 at 5k items, 0.84 at 1M in
-    docs/BENCHMARKS.md), so a fixed ef that suits a small store would silently lose neighbours in a big one.
-    Returns the ef kept and its recall; the ef never goes down. Probes that are indexed items overstate the
-    recall of new photos where distances crowd together (synthetic 100k: 1.0 probed, 0.94 fresh at ef
-    64), hence a configured ef of 128 and this as the guard for larger stores.
-    """
-    max_ef = _positive_int("max_ef_search", max_ef)
-    want = exact.query(queries, k)[1]
-    ef = index.ef_search
-    while True:
-        index.ef_search = ef
-        recall = overlap(index.query(queries, k)[1], want)
-        if recall >= target or ef >= max_ef:
-            return ef, recall
-        ef = min(max(2 * ef, k), max_ef)   # a query searches >= k anyway

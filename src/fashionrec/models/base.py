@@ -8,16 +8,14 @@ the first len(card.classes) columns).
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from fashionrec.data.images import Preprocessing
-from fashionrec.errors import TrainingError
 
 
 @dataclass
@@ -46,34 +44,34 @@ class ModelCard:
 
 
 class EmbeddingModel(nn.Module):
-    """Base class of all candidates."""
+    """Base class of all candidates, with the hooks training calls, so the loop never asks which
+    architecture it holds. Defaults suit a network trained end to end on cached pixels."""
 
     card: ModelCard
+    #: False for a model fitted in one pass (`fit_once`) instead of by gradient steps
+    iterative: bool = True
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
+    def training_inputs(self) -> str:
+        """What a training step feeds the model: `pixels` (cached eval-time pixels, shift/flip
+        augmented), `activations` (cached features of a frozen front, via `forward_cached`) or `images`
+        (raw augmented images through a DataLoader)."""
+        return "pixels"
 
-def save_model(model: EmbeddingModel, out_dir: Path) -> Path:
-    """Write `model.pt` (card + state dict, no pickled classes) and `card.json` into out_dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "model.pt"
-    torch.save({"card": model.card.to_dict(), "state_dict": model.state_dict()}, path)
-    (out_dir / "card.json").write_text(json.dumps(model.card.to_dict(), indent=2))
-    return path
+    def parameter_sets(self, lr: float, backbone_lr_mult: float) -> list[tuple[list[nn.Parameter], float]]:
+        """(trainable parameters, learning rate) pairs; a pretrained backbone may learn more slowly."""
+        return [([p for p in self.parameters() if p.requires_grad], lr)]
 
+    def set_train_mode(self, bn_train: bool) -> None:
+        """Enter training mode; `bn_train` False keeps pretrained batch-norm statistics frozen."""
+        self.train()
 
-def load_model(path: Path, map_location: str | torch.device = "cpu") -> EmbeddingModel:
-    """Rebuild a saved candidate from its card and load its weights (eval mode)."""
-    from fashionrec.models.factory import build_model
+    def fit_once(self, embeddings: torch.Tensor, targets: torch.Tensor) -> None:
+        """The one-pass fit of a non-iterative model on its embeddings of the training images."""
+        raise NotImplementedError(f"{type(self).__name__} trains by gradient steps")
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.pt"
-    if not path.is_file():
-        raise TrainingError(f"model file not found: {path}")
-    blob = torch.load(path, map_location=map_location, weights_only=True)
-    card = ModelCard.from_dict(blob["card"])
-    model = build_model(card, pretrained=False)
-    model.load_state_dict(blob["state_dict"])
-    return model.eval()
+    def after_fit(self, train_pooled: Callable[[], torch.Tensor]) -> None:
+        """Called once with the best weights restored; `train_pooled()` gives pooled features of the
+        training images, for an embedding fitted after training (centering, PCA)."""

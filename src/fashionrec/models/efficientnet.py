@@ -23,14 +23,15 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fashionrec.core.errors import TrainingError
 from fashionrec.data.images import Preprocessing
-from fashionrec.errors import TrainingError
 from fashionrec.models.base import EmbeddingModel, ModelCard
 
 # variant -> (weight package, class in it, native input size)
@@ -216,6 +217,27 @@ class EfficientNetLite(EmbeddingModel):
             both = self.pooled(torch.cat([x, x.flip(3)]))
             return self.head(0.5 * (both[: len(x)] + both[len(x):]))
         return self.head(self.pooled(x))
+
+    # --- the training hooks (EmbeddingModel) ---------------------------------------------------------
+
+    def training_inputs(self) -> str:
+        return "images" if self.cfg.mode == "full" else "activations"
+
+    def parameter_sets(self, lr: float, backbone_lr_mult: float) -> list[tuple[list[nn.Parameter], float]]:
+        backbone, head = self.trainable_parameters()
+        return [(backbone, lr * backbone_lr_mult), (head, lr)]
+
+    def set_train_mode(self, bn_train: bool) -> None:
+        self.train()
+        if not bn_train:
+            for module in [*self.blocks, self.head_conv, self.stem]:
+                for bn in module.modules():
+                    if isinstance(bn, nn.BatchNorm2d):
+                        bn.eval()
+
+    def after_fit(self, train_pooled: Callable[[], torch.Tensor]) -> None:
+        if self.needs_fit:
+            self.fit_embedding(train_pooled())
 
     def trainable_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters that train in this mode, head parameters); the rest is frozen."""

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from fashionrec.errors import TrainingError
+from fashionrec.core.errors import TrainingError
 from fashionrec.models.base import EmbeddingModel, ModelCard
 from fashionrec.models.efficientnet import EfficientNetConfig, EfficientNetLite
 from fashionrec.models.pixels import PixelsConfig, PixelsModel

@@ -43,6 +43,8 @@ class PixelsConfig:
 class PixelsModel(EmbeddingModel):
     """Embedding: the flattened, L2-normalised pixels. Logits: per-label nearest-centroid margins."""
 
+    iterative = False
+
     def __init__(self, card: ModelCard, cfg: PixelsConfig, pretrained: bool = False) -> None:
         super().__init__()
         self.card, self.cfg = card, cfg
@@ -66,7 +68,7 @@ class PixelsModel(EmbeddingModel):
         return emb, self.cfg.scale * torch.cat([cats - best_other, attrs], dim=1)
 
     @torch.no_grad()
-    def fit(self, embeddings: torch.Tensor, targets: torch.Tensor) -> None:
+    def fit_once(self, embeddings: torch.Tensor, targets: torch.Tensor) -> None:
         """Set each label's positive/negative centroids (unit length; zero where a side has no image)."""
         t = targets.float()
         for name, weights in (("positive", t), ("negative", 1.0 - t)):

@@ -1,7 +1,6 @@
-"""Export the gate's winner to ONNX, prove it reproduces PyTorch, and optionally quantize it to int8.
+"""The `export` step: the gate's winner to ONNX, proved to reproduce PyTorch, and optionally quantized.
 
-Output folder (`export.out`): `model.onnx` (input `image`: float32 NCHW, dynamic batch; outputs
-`embedding` (L2-normalised) and `logits`), `preprocessing.json` (how to turn a photo into the input, and
+Output folder (`export.out`): `model.onnx`, `preprocessing.json` (how to turn a photo into the input, and
 the label vocabulary: also stored in the ONNX metadata_props under `fashionrec.preprocessing`),
 `parity.json`, and with quantization `model.int8.onnx` + `quantization.json`. A failed parity check
 writes its report and raises ParityError: a model that does not reproduce PyTorch never leaves here.
@@ -11,24 +10,20 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import onnx
-import torch
-
-from fashionrec.errors import DataError, FashionrecError, ParityError
-from fashionrec.models.base import EmbeddingModel, load_model
-from fashionrec.onnx_runtime import DEFAULT_PROVIDERS, create_session
+from fashionrec.core.errors import FashionrecError, ParityError
+from fashionrec.core.files import sha256_file
+from fashionrec.models.base import EmbeddingModel
+from fashionrec.models.store import load_model
 from fashionrec.registry.gate import read_decision
-from fashionrec.registry.parity import check_parity, load_images, sample_split, sha256_file
+from fashionrec.runtime.export import export_onnx
+from fashionrec.runtime.metadata import MIN_OPSET
+from fashionrec.runtime.parity import check_parity, load_images, sample_split
+from fashionrec.runtime.session import DEFAULT_PROVIDERS, create_session
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("embedding", "logits")
-METADATA_KEY = "fashionrec.preprocessing"
-MIN_OPSET = 17
 EXPORT_FILES = ("model.onnx", "preprocessing.json", "parity.json", "model.int8.onnx", "quantization.json",
                 "model.pre.onnx")
 
@@ -49,66 +44,6 @@ class ExportResult:
         return {"candidate": self.candidate, "onnx": self.onnx_path, "preprocessing": self.preprocessing_path,
                 "onnx_sha256": self.onnx_sha256, "export_seconds": round(self.export_seconds, 2),
                 "parity": parity, "quantization": self.quantization, "files": self.files}
-
-
-def preprocessing_spec(model: EmbeddingModel, opset: int) -> dict[str, Any]:
-    """Everything serving needs beside the graph. Top-level keys are `Preprocessing` fields, so
-    `Preprocessing.from_dict(spec)` rebuilds the exact transform; the rest describes inputs and labels."""
-    card = model.card
-    prep = card.prep.to_dict()
-    prep["labels"] = list(card.labels)
-    return {**prep, "classes": list(card.classes), "candidate": card.candidate, "arch": card.arch,
-            "embedding_dim": card.embedding_dim, "opset": opset,
-            "input": {"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW",
-                      "shape": ["batch", 3, card.prep.size, card.prep.size]},
-            "outputs": {"embedding": {"shape": ["batch", card.embedding_dim], "l2_normalised": True},
-                        "logits": {"shape": ["batch", len(card.labels)],
-                                   "category": f"argmax over the first {len(card.classes)}",
-                                   "multi_label": "sigmoid >= 0.5"}}}
-
-
-def export_onnx(model: EmbeddingModel, out_dir: Path, opset: int = MIN_OPSET) -> tuple[Path, Path]:
-    """Trace the model with the TorchScript exporter (dynamo=False) into out_dir/model.onnx with a dynamic
-    batch axis, embed the preprocessing in metadata_props and write preprocessing.json beside it."""
-    if opset < MIN_OPSET:
-        raise FashionrecError(f"params export.opset: must be >= {MIN_OPSET}, got {opset}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path, spec_path = out_dir / "model.onnx", out_dir / "preprocessing.json"
-    model = model.eval()
-    size = model.card.prep.size
-    dummy = torch.zeros(2, 3, size, size)
-    axes = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", (UserWarning, DeprecationWarning))  # exporter internals' chatter
-        torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
-                          do_constant_folding=True)
-    spec = preprocessing_spec(model, opset)
-    graph = onnx.load(str(path))
-    set_metadata(graph, {METADATA_KEY: json.dumps(spec), "fashionrec.candidate": model.card.candidate,
-                         "fashionrec.labels": json.dumps(list(model.card.labels))})
-    graph.doc_string = f"fashionrec {model.card.candidate}: image -> (embedding, logits)"
-    onnx.checker.check_model(graph)
-    onnx.save(graph, str(path))
-    spec_path.write_text(json.dumps(spec, indent=2) + "\n")
-    return path, spec_path
-
-
-def set_metadata(graph: onnx.ModelProto, props: dict[str, str]) -> None:
-    keep = [p for p in graph.metadata_props if p.key not in props]
-    del graph.metadata_props[:]
-    graph.metadata_props.extend(keep)
-    for key, value in props.items():
-        graph.metadata_props.add(key=key, value=value)
-
-
-def read_metadata(path: Path) -> dict[str, Any]:
-    """The preprocessing spec stored in an exported model's metadata_props."""
-    graph = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in graph.metadata_props}
-    if METADATA_KEY not in props:
-        raise DataError(f"{path}: no '{METADATA_KEY}' in metadata_props (not exported by fashionrec)")
-    return json.loads(props[METADATA_KEY])
 
 
 def parity_images(manifest: Path, params: dict[str, Any], model: EmbeddingModel):
@@ -157,7 +92,7 @@ def export(models_dir: Path, decision_path: Path, manifest: Path, out_dir: Path,
     report = verify(model, onnx_path, queries, inventory, params, out_dir / "parity.json")
     quant = None
     if params.get("quantize", {}).get("enabled", False):
-        from fashionrec.registry.quantize import quantize
+        from fashionrec.runtime.quantize import quantize
 
         quant = quantize(onnx_path, manifest, model, queries, inventory, params, out_dir)
     files = sorted(p.name for p in out_dir.iterdir())

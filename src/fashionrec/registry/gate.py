@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fashionrec.config import dotted_leaves
-from fashionrec.errors import DataError, FashionrecError
-from fashionrec.jsonfile import read_json
+from fashionrec.core.config import numeric_leaves
+from fashionrec.core.errors import DataError, FashionrecError
+from fashionrec.core.files import read_json
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,6 @@ class Decision:
                 "metrics": self.metrics}
 
 
-def flatten(tree: Mapping[str, Any]) -> dict[str, float]:
-    """{'test': {'micro_f1': 0.9}} -> {'test.micro_f1': 0.9}; non-numeric leaves are dropped."""
-    return {name: float(value) for name, value in dotted_leaves(tree).items()
-            if isinstance(value, int | float) and not isinstance(value, bool)}
-
-
 def read_metrics(metrics_dir: Path, candidates: Sequence[str]) -> dict[str, dict[str, float]]:
     """Flattened metrics/<candidate>.json of every candidate; a missing or unreadable file is an error."""
     out: dict[str, dict[str, float]] = {}
@@ -65,7 +59,7 @@ def read_metrics(metrics_dir: Path, candidates: Sequence[str]) -> dict[str, dict
         if not path.is_file():
             raise DataError(f"{path}: metrics of candidate '{name}' not found (was it evaluated?)")
         try:
-            out[name] = flatten(json.loads(path.read_text()))
+            out[name] = numeric_leaves(json.loads(path.read_text()))
         except (json.JSONDecodeError, AttributeError) as exc:
             raise DataError(f"{path}: not a JSON object of metrics ({exc})") from exc
     return out

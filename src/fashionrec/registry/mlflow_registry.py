@@ -18,7 +18,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from fashionrec.errors import FashionrecError
+from fashionrec.core.errors import RegistryError
 from fashionrec.registry.gate import Champion
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
@@ -26,10 +26,6 @@ HISTORY_TAG = "champion_history"
 HISTORY_LIMIT = 200            # entries kept in the tag (each ~150 bytes; the tag holds 100 kB)
 METRIC_PREFIX = "metric."      # model-version tags holding the flattened evaluation metrics
 GATE_TAG = "gate.passed"
-
-
-class RegistryError(FashionrecError):
-    """A registry operation cannot be done (unknown version, nothing to roll back to, refused model)."""
 
 
 @dataclass

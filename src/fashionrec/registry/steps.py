@@ -1,6 +1,6 @@
 """The `select`, `register`, `promote` and `rollback` steps: gate decision and MLflow registry moves.
 
-Each talks to whatever MLflow tracking URI the caller configured (`fashionrec.tracking.configure`), so
+Each talks to whatever MLflow tracking URI the caller configured (`fashionrec.core.tracking.configure`), so
 the CLI, DVC, Kubeflow components and the tests share them unchanged.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
-from fashionrec.errors import DataError, FashionrecError, GateFailed, ParityError
+from fashionrec.core.errors import DataError, FashionrecError, GateFailed, ParityError
+from fashionrec.core.files import sha256_file
 from fashionrec.registry.gate import Decision, decide, read_decision, read_metrics, write_decision
 from fashionrec.registry.mlflow_registry import (
     CHALLENGER,
@@ -27,7 +28,6 @@ from fashionrec.registry.mlflow_registry import (
     promote,
     rollback,
 )
-from fashionrec.registry.parity import sha256_file
 
 DEFAULT_NAME = "fashionrec"
 

@@ -38,12 +38,12 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fashionrec.config import Params
-from fashionrec.errors import FashionrecError
-from fashionrec.serve.engine import ServingState
+from fashionrec.core.config import Params
+from fashionrec.core.errors import BadRequest, FashionrecError
+from fashionrec.serve.holder import StateHolder
 from fashionrec.serve.memory import use_system_allocator_for_arrow
-from fashionrec.serve.recommend import BadRequest, parse_query, recommend
-from fashionrec.serve.state import StateHolder
+from fashionrec.serve.recommend import parse_query, recommend
+from fashionrec.serve.state import ServingState
 
 log = logging.getLogger(__name__)
 MULTIPART_SLACK = 64 * 1024   # form fields and boundaries around the image

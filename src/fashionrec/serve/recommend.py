@@ -11,18 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from fashionrec.core.errors import BadRequest, DataError, ImageTooLarge
 from fashionrec.data.images import open_image
-from fashionrec.errors import DataError, FashionrecError
-from fashionrec.serve.engine import ServingState
-
-
-class BadRequest(FashionrecError):
-    """The client's fault: answered with `status` and `{"error": kind, "message": ...}`."""
-
-    def __init__(self, message: str, status: int = 422, kind: str = "invalid_request") -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
+from fashionrec.serve.state import ServingState
 
 
 @dataclass(frozen=True)
@@ -72,10 +63,10 @@ def recommend(state: ServingState, data: bytes, query: Query, max_pixels: int,
                          kind="too_large")
     try:
         img = open_image(data, name="upload", max_pixels=max_pixels)
+    except ImageTooLarge as exc:
+        raise BadRequest(str(exc), status=413, kind="decompression_bomb") from exc
     except DataError as exc:
-        bomb = "bomb" in str(exc) or "exceeds the limit" in str(exc)
-        kind = "decompression_bomb" if bomb else "bad_image"
-        raise BadRequest(str(exc), status=413 if kind == "decompression_bomb" else 400, kind=kind) from exc
+        raise BadRequest(str(exc), status=400, kind="bad_image") from exc
     if query.crop is not None:
         left, top, right, bottom = query.crop
         w, h = img.size

@@ -1,91 +1,129 @@
-"""The one mutable thing in a server: a reference to the current `ServingState`, swapped whole on reload."""
+"""One immutable serving state: a bundle's model session, index and item table, loaded together.
+
+A server holds exactly one `ServingState` at a time and swaps it by reference, so every answer comes from
+one (model version, index version) pair; the deploy smoke test drives the same object before a bundle
+goes live. A state keeps only what answers need (session, index, item fields as lists): the bundle's
+embeddings are memory-mapped for the index build and not held afterwards (an exact index keeps its own
+copy, or the mapping itself), and the item DataFrame is dropped once its columns are taken.
+"""
 
 from __future__ import annotations
 
-import logging
-import threading
-import weakref
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fashionrec.deploy.rollout import CURRENT
-from fashionrec.errors import FashionrecError
-from fashionrec.serve.engine import ServingState, load_state
-from fashionrec.serve.memory import release_memory
+import numpy as np
+from PIL import Image
 
-log = logging.getLogger(__name__)
-RELEASE_WAIT_S = 10.0   # requests that still hold the previous state finish well within this
+from fashionrec.bundle.format import EMBEDDINGS, is_url
+from fashionrec.bundle.load import LoadedBundle, load_bundle
+from fashionrec.core.errors import BundleError
+from fashionrec.data.images import Preprocessing
+from fashionrec.index.base import NeighbourIndex
+from fashionrec.runtime.session import DEFAULT_PROVIDERS, OnnxSession, create_session
 
 
-class StateHolder:
-    """Loads the bundle `bundles/current` points at (or one pinned folder) and swaps it in atomically.
+@dataclass(frozen=True)
+class Hit:
+    row: int
+    score: float   # cosine similarity (1 - d^2 / 2 on unit vectors)
 
-    A request reads `holder.state` once and uses that object to the end, so a reload mid-request cannot
-    mix versions. Loading happens beside the running state; a bundle that fails to load is refused and the
-    old state keeps serving. After a switch the holder keeps no reference to the previous state: it waits
-    for the requests still using it, then hands the freed memory back (two bundles' worth is the peak).
-    """
 
-    def __init__(self, bundles: Path | None, pinned: Path | None, inventory_root: Path | None,
-                 intra_op_threads: int, allow_spinning: bool = True) -> None:
-        if bundles is None and pinned is None:
-            raise FashionrecError("serve: give a bundles folder or a bundle")
-        self.bundles = bundles
-        self.pinned = pinned
-        self.inventory_root = inventory_root
-        self.intra_op_threads = intra_op_threads
-        self.allow_spinning = allow_spinning
-        self.state: ServingState | None = None
-        self.last_error: str | None = None
-        self.reloads = 0
-        self._lock = threading.Lock()
+class ServingState:
+    """Everything one answer needs. Built once, never mutated afterwards."""
 
-    def target(self) -> Path | None:
-        """The bundle folder that should be serving now."""
-        if self.pinned is not None:
-            return self.pinned
-        link = self.bundles / CURRENT  # type: ignore[operator]
-        return link.resolve() if link.is_symlink() else None
+    def __init__(self, bundle: LoadedBundle, session: OnnxSession, index: NeighbourIndex,
+                 inventory_root: Path | None) -> None:
+        self.folder = bundle.folder
+        self.manifest = bundle.manifest
+        self.session = session
+        self.index = index
+        self.prep = Preprocessing.from_dict(bundle.preprocessing)
+        self.version = bundle.version
+        self.model_version = bundle.model_version
+        self.inventory_root = inventory_root.resolve() if inventory_root is not None else None
+        items = bundle.items
+        self.item_ids: list[str] = items["item_id"].astype(str).tolist()
+        self.rows = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        self.titles: list[str] = items["title"].astype(str).tolist()
+        self.category = items["category"].astype(str).to_numpy()
+        self.kids = items["kids"].astype(bool).to_numpy()
+        self.attributes: list[list[str]] = items["attributes"].tolist()
+        self.images: list[str] = items["image"].astype(str).tolist()
+        self.categories: list[str] = sorted(set(self.category.tolist()) - {""})
 
-    def reload(self, force: bool = False) -> bool:
-        """Load the target bundle if it differs from the serving one; True when the state changed."""
-        with self._lock:
-            target = self.target()
-            if target is None:
-                self.last_error = f"no current bundle in {self.bundles}"
-                raise FashionrecError(self.last_error)
-            if not force and self.state is not None and self.state.version == target.name:
-                return False
-            try:
-                new = load_state(target, self.inventory_root, self.intra_op_threads,
-                                 allow_spinning=self.allow_spinning)
-            except FashionrecError as exc:
-                self.last_error = str(exc)
-                log.error("bundle %s refused: %s", target.name, exc)
-                raise
-            previous = self._swap(new)
-            self.reloads += 1
-            self.last_error = None
-            if previous is not None:
-                self._await_release(*previous)
-            release_memory()   # the load's transient copies and the previous bundle, back to the OS
-            return True
+    @property
+    def size(self) -> int:
+        return len(self.item_ids)
 
-    def _swap(self, new: ServingState) -> tuple[str, threading.Event] | None:
-        """Serve `new`; return the previous version and an event set once that state is freed."""
-        old, self.state = self.state, new
-        log.info("serving bundle %s (model %s), was %s", new.version, new.model_version,
-                 old.version if old else None)
-        if old is None:
+    @property
+    def provider(self) -> str:
+        return self.session.provider
+
+    def stored_embeddings(self) -> np.ndarray:
+        """The bundle's (N, D) item embeddings, memory-mapped read-only (checked at load; for smoke tests)."""
+        return np.load(self.folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """RGB images -> (B, D) L2-normalised embeddings, through the bundle's own model."""
+        batch = np.stack([self.prep(img) for img in images])
+        emb = np.asarray(self.session.run(batch)["embedding"], np.float32)
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+    def mask(self, category: str | None, kids: bool | None) -> np.ndarray | None:
+        if category is None and kids is None:
             return None
-        freed = threading.Event()
-        weakref.finalize(old, freed.set)
-        return old.version, freed
+        keep = np.ones(self.size, bool)
+        if category is not None:
+            keep &= self.category == category
+        if kids is not None:
+            keep &= self.kids == kids
+        return keep
 
-    @staticmethod
-    def _await_release(version: str, freed: threading.Event) -> None:
-        """Wait until the requests still answering from the previous state have dropped it."""
-        if not freed.wait(RELEASE_WAIT_S):
-            release_memory()  # a reference cycle may hold it: collect, then look once more
-        if not freed.is_set():
-            log.warning("bundle %s is still referenced %.0f s after the switch; its memory stays in use",
-                        version, RELEASE_WAIT_S)
+    def search(self, vector: np.ndarray, k: int, category: str | None = None,
+               kids: bool | None = None) -> list[Hit]:
+        """Top-k items for one embedding; with filters the search widens until k items pass them."""
+        keep = self.mask(category, kids)
+        want = k if keep is None else min(k, int(keep.sum()))
+        if want == 0:
+            return []
+        depth = min(self.size, k if keep is None else 4 * k)
+        while True:
+            dist, idx = self.index.query(vector.reshape(1, -1), depth)
+            rows = idx[0] if keep is None else idx[0][keep[idx[0]]]
+            if len(rows) >= want or depth >= self.size:
+                break
+            depth = min(self.size, depth * 4)
+        dist_by_row = dict(zip(idx[0].tolist(), dist[0].tolist(), strict=True))
+        return [Hit(int(r), float(1.0 - dist_by_row[int(r)] ** 2 / 2.0)) for r in rows[:want]]
+
+    def item(self, row: int) -> dict[str, Any]:
+        item_id = self.item_ids[row]
+        return {"item_id": item_id, "title": self.titles[row], "category": self.category[row],
+                "kids": bool(self.kids[row]), "attributes": list(self.attributes[row]),
+                "image_url": self.images[row] if is_url(self.images[row]) else f"/items/{item_id}/image"}
+
+    def image_source(self, row: int) -> Path | str | None:
+        """The item's image file inside the inventory root, or its URL; None if it would escape the root."""
+        image = self.images[row]
+        if is_url(image):
+            return image
+        if self.inventory_root is None or Path(image).is_absolute():
+            return None
+        path = (self.inventory_root / image).resolve()
+        return path if path.is_relative_to(self.inventory_root) else None
+
+
+def load_state(bundle_dir: Path, inventory_root: Path | None = None, intra_op_threads: int = 0,
+               providers: tuple[str, ...] = DEFAULT_PROVIDERS, allow_spinning: bool = True) -> ServingState:
+    """Verify and load a bundle, open its model and build its index: all or nothing."""
+    bundle = load_bundle(bundle_dir, verify=True, mmap=True)
+    session = create_session(bundle.model_file, providers=providers, intra_op_threads=intra_op_threads,
+                             allow_spinning=allow_spinning)
+    if "embedding" not in session.output_names:
+        raise BundleError(f"{bundle.model_file}: model has no 'embedding' output ({session.output_names})")
+    root = inventory_root
+    if root is None and bundle.manifest["items"].get("inventory_root"):
+        root = Path(bundle.manifest["items"]["inventory_root"])
+    return ServingState(bundle, session, bundle.build_index(), root)

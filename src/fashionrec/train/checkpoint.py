@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fashionrec.errors import TrainingError
+from fashionrec.core.errors import TrainingError
 
 LAST = "last.pt"
 

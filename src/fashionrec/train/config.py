@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fashionrec.errors import TrainingError
+from fashionrec.core.errors import TrainingError
 from fashionrec.models.factory import ARCHES, arch_of, config_from_dict, field_names
 from fashionrec.models.losses import METRIC_LOSSES
 

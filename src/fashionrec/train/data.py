@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fashionrec.core.errors import TrainingError
 from fashionrec.data.images import Preprocessing, open_image
 from fashionrec.data.manifest import read_dataset, read_manifest
-from fashionrec.errors import TrainingError
 
 
 @dataclass

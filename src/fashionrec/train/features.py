@@ -118,7 +118,7 @@ def _front_runner(model: EfficientNetLite, device: torch.device, onnx_path: Path
                 return front(x.to(device, non_blocking=True)).half().cpu().numpy()
 
         return run_torch
-    from fashionrec.onnx_runtime import create_session
+    from fashionrec.runtime.session import create_session
 
     if not onnx_path.is_file():
         tmp = onnx_path.with_suffix(".tmp")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from fashionrec.core.errors import TrainingError
 from fashionrec.data.images import Preprocessing
 from fashionrec.models.base import EmbeddingModel
 from fashionrec.models.efficientnet import EfficientNetLite
@@ -135,12 +136,12 @@ def make_inputs(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, cac
                 device: torch.device) -> ArrayInputs | ImageInputs:
     prep = model.card.prep
     ty, vy = torch.from_numpy(data.train.targets), torch.from_numpy(data.validation.targets)
-    if isinstance(model, EfficientNetLite):
-        if model.cfg.mode == "full":
-            return ImageInputs(
-                ImageDataset(data.train, prep, cfg.augment, tuple(cfg.crop_scale), cfg.color_jitter),
-                ImageDataset(data.validation, prep, augment=False), cfg.num_workers)
-
+    kind = model.training_inputs()
+    if kind == "images":
+        return ImageInputs(
+            ImageDataset(data.train, prep, cfg.augment, tuple(cfg.crop_scale), cfg.color_jitter),
+            ImageDataset(data.validation, prep, augment=False), cfg.num_workers)
+    if kind == "activations":
         def acts(split: Split, views: tuple[str, ...]) -> torch.Tensor:
             return torch.from_numpy(backbone_features(model, split, views, cache_dir, device,
                                                       cfg.cache_batch_size, cfg.num_workers))
@@ -152,6 +153,8 @@ def make_inputs(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, cac
         val_x = acts(data.validation, views)[:, [views.index(v) for v in val_views]]
         return ArrayInputs(train_x, ty, val_x, vy, "activations", prep,
                            train_views=tuple(views.index(v) for v in cfg.views), center_view=0)
+    if kind != "pixels":
+        raise TrainingError(f"{model.card.candidate}: unknown training inputs '{kind}'")
     max_shift = prep.size // 8 if cfg.augment else 0
     return ArrayInputs(torch.from_numpy(cached_pixels(data.train, prep, cache_dir, cfg.num_workers)), ty,
                        torch.from_numpy(cached_pixels(data.validation, prep, cache_dir, cfg.num_workers)), vy,

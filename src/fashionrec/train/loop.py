@@ -20,15 +20,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fashionrec import tracking
-from fashionrec.config import Params
-from fashionrec.errors import TrainingError
+from fashionrec.core import tracking
+from fashionrec.core.config import DEFAULT_SEED, Params
+from fashionrec.core.errors import TrainingError
 from fashionrec.evaluate.metrics import accuracy, micro_f1
-from fashionrec.models.base import EmbeddingModel, save_model
-from fashionrec.models.efficientnet import EfficientNetLite
+from fashionrec.models.base import EmbeddingModel
 from fashionrec.models.factory import arch_config, build_model, new_card
 from fashionrec.models.losses import LossConfig, compute_loss
-from fashionrec.models.pixels import PixelsModel
+from fashionrec.models.store import save_model
+from fashionrec.runtime.torch_runner import resolve_device
 from fashionrec.train.checkpoint import (
     fingerprint,
     load_checkpoint,
@@ -70,17 +70,6 @@ def candidate_block(section: dict[str, Any], candidate: str) -> dict[str, Any]:
     return dict(models[candidate])
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"train.device: '{name}' requested but no CUDA device is available")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise TrainingError(f"train.device: '{name}' is not a torch device ({exc})") from exc
-
-
 def lr_factor(step: int, total: int, warmup: int, schedule: str, pct_start: float = 0.25) -> float:
     """Multiplier of the peak learning rate at optimizer step `step` of `total`."""
     if schedule == "constant" or total <= 0:
@@ -99,27 +88,13 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, pct_start: floa
 
 def param_groups(model: EmbeddingModel, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Trainable parameters: decay on weights only; pretrained backbone layers at lr * backbone_lr_mult."""
-    if isinstance(model, EfficientNetLite):
-        backbone, head = model.trainable_parameters()
-        sets = [(backbone, cfg.lr * cfg.backbone_lr_mult), (head, cfg.lr)]
-    else:
-        sets = [([p for p in model.parameters() if p.requires_grad], cfg.lr)]
     groups = []
-    for params, lr in sets:
+    for params, lr in model.parameter_sets(cfg.lr, cfg.backbone_lr_mult):
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
         groups += [{"params": decay, "lr": lr, "weight_decay": cfg.weight_decay},
                    {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
-
-
-def set_train_mode(model: EmbeddingModel, cfg: TrainConfig) -> None:
-    model.train()
-    if isinstance(model, EfficientNetLite) and not cfg.bn_train:
-        for module in [*model.blocks, model.head_conv, model.stem]:
-            for bn in module.modules():
-                if isinstance(bn, torch.nn.BatchNorm2d):
-                    bn.eval()
 
 
 @torch.no_grad()
@@ -145,14 +120,15 @@ def validate(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs, loss_cfg:
             "val_accuracy": accuracy(targets[:, :n].argmax(1), logits[:, :n].argmax(1))}
 
 
-def fit_pixels(model: PixelsModel, data: TrainingData, cache_dir: Path, cfg: TrainConfig,
+def fit_once(model: EmbeddingModel, data: TrainingData, cache_dir: Path, cfg: TrainConfig,
                loss_cfg: LossConfig, device: torch.device) -> dict[str, Any]:
-    """The baseline's one pass: label centroids of the training pixels, then validation scores."""
+    """A non-iterative model's one pass (the pixels baseline: label centroids of the training pixels),
+    then validation scores."""
     prep = model.card.prep
     pixels = cached_pixels(data.train, prep, cache_dir, cfg.num_workers)
     embs = torch.cat([model.embed(to_input(torch.from_numpy(pixels[i:i + 256]), prep))
                       for i in range(0, len(pixels), 256)])
-    model.fit(embs, torch.from_numpy(data.train.targets))
+    model.fit_once(embs, torch.from_numpy(data.train.targets))
     val = ArrayInputs(torch.empty(0), torch.empty(0),
                       torch.from_numpy(cached_pixels(data.validation, prep, cache_dir, cfg.num_workers)),
                       torch.from_numpy(data.validation.targets), "pixels", prep)
@@ -160,7 +136,7 @@ def fit_pixels(model: PixelsModel, data: TrainingData, cache_dir: Path, cfg: Tra
 
 
 def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: Path, cache_dir: Path,
-          checkpoint_dir: Path, tracking_params: Params, seed: int = 42, resume: bool = False,
+          checkpoint_dir: Path, tracking_params: Params, seed: int = DEFAULT_SEED, resume: bool = False,
           on_epoch_end: EpochCallback | None = None) -> TrainResult:
     """Train `candidate` (a block of `section['models']`) on the validated manifest; write out_dir.
 
@@ -171,7 +147,7 @@ def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: P
     block = candidate_block(section, candidate)
     cfg = train_config(candidate, block)
     arch_config(candidate, block)
-    device = resolve_device(str(section.get("device", "auto")))
+    device = torch.device(resolve_device(str(section.get("device", "auto")), "train.device"))
     amp = None
     if device.type == "cuda":
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -195,8 +171,8 @@ def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: P
             mlflow.log_params(tracking.flatten({
                 "candidate": candidate, "seed": seed, "device": device.type, "n_train": len(data.train),
                 "n_validation": len(data.validation), **block}))
-        if isinstance(model, PixelsModel):
-            history = [fit_pixels(model, data, cache_dir, cfg, loss_cfg, device)]
+        if not model.iterative:
+            history = [fit_once(model, data, cache_dir, cfg, loss_cfg, device)]
             mlflow.log_metrics({k: v for k, v in history[0].items() if k != "epoch"
                                 and not math.isnan(v)}, step=0)
             best_epoch, stopped, start_epoch = 0, False, None
@@ -205,7 +181,7 @@ def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: P
                 model, data, cfg, loss_cfg, device, amp, cache_dir, checkpoint_dir, checkpoint, seed, fp,
                 run.info.run_id, on_epoch_end)
         best = next(row for row in history if row["epoch"] == best_epoch)
-        epochs_run = 0 if isinstance(model, PixelsModel) else len(history)
+        epochs_run = len(history) if model.iterative else 0
         model.card.extra = {"epochs_run": epochs_run, "best_epoch": best_epoch,
                             "val_micro_f1": best["val_micro_f1"], "val_accuracy": best["val_accuracy"],
                             "stopped_early": stopped, "seed": seed, "device": device.type,
@@ -278,7 +254,7 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
     epochs = tqdm(range(start, cfg.epochs + 1), desc=f"train {model.card.candidate}", unit="epoch",
                   initial=start - 1, total=cfg.epochs)
     for epoch in epochs:
-        set_train_mode(model, cfg)
+        model.set_train_mode(cfg.bn_train)
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         total_loss, seen = 0.0, 0
         batches = tqdm(inputs.train_batches(generator, cfg.batch_size), total=steps, leave=False,
@@ -327,6 +303,5 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    if isinstance(model, EfficientNetLite) and model.needs_fit:
-        model.fit_embedding(inputs.train_pooled(model, device))
+    model.after_fit(lambda: inputs.train_pooled(model, device))
     return history, best_epoch, stopped, (start - 1 if checkpoint else None)

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fashionrec.config import Params
+from fashionrec.core.config import DEFAULT_SEED, Params
 
 SERVER_SCHEMES = ("http://", "https://", "databricks")
 
@@ -47,7 +47,7 @@ def without_nulls(value: Any) -> Any:
 
 
 def component_params(sections: Mapping[str, Any], mlflow: Mapping[str, Any] | None = None,
-                     seed: int | float = 42) -> Params:
+                     seed: int | float = DEFAULT_SEED) -> Params:
     """A `Params` tree for a component: the given sections plus `mlflow` and `seed`, rooted in a fresh
     working folder (paths inside the sections are not used: artifacts give them).
 
@@ -128,17 +128,6 @@ def decision_markdown(decision: Mapping[str, Any]) -> str:
     lines += ["", f"Champion: {'v' + str(champion['version']) if champion else 'none'}; "
               f"ranking by {decision.get('primary_metric')}: {ranking}"]
     return "\n".join(lines) + "\n"
-
-
-def flat_metrics(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Nested numeric metrics -> {'test.micro_f1': value} (what a KFP Metrics artifact logs)."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(flat_metrics(value, f"{prefix}{key}."))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[f"{prefix}{key}"] = float(value)
-    return out
 
 
 def _num(value: Any) -> str:

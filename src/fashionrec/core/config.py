@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
+from fashionrec.core.errors import ParamsError
 
-class ParamsError(ValueError):
-    """A params file or an override is malformed; the message names the key."""
+DEFAULT_SEED = 42   # `seed` in params.yaml; what a step uses when its params carry none
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,13 @@ def dotted_leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+def numeric_leaves(tree: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric dotted leaves as floats ({'test': {'micro_f1': 0.9}} -> {'test.micro_f1': 0.9}): metrics
+    as the gate compares them, MLflow and KFP log them; non-numeric leaves (and booleans) are dropped."""
+    return {name: float(value) for name, value in dotted_leaves(tree).items()
+            if isinstance(value, int | float) and not isinstance(value, bool)}
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -19,17 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fashionrec.config import Params, set_dotted
-from fashionrec.errors import FashionrecError
-from fashionrec.kfp_io import without_nulls
-from fashionrec.tracking import configure, tracking_uri
+from fashionrec.core.config import DEFAULT_SEED, Params, set_dotted
+from fashionrec.core.errors import KfpError
+from fashionrec.core.tracking import configure, tracking_uri
+from fashionrec.kfp.io import without_nulls
 
 SECTIONS = ("ingest", "subset", "validate", "evaluate", "select", "export", "register", "index", "serve")
 PIPELINE_MODULE = "pipelines.training_pipeline"
-
-
-class KfpError(FashionrecError):
-    """The pipeline cannot be compiled, run or submitted; the message says what to fix."""
 
 
 def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
@@ -74,7 +70,7 @@ def pipeline_arguments(params: Params, *, local: bool = False) -> dict[str, Any]
         mlflow["tracking_uri"] = str(kfp["mlflow_tracking_uri"])
         args["bundles_dir"] = str(kfp["bundles_mount"])
     args["mlflow_params"] = mlflow
-    args["seed"] = int(params.get("seed", 42))
+    args["seed"] = int(params.get("seed", DEFAULT_SEED))
     return without_nulls(args)
 
 

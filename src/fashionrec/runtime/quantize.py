@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from fashionrec.errors import FashionrecError
+from fashionrec.core.errors import FashionrecError
 from fashionrec.models.base import EmbeddingModel
-from fashionrec.models.inference import OnnxRunner
-from fashionrec.onnx_runtime import DEFAULT_PROVIDERS, create_session
-from fashionrec.registry.parity import (
+from fashionrec.runtime.embed import OnnxRunner
+from fashionrec.runtime.parity import (
     ImageSet,
     compare_neighbours,
     load_images,
@@ -39,6 +38,7 @@ from fashionrec.registry.parity import (
     sample_split,
     throughput,
 )
+from fashionrec.runtime.session import DEFAULT_PROVIDERS, create_session
 
 DEFAULTS: dict[str, Any] = {
     "format": "qdq", "activation_type": "uint8", "weight_type": "int8", "per_channel": True,

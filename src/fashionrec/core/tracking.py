@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from fashionrec.config import Params, dotted_leaves
-from fashionrec.errors import FashionrecError
-from fashionrec.jsonfile import read_json
+from fashionrec.core.config import Params, dotted_leaves
+from fashionrec.core.errors import FashionrecError
+from fashionrec.core.files import read_json
 
 RUN_REF = "mlflow.json"
 

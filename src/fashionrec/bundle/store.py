@@ -1,25 +1,10 @@
-"""The deploy bundle: one immutable, versioned folder under `bundles/` that a server loads whole.
-
-    bundles/v0003-20261123T053012Z/
-      model.onnx           the model that made the embeddings (queries must use the same one)
-      preprocessing.json   Preprocessing.to_dict() (+ classes/labels)
-      embeddings.npy       (N, D) float32, L2-normalised, row i = items row i
-      items.parquet        item_id, title, category, kids, attributes, image (relative to the inventory
-                           root, or a URL)
-      index.hnsw           only for kind `hnsw`: the graph in hnswlib's binary format
-      manifest.json        version, build time, model version, index kind/params/recall, counts, sha256s
-      SHA256SUMS           `sha256sum -c` format, every file above including manifest.json
-
-No pickles: exact indexes are rebuilt from embeddings.npy at load (deterministic, a second for thousands of
-items). A folder is written under a temporary name and renamed into place, its files made read-only; a
-bundle whose checksums do not match is refused at load.
-"""
+"""The bundles folder: version numbers, locks, writing a new bundle (under a temporary name, renamed into
+place, files made read-only), the `current` pointer and the activation history."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -34,32 +19,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fashionrec.errors import FashionrecError
-from fashionrec.index import build_index
-from fashionrec.index.base import NeighbourIndex
-from fashionrec.index.hnsw import HnswIndex
+from fashionrec.bundle.format import (
+    EMBEDDINGS,
+    FORMAT,
+    GRAPH,
+    ITEM_COLUMNS,
+    ITEMS,
+    MANIFEST,
+    MODEL,
+    PREP,
+    SUMS,
+    VERSION_RE,
+)
+from fashionrec.core.errors import BundleError
+from fashionrec.core.files import sha256_file
+from fashionrec.index import NeighbourIndex
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
-MODEL, PREP, EMBEDDINGS, ITEMS = "model.onnx", "preprocessing.json", "embeddings.npy", "items.parquet"
-GRAPH = "index.hnsw"
-MANIFEST, SUMS = "manifest.json", "SHA256SUMS"
-VERSION_RE = re.compile(r"^v(\d{4,})-\d{8}T\d{6}Z$")
-ITEM_COLUMNS = ["item_id", "title", "category", "kids", "attributes", "image"]
-INDEX_KINDS = ("balltree", "brute", "hnsw")
-
-
-class BundleError(FashionrecError):
-    """A bundle is missing, incomplete or corrupted (the message names the file)."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+CURRENT, HISTORY = "current", "history.json"
 
 
 @contextlib.contextmanager
@@ -104,19 +82,6 @@ def list_versions(bundles_dir: Path) -> list[str]:
     names = [p.name for p in bundles_dir.iterdir()
              if p.is_dir() and not p.is_symlink() and VERSION_RE.match(p.name)]
     return sorted(names, key=lambda n: int(VERSION_RE.match(n).group(1)))  # type: ignore[union-attr]
-
-
-def make_index(embeddings: np.ndarray, kind: str, params: dict[str, Any],
-               graph_file: Path | None = None) -> NeighbourIndex:
-    """The shared `build_index` for exact kinds; hnswlib's graph is loaded from the bundle when it has one."""
-    if kind == "hnsw":
-        allowed = {"M", "ef_construction", "ef_search", "seed", "build_threads"}
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise BundleError(f"index kind 'hnsw': unknown parameter(s) {unknown}; "
-                              f"accepted: {sorted(allowed)}")
-        return HnswIndex(embeddings, graph_file=graph_file, **params)
-    return build_index(embeddings, kind, **params)
 
 
 @dataclass
@@ -222,83 +187,30 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
     return final
 
 
-def verify_bundle(folder: Path) -> dict[str, Any]:
-    """Check every file against SHA256SUMS (none missing, extra or changed); return the manifest."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BundleError(f"bundle not found: {folder}")
-    sums_path = folder / SUMS
-    if not sums_path.is_file():
-        raise BundleError(f"{folder}: no {SUMS} (incomplete bundle)")
-    listed: dict[str, str] = {}
-    for lineno, line in enumerate(sums_path.read_text().splitlines(), 1):
-        parts = line.split("  ", 1)
-        if len(parts) != 2 or not re.fullmatch(r"[0-9a-f]{64}", parts[0]):
-            raise BundleError(f"{sums_path}: malformed line {lineno}")
-        listed[parts[1]] = parts[0]
-    present = {p.name for p in folder.iterdir()} - {SUMS}
-    if missing := sorted(set(listed) - present):
-        raise BundleError(f"{folder}: missing file(s) {missing}")
-    if extra := sorted(present - set(listed)):
-        raise BundleError(f"{folder}: unexpected file(s) {extra} not covered by {SUMS}")
-    for name, want in sorted(listed.items()):
-        got = sha256_file(folder / name)
-        if got != want:
-            raise BundleError(f"{folder / name}: checksum mismatch (sha256 {got[:12]}…, "
-                              f"expected {want[:12]}…)")
+def current_version(bundles_dir: Path) -> str | None:
+    link = bundles_dir / CURRENT
+    return os.readlink(link) if link.is_symlink() else None
+
+
+def set_current(bundles_dir: Path, version: str) -> None:
+    """Point `current` at version by renaming a fresh symlink over it: readers see old or new, never none."""
+    tmp = bundles_dir / f".current-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(version, tmp)
+    os.replace(tmp, bundles_dir / CURRENT)
+
+
+def read_history(bundles_dir: Path) -> dict[str, Any]:
+    path = bundles_dir / HISTORY
+    if not path.is_file():
+        return {"stack": [], "log": []}
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{folder / MANIFEST}: unreadable ({exc})") from exc
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{folder / MANIFEST}: format {manifest.get('format')!r}, this code reads {FORMAT}")
-    return manifest
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise BundleError(f"{path}: unreadable deploy history ({exc})") from exc
 
 
-@dataclass
-class LoadedBundle:
-    """A verified bundle's data, ready to serve or to extend."""
-
-    folder: Path
-    manifest: dict[str, Any]
-    items: pd.DataFrame
-    embeddings: np.ndarray
-    preprocessing: dict[str, Any]
-
-    @property
-    def version(self) -> str:
-        return str(self.manifest["version"])
-
-    @property
-    def model_version(self) -> str:
-        return str(self.manifest["model"]["version"])
-
-    @property
-    def model_file(self) -> Path:
-        return self.folder / MODEL
-
-    def build_index(self) -> NeighbourIndex:
-        spec = self.manifest["index"]
-        graph = self.folder / GRAPH if spec["kind"] == "hnsw" else None
-        return make_index(self.embeddings, spec["kind"], dict(spec.get("params") or {}), graph_file=graph)
-
-
-def load_bundle(folder: Path, verify: bool = True, mmap: bool = False) -> LoadedBundle:
-    """Read a bundle; with `verify` (always, outside tests of the check itself) checksums come first.
-
-    `mmap` maps the embeddings read-only instead of reading them into memory (servers: the index build
-    reads them once, so the pages need not stay resident).
-    """
-    folder = Path(folder).resolve()
-    manifest = verify_bundle(folder) if verify else json.loads((folder / MANIFEST).read_text())
-    try:
-        embeddings = np.load(folder / EMBEDDINGS, allow_pickle=False, mmap_mode="r" if mmap else None)
-        items = pd.read_parquet(folder / ITEMS)
-        prep = json.loads((folder / PREP).read_text())
-    except Exception as exc:
-        raise BundleError(f"{folder}: cannot read bundle data ({type(exc).__name__}: {exc})") from exc
-    if embeddings.ndim != 2 or embeddings.shape[0] != len(items):
-        raise BundleError(f"{folder}: {len(items)} items but embeddings of shape {embeddings.shape}")
-    items["attributes"] = items["attributes"].map(lambda a: [str(x) for x in a] if a is not None else [])
-    return LoadedBundle(folder=folder, manifest=manifest, items=items, embeddings=embeddings,
-                        preprocessing=prep)
+def write_history(bundles_dir: Path, history: dict[str, Any]) -> None:
+    tmp = bundles_dir / f".{HISTORY}.{os.getpid()}"
+    tmp.write_text(json.dumps(history, indent=2))
+    os.replace(tmp, bundles_dir / HISTORY)

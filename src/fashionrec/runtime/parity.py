@@ -9,7 +9,6 @@ mismatch: at that gap the order is decided by float rounding, not by the model.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,11 +18,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from fashionrec.core.errors import DataError
 from fashionrec.data.images import Preprocessing
-from fashionrec.errors import DataError
 from fashionrec.models.base import EmbeddingModel
-from fashionrec.models.inference import OnnxRunner, TorchRunner, prepare
-from fashionrec.onnx_runtime import OnnxSession
+from fashionrec.runtime.embed import OnnxRunner, prepare
+from fashionrec.runtime.session import OnnxSession
+from fashionrec.runtime.torch_runner import TorchRunner
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,6 @@ class ImageSet:
     ids: list[str]
     categories: list[str]
     batch: np.ndarray
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sample_split(manifest: Path, split: str, count: int | None, seed: int) -> list[dict[str, Any]]:

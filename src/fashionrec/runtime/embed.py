@@ -1,34 +1,29 @@
-"""Batch inference: images in, (L2-normalised embeddings, logits) out, for any saved candidate.
+"""Batch inference: images in, (L2-normalised embeddings, logits) out, through any runner.
 
-Used by evaluation, export parity checks and the serving inventory build, so it accepts what each of them
-has: file paths, raw bytes, decoded PIL images, uint8 arrays already resized, or normalised CHW arrays;
-and it runs a PyTorch `EmbeddingModel` either eagerly or through ONNX Runtime (about 4x faster on 2 CPU
-cores), or an ONNX model/session directly. Images are decoded only by `open_image` and preprocessed only
+Used by evaluation, export parity checks and the deploy's inventory build, so it accepts what each of them
+has: file paths, raw bytes, decoded PIL images, uint8 arrays already resized, or normalised CHW arrays.
+A runner is any callable `batch -> (embeddings, logits)` with a `name`: `OnnxRunner` here (no torch), or
+`fashionrec.runtime.torch_runner` for a PyTorch candidate (eager, or exported to ONNX Runtime: about 4x
+faster on 2 CPU cores). Images are decoded only by `open_image` and preprocessed only
 by the card's `Preprocessing`.
 """
 
 from __future__ import annotations
 
-import logging
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from fashionrec.core.errors import DataError, TrainingError
 from fashionrec.data.images import Preprocessing, open_image
-from fashionrec.errors import DataError, TrainingError
-from fashionrec.models.base import EmbeddingModel
-from fashionrec.onnx_runtime import DEFAULT_PROVIDERS, OnnxSession, create_session
-
-log = logging.getLogger(__name__)
+from fashionrec.runtime.session import DEFAULT_PROVIDERS, OnnxSession, create_session
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
 BACKENDS = ("auto", "onnx", "torch")
@@ -85,38 +80,18 @@ def prepare_batch(items: Sequence[ImageSource], prep: Preprocessing) -> np.ndarr
 # --- runners: float NCHW batch -> (embeddings, logits) ---------------------------------------------------
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-class TorchRunner:
-    """Eager PyTorch under inference_mode."""
-
-    def __init__(self, model: EmbeddingModel, device: str = "cpu") -> None:
-        self.device = torch.device(resolve_device(device))
-        self.model = model.to(self.device).eval()
-        self.name = f"torch:{self.device.type}"
-
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            emb, logits = self.model(torch.from_numpy(batch).to(self.device))
-        return emb.float().cpu().numpy(), logits.float().cpu().numpy()
-
-
 class OnnxRunner:
-    """An ONNX Runtime session (made by `fashionrec.onnx_runtime`): CUDA first unless device is 'cpu'."""
+    """An ONNX Runtime session (made by `fashionrec.runtime.session`): CUDA first unless device is 'cpu'."""
 
     def __init__(self, model: bytes | str | Path | OnnxSession, device: str = "cpu",
                  threads: int = 0) -> None:
         if isinstance(model, OnnxSession):
             self.session = model
         else:
-            providers = ["CPUExecutionProvider"] if resolve_device(device) == "cpu" else DEFAULT_PROVIDERS
+            providers = ["CPUExecutionProvider"] if device == "cpu" else DEFAULT_PROVIDERS
             self.session = create_session(model, providers=providers, intra_op_threads=threads)
         self.name = f"onnx:{self.session.provider}"
+        self.card = None   # a PyTorch candidate's card, when made from one (`torch_runner.make_runner`)
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = self.session.run(batch)
@@ -124,54 +99,47 @@ class OnnxRunner:
         return np.asarray(emb, np.float32), np.asarray(logits, np.float32)
 
 
-def make_runner(model: EmbeddingModel | Any, backend: str = "auto",
-                device: str = "cpu") -> TorchRunner | OnnxRunner:
-    """A runner for a PyTorch candidate (`torch`, `onnx`, or `auto` = onnx with a torch fallback),
-    an ONNX file path/bytes, or an `OnnxSession`."""
-    if backend not in BACKENDS:
-        raise TrainingError(f"inference backend '{backend}' is unknown; choose one of {', '.join(BACKENDS)}")
-    if not isinstance(model, EmbeddingModel):
-        return OnnxRunner(model, device=device)
-    if backend == "torch":
-        return TorchRunner(model, device)
-    from fashionrec.registry.export import export_onnx  # the one ONNX export; lazy: export imports us
-
-    try:
-        with tempfile.TemporaryDirectory(prefix="fashionrec-onnx-") as tmp:
-            path, _ = export_onnx(model, Path(tmp))
-            return OnnxRunner(path.read_bytes(), device=device)
-    except Exception as exc:  # export support varies by architecture; eager is always correct
-        if backend == "onnx":
-            raise TrainingError(
-                f"cannot run candidate '{model.card.candidate}' in ONNX Runtime: {exc}") from exc
-        log.warning("ONNX export of %s failed (%s); using PyTorch eager", model.card.candidate, exc)
-        return TorchRunner(model, device)
-
-
 def _batches(items: Sequence[ImageSource], size: int) -> Iterator[Sequence[ImageSource]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
-def embed_images(model: EmbeddingModel | TorchRunner | OnnxRunner | Any, items: Sequence[ImageSource],
-                 batch_size: int = 32, device: str = "cpu", *, backend: str = "auto",
-                 prep: Preprocessing | None = None, flip_tta: bool = False, progress: bool = True,
-                 desc: str = "embed") -> Embedded:
+class Runner(Protocol):
+    """float32 NCHW batch -> (embeddings, logits); `name` says what really runs (torch:cpu, onnx:CPU...)."""
+
+    name: str
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def as_runner(model: Runner | str | Path | bytes | OnnxSession, device: str = "cpu") -> Runner:
+    """A runner as it is; an ONNX path, bytes or session wrapped in an `OnnxRunner`."""
+    if isinstance(model, str | Path | bytes | OnnxSession):
+        return OnnxRunner(model, device=device)
+    if callable(model) and hasattr(model, "name"):
+        return model
+    raise TrainingError(f"cannot embed with {type(model).__name__}: pass a runner or an ONNX model "
+                        "(a PyTorch candidate goes through fashionrec.runtime.torch_runner.embed_model)")
+
+
+def embed_images(model: Runner | str | Path | bytes | OnnxSession, items: Sequence[ImageSource],
+                 batch_size: int = 32, device: str = "cpu", *, prep: Preprocessing | None = None,
+                 flip_tta: bool = False, progress: bool = True, desc: str = "embed") -> Embedded:
     """Embed images in batches; returns L2-normalised embeddings and logits in input order.
 
-    `model` is an `EmbeddingModel` (its card gives the preprocessing), a runner from `make_runner`
-    (reuse one across calls to export only once), an ONNX path/bytes or session (then pass `prep`).
+    `model` is a runner (reuse one across calls: a PyTorch candidate is exported only once), or an ONNX
+    path/bytes/session. `prep` defaults to the runner's `card.prep` where it has a card.
     The next batch is decoded in a background thread while the current one runs. With `flip_tta`, each
     image and its mirror image are embedded and averaged (embeddings re-normalised, logits averaged).
     """
     if batch_size < 1:
         raise TrainingError(f"batch_size must be positive, got {batch_size}")
+    runner = as_runner(model, device)
     if prep is None:
-        card = model.model.card if isinstance(model, TorchRunner) else getattr(model, "card", None)
+        card = getattr(runner, "card", None)
         if card is None:
             raise TrainingError("embed_images: pass `prep` when the model carries no card")
         prep = card.prep
-    runner = model if isinstance(model, TorchRunner | OnnxRunner) else make_runner(model, backend, device)
     started = time.perf_counter()
     embs, logits = [], []
     with ThreadPoolExecutor(max_workers=1) as pool, \

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashionrec.errors import FashionrecError
+from fashionrec.core.errors import FashionrecError
 
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
 

@@ -1,0 +1,66 @@
+"""Reading a verified bundle back: its manifest, items, embeddings and preprocessing, and its index."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fashionrec.bundle.format import EMBEDDINGS, GRAPH, ITEMS, MANIFEST, MODEL, PREP, verify_bundle
+from fashionrec.core.errors import BundleError
+from fashionrec.index import NeighbourIndex, build_index
+
+
+@dataclass
+class LoadedBundle:
+    """A verified bundle's data, ready to serve or to extend."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    items: pd.DataFrame
+    embeddings: np.ndarray
+    preprocessing: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def model_version(self) -> str:
+        return str(self.manifest["model"]["version"])
+
+    @property
+    def model_file(self) -> Path:
+        return self.folder / MODEL
+
+    def build_index(self) -> NeighbourIndex:
+        spec = self.manifest["index"]
+        params = dict(spec.get("params") or {})
+        if spec["kind"] == "hnsw":
+            params["graph_file"] = self.folder / GRAPH
+        return build_index(self.embeddings, spec["kind"], **params)
+
+
+def load_bundle(folder: Path, verify: bool = True, mmap: bool = False) -> LoadedBundle:
+    """Read a bundle; with `verify` (always, outside tests of the check itself) checksums come first.
+
+    `mmap` maps the embeddings read-only instead of reading them into memory (servers: the index build
+    reads them once, so the pages need not stay resident).
+    """
+    folder = Path(folder).resolve()
+    manifest = verify_bundle(folder) if verify else json.loads((folder / MANIFEST).read_text())
+    try:
+        embeddings = np.load(folder / EMBEDDINGS, allow_pickle=False, mmap_mode="r" if mmap else None)
+        items = pd.read_parquet(folder / ITEMS)
+        prep = json.loads((folder / PREP).read_text())
+    except Exception as exc:
+        raise BundleError(f"{folder}: cannot read bundle data ({type(exc).__name__}: {exc})") from exc
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(items):
+        raise BundleError(f"{folder}: {len(items)} items but embeddings of shape {embeddings.shape}")
+    items["attributes"] = items["attributes"].map(lambda a: [str(x) for x in a] if a is not None else [])
+    return LoadedBundle(folder=folder, manifest=manifest, items=items, embeddings=embeddings,
+                        preprocessing=prep)

@@ -1,0 +1,2 @@
+"""The bottom layer: parameters, the error hierarchy, small file helpers and MLflow set-up
+(mlflow imported lazily)."""
