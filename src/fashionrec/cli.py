@@ -142,13 +142,14 @@ def evaluate(candidate: Annotated[str, typer.Argument(help="Candidate name: eval
              index: Annotated[str | None, typer.Option(help="Index kind: balltree | brute")] = None,
              mlflow: Annotated[bool | None, typer.Option("--mlflow/--no-mlflow",
                                                          help="Log into the training run.")] = None) -> None:
-    """Evaluate a trained candidate on the test split: labels, category and instance retrieval, latency."""
+    """Evaluate a trained candidate on the test split (and the benchmark's): labels, retrieval, groups."""
     from fashionrec.evaluate.evaluate import evaluate as run
 
     p = load(params, sets, evaluate__backend=backend, evaluate__index__kind=index, evaluate__mlflow=mlflow)
     s = p.section("evaluate")
     report(run(p.path(s["models_dir"]) / candidate, p.path(s["data"]),
-               p.path(s["metrics_dir"]) / f"{candidate}.json", p.path(s["reports"]) / candidate, s))
+               p.path(s["metrics_dir"]) / f"{candidate}.json", p.path(s["reports"]) / candidate, s,
+               benchmark_dir=p.path(s["benchmark"]) if s.get("benchmark") else None))
 
 
 

@@ -25,6 +25,7 @@ from fashionrec.bundle.load import LoadedBundle, load_bundle
 from fashionrec.bundle.store import BundleContent, current_version, deploy_lock, write_bundle
 from fashionrec.core.config import DEFAULT_SEED, Params
 from fashionrec.core.errors import BundleError, DataError
+from fashionrec.core.files import sha256_file
 from fashionrec.core.tracking import tracking_uri
 from fashionrec.data.images import Preprocessing
 from fashionrec.deploy.catalog import catalog_from_manifest, fetch_image, read_catalog
@@ -46,6 +47,8 @@ class IndexResult:
     model_version: str
     items: int
     embedded: int
+    precision: str                   # fp32 | int8: the bundle's model, for inventory and queries alike
+    precision_reason: str
     skipped: list[dict[str, str]]
     index: dict[str, Any]
     embed_seconds: float
@@ -142,6 +145,7 @@ def _finish(params: Params, sec: dict[str, Any], content: BundleContent, embed_s
     rollout: RolloutResult | None = activate(bundles, folder.name, params) if do_activate else None
     result = IndexResult(bundle=str(folder), version=folder.name, model_version=content.model_version,
                          items=len(content.items), embedded=content.embedded, skipped=content.skipped,
+                         precision=content.precision, precision_reason=content.precision_reason,
                          index=manifest["index"], embed_seconds=round(embed_seconds, 2),
                          rollout=rollout.to_dict() if rollout else None, parent=content.parent)
     if sec.get("summary"):
@@ -169,7 +173,9 @@ def _build_index_bundle(params: Params, sec: dict[str, Any], model: str | None, 
     else:
         table = catalog_from_manifest(params.path(sec["manifest"]))
     with tempfile.TemporaryDirectory(prefix="fashionrec-model-") as tmp:
-        source = resolve_model(spec, Path(tmp), tracking_uri=tracking_uri(params))
+        source = resolve_model(spec, Path(tmp), tracking_uri=tracking_uri(params),
+                               precision=str(sec.get("precision", "auto")))
+        made_by = sha256_file(source.onnx_path)  # the file that embeds the inventory (and, bundled, queries)
         started = time.perf_counter()
         embeddings, kept, skipped = embed_catalog(table, source.onnx_path, source.prep,
                                                   int(sec.get("batch_size", 32)),
@@ -183,7 +189,9 @@ def _build_index_bundle(params: Params, sec: dict[str, Any], model: str | None, 
         content = BundleContent(model_file=source.onnx_path, preprocessing=source.preprocessing,
                                 model_version=source.version, model_uri=source.uri, embeddings=embeddings,
                                 items=kept, inventory_root=root, index_kind=kind, index_params=kparams,
-                                index=index, index_report=report, embedded=len(kept), skipped=skipped)
+                                index=index, index_report=report, embedded=len(kept), skipped=skipped,
+                                embedded_with=made_by, precision=source.precision,
+                                precision_reason=source.precision_reason)
         go = bool(sec.get("activate", True)) if do_activate is None else do_activate
         return _finish(params, sec, content, embed_seconds, go)
 
@@ -227,6 +235,8 @@ def _add_items(params: Params, sec: dict[str, Any], bundles: Path, catalog: Path
                             model_version=base.model_version, model_uri=base.manifest["model"]["uri"],
                             embeddings=embeddings, items=items, inventory_root=root, index_kind=kind,
                             index_params=kparams, index=index, index_report=report, parent=current,
-                            embedded=len(kept), skipped=skipped)
+                            embedded=len(kept), skipped=skipped, embedded_with=base.embedded_with,
+                            precision=base.precision, precision_reason=base.manifest["model"].get(
+                                "precision_reason", ""))
     go = bool(sec.get("activate", True)) if do_activate is None else do_activate
     return _finish(params, sec, content, embed_seconds, go)
