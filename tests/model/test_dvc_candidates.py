@@ -35,6 +35,7 @@ def test_exp_run_with_other_candidates_gates_and_exports_those(tiny_source, tmp_
                        "subset.subsets.benchmark.classes": list(tiny_source.classes),
                        "train.candidates": ["pixels"],
                        "train.device": "cpu", "select.thresholds": {"test.micro_f1": 0.0},
+                       "select.group_floors": {},
                        "mlflow.tracking_uri": "sqlite:///mlflow/mlflow.db",
                        "mlflow.artifact_root": "mlflow/artifacts"}.items():
         set_dotted(tree, key, value)

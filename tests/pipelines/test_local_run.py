@@ -26,11 +26,13 @@ def tiny_params(root: Path, tiny_source, thresholds: float) -> Params:
     base = load_params(ROOT / "params.yaml")
     params = Params(tree=base.tree, root=root)
     metrics = base.get("select.thresholds")
+    floors = base.get("select.group_floors") or {}
     return with_overrides(params, {
         **base.get("kfp.local.tiny"), "ingest.source": str(tiny_source.root),
         "subset.subsets.benchmark.classes": list(tiny_source.classes), "register.name": NAME,
         "index.model": f"models:/{NAME}@champion", "index.bundles": str(root / "bundles"),
-        "select.thresholds": {metric: thresholds for metric in metrics}})
+        "select.thresholds": {metric: thresholds for metric in metrics},
+        "select.group_floors": {metric: thresholds for metric in floors}})
 
 
 def champion() -> str | None:
