@@ -67,7 +67,7 @@ def test_dvc_repro_then_nothing_then_push_pull(tiny_validated, tmp_path):
 
     def dvc(*args: str) -> str:
         proc = subprocess.run([str(Path(sys.executable).with_name("dvc")), *args], cwd=repo, env=env,
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"dvc {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
         return proc.stdout + proc.stderr
 
