@@ -38,6 +38,8 @@ images: install container-tools
 
 repro: install
 	@test -d .dvc || $(BIN)/dvc init -q
+	@# data/additions (new photos, DVC-tracked) starts as two CSV headers; a fresh clone has no DVC cache
+	@test -d data/additions || $(BIN)/python -c "from fashionrec.data.versions import new_additions as n; n('data/additions')"
 	$(BIN)/dvc repro
 	@echo "Outputs: data/ (manifest, subset, validated), reports/ (validation Data Docs, plots), models/, metrics/"
 

@@ -34,6 +34,7 @@ TINY_EXTRA = {
     "train.models.efficientnet_lite0.epochs": 1,
     "train.models.efficientnet_lite0.batch_size": 8,
     "select.thresholds": {"test.micro_f1": 0.0, "retrieval.precision_at_5": 0.0, "instance.top5": 0.0},
+    "select.group_floors": {"precision_at_1": 0.0, "accuracy": 0.0},
     "export.quantize.enabled": False,
 }
 
@@ -50,7 +51,7 @@ def make_copy(work: Path, source: str) -> Path:
 
         tiny = make_tiny_dataset(work / "source" / "clothing-dataset")
         overrides = {**(tree["kfp"]["local"].get("tiny") or {}), **TINY_EXTRA,
-                     "ingest.source": str(tiny.root), "subset.classes": list(tiny.classes)}
+                     "ingest.source": str(tiny.root), "subset.subsets.benchmark.classes": list(tiny.classes)}
     else:
         overrides = {"ingest.source": str(Path(source).resolve())}
     overrides.update({"mlflow.tracking_uri": "sqlite:///mlflow/mlflow.db",

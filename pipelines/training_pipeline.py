@@ -38,6 +38,7 @@ from fashionrec.kfp.client import pipeline_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = load_params(ROOT / "params.yaml")
+PRODUCT = str(PARAMS.get("subset.product"))   # the subset the pipeline trains on and serves
 KFP = PARAMS.section("kfp")
 D = pipeline_arguments(PARAMS)  # the parameters' defaults
 
@@ -101,7 +102,8 @@ def training_pipeline(
     seed: int = D["seed"],
     bundles_dir: str = D["bundles_dir"],
 ):
-    data = uncached(resources(fetch_data(repo=repo, data_rev=data_rev), "fetch_data"))  # a branch moves
+    fetched = fetch_data(repo=repo, data_rev=data_rev, product=PRODUCT)
+    data = uncached(resources(fetched, "fetch_data"))  # a branch moves
     data_secret = KFP["data"]
     kubernetes.use_secret_as_env(data, secret_name=data_secret["secret"],
                                  secret_key_to_env=dict(data_secret["secret_env"]))

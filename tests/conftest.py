@@ -94,58 +94,72 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @dataclass
 class TinyProject:
-    """The tiny dataset run through ingest -> subset -> validate in a project-like folder.
+    """The tiny dataset run through ingest -> subset -> validate (both subsets) in a project-like folder.
 
     `params` is loaded from `root/params.yaml` (the project's params with the tiny source, its classes and
-    small minimums), so `params.path(...)` resolves under root like `dvc repro` would.
+    small minimums), so `params.path(...)` resolves under root like `dvc repro` would. `subset` and
+    `validated` are the benchmark subset (the published split: 32/8/8); `catalog` and `catalog_validated`
+    the product subset (every category with >= 5 photos, kids included, grouped by sender).
     """
 
     root: Path
     params: Params
     source: TinyDataset
     manifest: Path      # data/manifest (ingest)
-    subset: Path        # data/subset
-    validated: Path     # data/validated: manifest.parquet, dataset.json, quarantine.csv
-    reports: Path       # reports/validate
+    subset: Path        # data/subset/benchmark
+    validated: Path     # data/validated/benchmark: manifest.parquet, dataset.json, quarantine.csv
+    reports: Path       # reports/validate/benchmark
+    catalog: Path       # data/subset/catalog
+    catalog_validated: Path  # data/validated/catalog
+
+
+# the tiny dataset's minimums: 14 photos per category (its small one has 3), 2 per class and split
+TINY_OVERRIDES = {"subset.subsets.catalog.min_per_class": 5,
+                  "subset.subsets.catalog.split.shares": {"train": 0.55, "validation": 0.25, "test": 0.2},
+                  "validate.min_per_class": 2, "validate.subsets.catalog.min_per_class": 2}
 
 
 def tiny_params(root: Path, source: TinyDataset) -> Params:
     """Write root/params.yaml: the project's params pointed at the tiny source, then load it."""
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
     set_dotted(tree, "ingest.source", str(source.root))
-    set_dotted(tree, "subset.classes", list(source.classes))
-    set_dotted(tree, "validate.min_per_class", 2)
+    for key, value in TINY_OVERRIDES.items():
+        set_dotted(tree, key, value)
+    set_dotted(tree, "subset.subsets.benchmark.classes", list(source.classes))
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     return load_params(root / "params.yaml")
 
 
 def run_data_stages(params: Params) -> None:
-    """ingest -> subset -> validate through the library functions, paths resolved from params."""
+    """ingest -> subset -> validate (every subset) through the library functions, paths from params."""
     from fashionrec.data.ingest import ingest
-    from fashionrec.data.subset import subset
+    from fashionrec.data.subset import subset, subset_names, subset_params
     from fashionrec.data.validate import validate
 
     s = params.section("ingest")
     ingest(params.path(s["source"]), params.path(s["out"]), s)
-    s = params.section("subset")
-    subset(params.path(s["manifest"]), params.path(s["out"]), s)
-    s = params.section("validate")
-    validate(params.path(s["subset"]), params.path(s["out"]), params.path(s["reports"]), s)
+    s, v = params.section("subset"), params.section("validate")
+    for name in subset_names(s):
+        subset(params.path(s["manifest"]), params.path(s["out"]) / name, subset_params(s, name))
+        validate(params.path(v["subset"]) / name, params.path(v["out"]) / name,
+                 params.path(v["reports"]) / name, v)
 
 
 @pytest.fixture(scope="session")
 def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> TinyDataset:
-    """A generated dataset in the upstream layout (`.root`): 4 learnable classes x 12 images, plus mess."""
+    """A generated dataset in the upstream layout (`.root`): 4 learnable classes x 12 published images,
+    2 unpublished kids' photos each, a small category, plus mess."""
     return make_tiny_dataset(tmp_path_factory.mktemp("tiny_source") / "clothing-dataset")
 
 
 @pytest.fixture(scope="session")
 def tiny_validated(tiny_source: TinyDataset, tmp_path_factory: pytest.TempPathFactory) -> TinyProject:
-    """tiny_source ingested, subset (published split 32/8/8) and validated; treat it as read-only."""
+    """tiny_source ingested, subset (benchmark: published split 32/8/8; catalog) and validated; read-only."""
     root = tmp_path_factory.mktemp("tiny_project")
     params = tiny_params(root, tiny_source)
     run_data_stages(params)
     return TinyProject(root=root, params=params, source=tiny_source, manifest=root / "data/manifest",
-                       subset=root / "data/subset", validated=root / "data/validated",
-                       reports=root / "reports/validate")
+                       subset=root / "data/subset/benchmark", validated=root / "data/validated/benchmark",
+                       reports=root / "reports/validate/benchmark", catalog=root / "data/subset/catalog",
+                       catalog_validated=root / "data/validated/catalog")

@@ -108,6 +108,12 @@ function render(data) {
     title.textContent = item.title;
     const line = document.createElement("div");
     line.textContent = `${item.category} · `;
+    if (item.kids) {
+      const badge = document.createElement("span");
+      badge.className = "kids";
+      badge.textContent = "kids";
+      line.prepend(badge);
+    }
     const score = document.createElement("span");
     score.className = "score";
     score.textContent = item.score.toFixed(3);

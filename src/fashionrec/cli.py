@@ -64,37 +64,53 @@ def ingest(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
                additions=p.path(s["additions"]) if s.get("additions") else None))
 
 
+SubsetArg = Annotated[str | None, typer.Argument(
+    help="Subset name (an entry of subset.subsets, e.g. catalog); omitted: every subset.")]
+
+
+def subset_list(p: Params, name: str | None) -> list[str]:
+    from fashionrec.data.subset import subset_names
+
+    names = subset_names(p.section("subset"))
+    if name is not None and name not in names:
+        raise ParamsError(f"subset.subsets: no subset named '{name}' (defined: {names})")
+    return [name] if name else names
+
+
 @app.command()
-def subset(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
-           policy: Annotated[str | None, typer.Option(help="published | grouped")] = None,
-           out: Annotated[Path | None, typer.Option(help="Output folder of the subset.")] = None) -> None:
+def subset(name: SubsetArg = None, params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+           out: Annotated[Path | None, typer.Option(help="Folder of the subsets.")] = None) -> None:
     """Select classes, drop unusable labels, cap per class and split into train/validation/test."""
     from fashionrec.data.subset import subset as run
+    from fashionrec.data.subset import subset_params
 
-    p = load(params, sets, subset__split__policy=policy, subset__out=out)
+    p = load(params, sets, subset__out=out)
     s = p.section("subset")
-    report(run(p.path(s["manifest"]), p.path(s["out"]), s))
+    for one in subset_list(p, name):
+        report(run(p.path(s["manifest"]), p.path(s["out"]) / one, subset_params(s, one)))
 
 
 @app.command()
-def validate(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+def validate(name: SubsetArg = None, params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
              on_bad_file: Annotated[str | None, typer.Option(help="fail | quarantine")] = None) -> None:
-    """Run the Great Expectations suite over the subset; write Data Docs and a JSON summary."""
+    """Run the Great Expectations suite over a subset; write Data Docs and a JSON summary."""
     from fashionrec.data.validate import validate as run
 
     p = load(params, sets, validate__on_bad_file=on_bad_file)
     s = p.section("validate")
-    report(run(p.path(s["subset"]), p.path(s["out"]), p.path(s["reports"]), s))
+    for one in subset_list(p, name):
+        report(run(p.path(s["subset"]) / one, p.path(s["out"]) / one, p.path(s["reports"]) / one, s))
 
 
 @app.command()
-def describe(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
-    """Plot label distributions, image sizes and a contact sheet per class."""
+def describe(name: SubsetArg = None, params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
+    """Plot label distributions, the kids/adults balance, image sizes and a contact sheet per class."""
     from fashionrec.data.describe import describe as run
 
     p = load(params, sets)
     s = p.section("describe")
-    report(run(p.path(s["manifest"]), p.path(s["out"]), s))
+    for one in subset_list(p, name):
+        report(run(p.path(s["validated"]) / one / "manifest.parquet", p.path(s["out"]) / one, s))
 
 
 # --- training and evaluation stages ------------------------------------------------------------------
@@ -127,13 +143,14 @@ def evaluate(candidate: Annotated[str, typer.Argument(help="Candidate name: eval
              index: Annotated[str | None, typer.Option(help="Index kind: balltree | brute")] = None,
              mlflow: Annotated[bool | None, typer.Option("--mlflow/--no-mlflow",
                                                          help="Log into the training run.")] = None) -> None:
-    """Evaluate a trained candidate on the test split: labels, category and instance retrieval, latency."""
+    """Evaluate a trained candidate on the test split (and the benchmark's): labels, retrieval, groups."""
     from fashionrec.evaluate.evaluate import evaluate as run
 
     p = load(params, sets, evaluate__backend=backend, evaluate__index__kind=index, evaluate__mlflow=mlflow)
     s = p.section("evaluate")
     report(run(p.path(s["models_dir"]) / candidate, p.path(s["data"]),
-               p.path(s["metrics_dir"]) / f"{candidate}.json", p.path(s["reports"]) / candidate, s))
+               p.path(s["metrics_dir"]) / f"{candidate}.json", p.path(s["reports"]) / candidate, s,
+               benchmark_dir=p.path(s["benchmark"]) if s.get("benchmark") else None))
 
 
 
@@ -305,7 +322,9 @@ def add_photos(folder: Annotated[Path, typer.Argument(help="New labelled photos:
 
     p = load(params, sets, intake__on_bad_file=on_bad_file, intake__record=record)
     s = p.section("intake")
-    report(run(folder, p.root, s, p.section("validate"), subset_dir=p.path(s["subset"]),
+    product = str(p.get("subset.product"))
+    report(run(folder, p.root, s, p.section("validate"), product=product,
+               subset_dir=p.path(s["subset"]) / product,
                additions=p.path(p.get("ingest.additions") or "data/additions"), reports=p.path(s["reports"])))
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from fashionrec.core.errors import DataError
 from fashionrec.data.manifest import read_manifest
-from fashionrec.data.subset import subset
+from fashionrec.data.subset import subset, subset_params
 
 
 def params(tiny, **over):
@@ -37,7 +37,7 @@ def test_published_subset_is_self_contained(tiny_validated):
     info = json.loads((folder / "dataset.json").read_text())
     assert info["labels"] == [*tiny.classes, "kids"] and info["split_policy"] == "published"
     assert sum(info["counts"]["train"].values()) == len(tiny.splits["train"])
-    assert set(df.loc[df["kids"], "id"]) == set(tiny.kids)
+    assert set(df.loc[df["kids"], "id"]) == set(tiny.kids) - set(tiny.unpublished)
 
 
 def test_classes_drop_and_cap(tiny_validated, tmp_path):
@@ -101,3 +101,57 @@ def test_bad_params_are_named(tiny_validated, tmp_path):
         subset(manifest, tmp_path / "x", params(tiny, split={"policy": "random"}))
     with pytest.raises(DataError, match=r"subset.split.shares"):
         subset(manifest, tmp_path / "x", params(tiny, split={"policy": "grouped", "shares": {"train": 1}}))
+
+
+# --- the catalog: every category over the minimum, kids included, grouped by sender ------------------
+
+
+def test_catalog_keeps_senders_apart_and_benchmark_test_images_in_test(tiny_validated):
+    tiny = tiny_validated.source
+    df = read_manifest(tiny_validated.catalog)
+    assert (df.groupby("sender_id")["split"].nunique() == 1).all()
+    published_test = set(tiny.splits["test"])
+    assert published_test <= set(df.loc[df["split"] == "test", "id"])
+    # no photo of a published-test sender is trained or validated on
+    assert set(df.loc[df["split"] != "test", "sender_id"]).isdisjoint(tiny.test_senders)
+    # kids' photos outside the published split are in, as an attribute (never a category)
+    assert set(tiny.kids) - set(tiny.small_ids()) <= set(df["id"])
+    assert df.loc[df["kids"], "labels"].map(lambda labels: labels[-1] == "kids").all()
+    assert "kids" not in set(df["category"])
+    assert df.loc[df["split"] == "test", "kids"].sum() >= len(tiny.classes)  # kids in every split
+    assert df.loc[df["split"] == "train", "kids"].any() and df.loc[df["split"] == "validation", "kids"].any()
+    # the published label still corrects images.csv
+    (wrong_id, wrong_label), = tiny.relabelled.items()
+    assert df.set_index("id").loc[wrong_id, "category"] != wrong_label.lower()
+    info = json.loads((tiny_validated.catalog / "dataset.json").read_text())
+    assert info["subset"] == "catalog" and info["split_policy"] == "grouped"
+    assert info["classes"] == sorted(tiny.classes)
+
+
+def test_catalog_drops_small_categories_by_name_and_reports_why(tiny_validated, tmp_path, caplog):
+    tiny = tiny_validated.source
+    section = tiny_validated.params.section("subset")
+    params = subset_params(section, "catalog")
+    with caplog.at_level("WARNING", logger="fashionrec.data.subset"):
+        res = subset(tiny_validated.manifest / "manifest.parquet", tmp_path / "c", params)
+    assert res.under_minimum == tiny.small == {"hat": 3}
+    assert "categories under min_per_class=5: hat (3)" in res.message and "hat (3)" in caplog.text
+    report = json.loads((tmp_path / "c" / "dropped.json").read_text())
+    reasons = {p["id"]: p["reason"] for p in report["photos"]}
+    assert {reasons[i] for i in tiny.small_ids()} == {"category under subset.min_per_class"}
+    assert {reasons[i] for i in tiny.dropped} == {"junk label (subset.drop_labels)"}
+    assert report["n_kept"] == res.n_images and report["kids_dropped"] == 1
+    table = (tmp_path / "c" / "dropped.md").read_text()
+    assert "| category under subset.min_per_class | 3 | 1 | Hat 3 |" in table
+    # a minimum nothing reaches is an error naming the parameter
+    with pytest.raises(DataError, match=r"no category left with >= subset.min_per_class=100"):
+        subset(tiny_validated.manifest / "manifest.parquet", tmp_path / "d", {**params, "min_per_class": 100})
+
+
+def test_subset_params_merge_and_unknown_names(tiny_validated):
+    section = tiny_validated.params.section("subset")
+    bench = subset_params(section, "benchmark")
+    assert bench["split"]["policy"] == "published" and bench["drop_labels"] == section["drop_labels"]
+    assert subset_params(section, "catalog")["split"]["keep_in_test"] == "top10-splits.csv"
+    with pytest.raises(DataError, match=r"no subset named 'shop'"):
+        subset_params(section, "shop")

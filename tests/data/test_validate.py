@@ -13,7 +13,7 @@ import pytest
 from fashionrec import cli
 from fashionrec.core.errors import ValidationFailed
 from fashionrec.data.manifest import read_manifest, write_manifest
-from fashionrec.data.subset import subset
+from fashionrec.data.subset import subset, subset_params
 from fashionrec.data.validate import validate
 
 
@@ -21,17 +21,18 @@ from fashionrec.data.validate import validate
 def project(tiny_validated, tmp_path) -> Path:
     """A writable copy of the tiny project's params and subset folder (the manifest stays shared)."""
     shutil.copy(tiny_validated.root / "params.yaml", tmp_path / "params.yaml")
-    shutil.copytree(tiny_validated.subset, tmp_path / "data" / "subset")
+    shutil.copytree(tiny_validated.subset, tmp_path / "data/subset/benchmark")
     return tmp_path
 
 
 def run(project: Path, tiny_validated, **over):
     params = {**tiny_validated.params.section("validate"), **over}
-    return validate(project / "data/subset", project / "data/validated", project / "reports/validate", params)
+    return validate(project / "data/subset/benchmark", project / "data/validated/benchmark",
+                    project / "reports/validate/benchmark", params)
 
 
 def edit_manifest(project: Path, change) -> pd.DataFrame:
-    folder = project / "data" / "subset"
+    folder = project / "data/subset/benchmark"
     df = read_manifest(folder).drop(columns=["abspath"])
     df = change(df)
     write_manifest(df, folder / "manifest.parquet")
@@ -39,14 +40,14 @@ def edit_manifest(project: Path, change) -> pd.DataFrame:
 
 
 def pick(project: Path, split: str = "train", n: int = 0) -> pd.Series:
-    df = read_manifest(project / "data" / "subset")
+    df = read_manifest(project / "data/subset/benchmark")
     return df[df["split"] == split].sort_values("id").iloc[n]
 
 
 def test_validated_folder_and_reports(tiny_validated):
     df = read_manifest(tiny_validated.validated)
     assert len(df) == tiny_validated.source.n_published
-    assert all(p.startswith("../subset/images/") for p in df["path"])
+    assert all(p.startswith("../../subset/benchmark/images/") for p in df["path"])
     assert all(Path(p).is_file() for p in df["abspath"])
     info = json.loads((tiny_validated.validated / "dataset.json").read_text())
     assert info["counts"]["validation"] == {c: 2 for c in tiny_validated.source.classes}
@@ -65,9 +66,9 @@ def test_missing_file_fails_naming_it(project, tiny_validated):
     Path(victim["abspath"]).unlink()
     with pytest.raises(ValidationFailed, match=rf"file exists and decodes.*{victim['id']}.*not found"):
         run(project, tiny_validated, on_bad_file="fail")
-    assert not (project / "data/validated").exists()
-    summary = json.loads((project / "reports/validate/summary.json").read_text())
-    assert not summary["success"] and (project / "reports/validate/data_docs/index.html").is_file()
+    assert not (project / "data/validated/benchmark").exists()
+    summary = json.loads((project / "reports/validate/benchmark/summary.json").read_text())
+    assert not summary["success"] and (project / "reports/validate/benchmark/data_docs/index.html").is_file()
 
 
 def test_undecodable_file_fails_naming_it(project, tiny_validated):
@@ -83,12 +84,12 @@ def test_quarantine_drops_bad_files_and_goes_on(project, tiny_validated):
     Path(broken["abspath"]).write_bytes(b"GIF89a not an image")
     result = run(project, tiny_validated, on_bad_file="quarantine")
     assert result.success and result.n_passed == result.n_checked - 2
-    q = pd.read_csv(project / "data/validated/quarantine.csv")
+    q = pd.read_csv(project / "data/validated/benchmark/quarantine.csv")
     assert sorted(q["id"]) == sorted([missing["id"], broken["id"]])
     assert q.set_index("id").loc[broken["id"], "reason"].count("cannot decode") == 1
-    kept = read_manifest(project / "data/validated")
+    kept = read_manifest(project / "data/validated/benchmark")
     assert not set(q["id"]) & set(kept["id"])
-    assert json.loads((project / "data/validated/dataset.json").read_text())["quarantined"] == 2
+    assert json.loads((project / "data/validated/benchmark/dataset.json").read_text())["quarantined"] == 2
 
 
 def test_unknown_label_fails_naming_row(project, tiny_validated):
@@ -137,7 +138,7 @@ def test_too_few_images_per_class_names_split_and_class(project, tiny_validated)
 
 
 def test_small_images_and_skewed_shares_fail(project, tiny_validated):
-    df = read_manifest(project / "data/subset")
+    df = read_manifest(project / "data/subset/benchmark")
     small = sorted(df.loc[df["width"] < 70, "id"])
     assert small, "the generator makes sides between 64 and 96 px"
     with pytest.raises(ValidationFailed, match=rf"minimum width.*{small[0]}"):
@@ -149,9 +150,9 @@ def test_small_images_and_skewed_shares_fail(project, tiny_validated):
 
 
 def test_sender_in_two_splits_fails_under_grouped(project, tiny_validated):
-    folder = project / "data/subset"
+    folder = project / "data/subset/benchmark"
     shutil.rmtree(folder)
-    params = {**tiny_validated.params.section("subset"), "split": {
+    params = {**subset_params(tiny_validated.params.section("subset"), "benchmark"), "split": {
         "policy": "grouped", "shares": {"train": 0.6, "validation": 0.2, "test": 0.2}}}
     subset(tiny_validated.manifest / "manifest.parquet", folder, params)
     assert run(project, tiny_validated, min_per_class=1, split_tolerance=0.2).success
@@ -175,12 +176,12 @@ def test_cli_exit_codes(project, tiny_validated, monkeypatch, capsys):
             cli.main()
         return info.value.code
 
-    assert main() == 0
+    assert main("benchmark") == 0
     assert json.loads(capsys.readouterr().out)["success"] is True
     victim = pick(project)
     Path(victim["abspath"]).unlink()
-    assert main("--on-bad-file", "fail") == 1
+    assert main("benchmark", "--on-bad-file", "fail") == 1
     err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
     assert err.startswith("error: expectation 'file exists and decodes'") and victim["id"] in err
-    assert main("-s", "validate.on_bad_file=maybe") == 1
+    assert main("benchmark", "-s", "validate.on_bad_file=maybe") == 1
     assert "validate.on_bad_file: 'maybe'" in capsys.readouterr().err

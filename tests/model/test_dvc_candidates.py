@@ -32,8 +32,10 @@ def test_exp_run_with_other_candidates_gates_and_exports_those(tiny_source, tmp_
     (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
     for key, value in {**tree["kfp"]["local"]["tiny"], "ingest.source": str(tiny_source.root),
-                       "subset.classes": list(tiny_source.classes), "train.candidates": ["pixels"],
+                       "subset.subsets.benchmark.classes": list(tiny_source.classes),
+                       "train.candidates": ["pixels"],
                        "train.device": "cpu", "select.thresholds": {"test.micro_f1": 0.0},
+                       "select.group_floors": {},
                        "mlflow.tracking_uri": "sqlite:///mlflow/mlflow.db",
                        "mlflow.artifact_root": "mlflow/artifacts"}.items():
         set_dotted(tree, key, value)

@@ -24,7 +24,10 @@ KEYS = {
                   "hit_at_10", "map_at_10"},
     "instance": {"top1", "top5", "top10", "top20"},
     "latency": {"query_ms_p50", "query_ms_p99", "embed_ms_per_image"},
+    "kids": {"n"},   # the published split's test images hold no kids' photo
+    "adults": {"n", "accuracy", "precision_at_1", "precision_at_5"},
 }
+GROUP = {"n", "accuracy", "precision_at_1", "precision_at_5"}
 FAST = {"instance": {"n_queries": 24}, "latency_queries": 20, "mlflow": False}
 
 
@@ -112,7 +115,36 @@ def test_evaluate_a_trained_candidate_logs_into_its_training_run(tiny_validated,
     assert run.data.tags["evaluated"] == "true" and run.data.tags["evaluate.index"] == "balltree"
     logged = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert logged == {f"evaluation/{n}" for n in ("simple_cnn.json", "per_class.csv", "confusion_matrix.png",
-                                                  "retrieval_grid.png")}
+                                                  "retrieval_grid.png", "per_category.csv", "by_group.png")}
+
+
+def test_catalog_and_benchmark_are_scored_by_group_and_category(tiny_validated, pixels_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """The product's test split (kids included) and the benchmark's, each by group and category."""
+    metrics_path, reports = tmp_path / "m.json", tmp_path / "r"
+    result = evaluate(pixels_dir, tiny_validated.catalog_validated, metrics_path, reports,
+                      eval_params(tiny_validated), progress=False, benchmark_dir=tiny_validated.validated)
+    tree = json.loads(metrics_path.read_text())
+    catalog = read_manifest(tiny_validated.catalog_validated)
+    test = catalog[catalog["split"] == "test"]
+    assert set(tree["kids"]) == set(tree["adults"]) == GROUP
+    assert tree["kids"]["n"] == test["kids"].sum() >= 4 and tree["adults"]["n"] == (~test["kids"]).sum()
+    n = tree["kids"]["n"] + tree["adults"]["n"]
+    for key in ("accuracy", "precision_at_1"):  # the groups split the whole: weighted means agree
+        whole = tree["test" if key == "accuracy" else "retrieval"][key]
+        parts = (tree["kids"][key] * tree["kids"]["n"] + tree["adults"][key] * tree["adults"]["n"]) / n
+        assert parts == pytest.approx(whole, abs=1e-5)
+    bench = tree["benchmark"]
+    assert bench["test"]["n"] == 8 and bench["kids"] == {"n": 0} and set(bench["adults"]) == GROUP
+    assert 0.5 < bench["test"]["accuracy"] <= 1.0 and "precision_at_5" in bench["retrieval"]
+    table = pd.read_csv(reports / "per_category.csv")
+    assert set(table["split"]) == {"catalog", "benchmark"}
+    overall = table[(table["split"] == "catalog") & (table["group"] == "all")]
+    assert overall["n"].sum() == len(test) and set(overall["category"]) == set(test["category"])
+    kids_rows = table[(table["split"] == "catalog") & (table["group"] == "kids")]
+    assert kids_rows["n"].sum() == tree["kids"]["n"]
+    assert (reports / "by_group.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.counts["test"] == len(test)
 
 
 def test_missing_run_reference_fails_before_any_work(tiny_validated, pixels_dir: Path,

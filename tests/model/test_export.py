@@ -20,7 +20,7 @@ from fashionrec.data.manifest import read_dataset
 from fashionrec.models.base import EmbeddingModel
 from fashionrec.registry.export import export, parity_images, verify
 from fashionrec.runtime.export import export_onnx
-from fashionrec.runtime.metadata import METADATA_KEY, read_metadata
+from fashionrec.runtime.metadata import METADATA_KEY, read_metadata, read_precision
 from fashionrec.runtime.quantize import DEFAULTS, quantize, settings, static_options
 from fashionrec.runtime.session import create_session
 from tests.model.utils import export_params, real_model, save_candidate, tamper
@@ -116,6 +116,11 @@ def test_export_step_writes_everything_and_int8(cnn: EmbeddingModel, tiny_valida
     assert 0.0 <= q["accuracy_int8"] <= 1.0 and q["images_per_s_int8"] > 0 and q["eval_images"] == 8
     assert q["settings"] == {**DEFAULTS, "calibration_images": 16}
     assert q["embedding_mean_cosine"] > 0.5 and isinstance(q["accepted"], bool)
+    assert q["serving_precision"] == ("int8" if q["accepted"] else "fp32")
+    # the int8 copy describes itself: the fp32 model's preprocessing, and its own precision
+    int8, fp32 = tmp_path / "export/model.int8.onnx", tmp_path / "export/model.onnx"
+    assert read_precision(int8) == "int8" and read_precision(fp32) == "fp32"
+    assert read_metadata(int8) == read_metadata(fp32)
     # int8 and fp32 answer to the same input/output names
     emb = create_session(tmp_path / "export/model.int8.onnx").run(
         np.zeros((2, 3, 64, 64), np.float32))["embedding"]

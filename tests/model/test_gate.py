@@ -54,6 +54,38 @@ def test_not_worse_than_champion_by_more_than_delta() -> None:
     assert check["passes_threshold"] and not check["passes_champion"] and check["champion"] == 0.8
 
 
+def grouped(micro_f1: float, kids_p1: float, adults_p1: float) -> dict[str, float]:
+    """Metrics of a model that is good on average, with its kids and adults groups apart."""
+    groups = {g: {"n": 40, "accuracy": micro_f1, "precision_at_1": p1, "precision_at_5": p1}
+              for g, p1 in (("kids", kids_p1), ("adults", adults_p1))}
+    return numeric_leaves(metrics_tree(micro_f1, 0.9, 0.9, **groups))
+
+
+FLOORED = {"groups": ["kids", "adults"], "group_floors": {"precision_at_1": 0.8}}
+
+
+def test_group_floor_refuses_a_model_that_fails_one_group() -> None:
+    """The best model on average is refused when kids get wrong neighbours; the decision says so."""
+    d = decide({"a": grouped(0.95, kids_p1=0.6, adults_p1=0.97), "b": grouped(0.9, 0.85, 0.9)},
+               select_params(**FLOORED), champion=None)
+    assert d.winner == "a" and not d.passed
+    assert "kids.precision_at_1 = 0.6000 is below the group floor 0.8000" in d.reason
+    failed = [c for c in d.checks if not c["passed"]]
+    assert [c["metric"] for c in failed] == ["kids.precision_at_1"] and failed[0]["group_floor"]
+    assert next(c for c in d.checks if c["metric"] == "adults.precision_at_1")["passed"]
+    assert decide({"b": grouped(0.9, 0.85, 0.9)}, select_params(**FLOORED), champion=None).passed
+    # without the floors the same model passes: the floor is what stops it
+    assert decide({"a": grouped(0.95, 0.6, 0.97)}, select_params(), champion=None).passed
+
+
+def test_group_floor_without_the_group_in_the_metrics_refuses() -> None:
+    d = decide({"a": flat(0.95, 0.9, 0.9)}, select_params(**FLOORED), champion=None)
+    assert not d.passed and "kids.precision_at_1 is missing" in d.reason
+    with pytest.raises(FashionrecError, match=r"select.group_floors.precision_at_1: must be a number"):
+        bad = select_params(groups=["kids"], group_floors={"precision_at_1": "x"})
+        decide({"a": flat(0.9, 0.9, 0.9)}, bad, champion=None)
+
+
 def test_champion_without_a_metric_is_not_held_against_the_winner() -> None:
     champ = Champion(version="1", metrics={"test.micro_f1": 0.6})
     d = decide({"a": flat(0.7, 0.7, 0.7)}, select_params(), champ)

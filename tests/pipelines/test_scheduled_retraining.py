@@ -55,7 +55,7 @@ class Project:
         self.repo = base / "repo"
         self.tree = yaml.safe_load((ROOT / "params.yaml").read_text())
         overrides = {**self.tree["kfp"]["local"]["tiny"], "ingest.source": str(tiny_source.root),
-                     "subset.classes": list(tiny_source.classes), "register.name": NAME,
+                     "subset.subsets.benchmark.classes": list(tiny_source.classes), "register.name": NAME,
                      "index.model": f"models:/{NAME}@champion", "index.bundles": str(base / "bundles"),
                      "select.thresholds": {m: 0.0 for m in self.tree["select"]["thresholds"]}}
         for key, value in overrides.items():
@@ -141,9 +141,10 @@ def test_run1_registers_a_champion_with_lineage_and_deploys(project: Project, ru
     assert tags["lineage.pipeline_run_id"] not in ("", "None")
     # the pipeline read data/subset at main through DVC: what dvc repro wrote, checked against dvc.lock
     fetched = Path(run1.run_dir) / "fetch-data" / "subset"
-    assert len(read_manifest(fetched)) == len(read_manifest(project.repo / "data" / "subset")) > 0
+    product = project.tree["subset"]["product"]
+    assert len(read_manifest(fetched)) == len(read_manifest(project.repo / "data" / "subset" / product)) > 0
     lock = yaml.safe_load((project.repo / "dvc.lock").read_text())
-    assert [o["md5"] for o in lock["stages"]["subset"]["outs"]] == [project.v1.md5]
+    assert [o["md5"] for o in lock["stages"][f"subset@{product}"]["outs"]] == [project.v1.md5]
     assert tags["gate.passed"] == "true" and tags["kfp_run"].startswith("fashionrec-training")
     history = json.loads(MlflowClient().get_registered_model(NAME).tags["champion_history"])
     assert history[-1]["by"].startswith("kfp run fashionrec-training")
@@ -201,7 +202,8 @@ def photo_folder(folder: Path, project: Project, n: int = 16, seed: int = 7) -> 
     train and test (the split is drawn from the content hash at the subset's shares)."""
     from fashionrec.data.synthetic import CLASSES
 
-    shares = read_dataset(project.repo / "data" / "subset")["expected_shares"]
+    product = project.tree["subset"]["product"]
+    shares = read_dataset(project.repo / "data" / "subset" / product)["expected_shares"]
     rng = np.random.default_rng(seed)
     (folder / "images").mkdir(parents=True)
     rows, labels, count = [], list(CLASSES), {"train": 0, "validation": 0, "test": 0}
@@ -239,7 +241,8 @@ def test_add_photos_records_a_new_data_version(project: Project, v2: dict):
     assert git(project.repo, "log", "-1", "--format=%s").startswith("data: add")
     changed = git(project.repo, "show", "--name-only", "--format=", "HEAD").split()
     assert {"data/additions.dvc", "dvc.lock"} <= set(changed)
-    subset = read_manifest(project.repo / "data" / "subset")
+    product = project.tree["subset"]["product"]
+    subset = read_manifest(project.repo / "data" / "subset" / product)
     assert set(v2["added"]) <= set(subset["id"])
     # pushed: a fresh clone at that commit gets the bytes from the remote alone
     clone = project.base / "clone"
@@ -247,7 +250,7 @@ def test_add_photos_records_a_new_data_version(project: Project, v2: dict):
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     subprocess.run([str(BIN / "dvc"), "pull", "-q", "data/subset"], cwd=clone, check=True, env=env,
                    capture_output=True)
-    assert len(read_manifest(clone / "data" / "subset")) == len(subset)
+    assert len(read_manifest(clone / "data" / "subset" / product)) == len(subset)
 
 
 def test_run3_no_improvement_is_no_change(project: Project, v2: dict):
@@ -315,7 +318,8 @@ def test_run3_better_by_min_improvement_registers_v2(project: Project, v2: dict)
 def test_bad_photos_are_refused_by_name(project: Project, run1: LocalRun, tmp_path):
     folder = photo_folder(tmp_path / "bad", project, n=4, seed=11)
     rows = pd.read_csv(folder / "images.csv")
-    test_row = read_manifest(project.repo / "data" / "subset").query("split == 'test'").iloc[0]
+    product = project.tree["subset"]["product"]
+    test_row = read_manifest(project.repo / "data" / "subset" / product).query("split == 'test'").iloc[0]
     shutil.copyfile(test_row["abspath"], folder / "images" / "copy-of-test.jpg")
     (folder / "images" / "broken.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
     draw_item("Dress", np.random.default_rng(3), (80, 80)).save(folder / "images" / "a-hat.jpg")

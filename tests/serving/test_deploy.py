@@ -300,14 +300,28 @@ def test_abandoned_temporary_files_of_dead_deploys_are_removed(tmp_path: Path) -
 
 
 def test_catalog_from_the_validated_dataset(tiny_validated, assets, tmp_path: Path) -> None:
-    params = write_params(tmp_path, assets.model_a, None,
-                          index__manifest=str(tiny_validated.validated / "manifest.parquet"))
+    """The default inventory is every validated catalog photo, kids' included; the filters work on it."""
+    from fastapi.testclient import TestClient
+
+    from fashionrec.serve.app import ServeConfig, create_app
+
+    params = write_params(tmp_path, assets.model_a, None, serve__watch_interval_s=0,
+                          index__manifest=str(tiny_validated.catalog_validated / "manifest.parquet"))
     result = deploy_with(params)
-    manifest = pd.read_parquet(tiny_validated.validated / "manifest.parquet")
-    assert result.items + len(result.skipped) == len(manifest)
+    manifest = pd.read_parquet(tiny_validated.catalog_validated / "manifest.parquet")
+    assert result.items == len(manifest) and result.skipped == []
     items = load_bundle(Path(result.bundle)).items
-    assert set(items["item_id"]) <= set(manifest["id"].astype(str))
-    assert set(items["category"]) <= set(manifest["category"])
+    assert set(items["item_id"]) == set(manifest["id"].astype(str))
+    assert int(items["kids"].sum()) == int(manifest["kids"].sum()) >= 8
+    photo = Path(tiny_validated.catalog_validated / manifest["path"].iloc[0]).read_bytes()
+    with TestClient(create_app(ServeConfig.from_params(params))) as client:
+        assert client.get("/info").json()["categories"] == sorted(set(manifest["category"]))
+        kids = client.post("/recommend", files={"image": ("q.jpg", photo, "image/jpeg")},
+                           data={"kids": "true", "k": "5"}).json()["items"]
+        adults = client.post("/recommend", files={"image": ("q.jpg", photo, "image/jpeg")},
+                             data={"kids": "false", "k": "5", "category": "pants"}).json()["items"]
+    assert len(kids) == 5 and all(item["kids"] and "kids" in item["attributes"] for item in kids)
+    assert len(adults) == 5 and all(not i["kids"] and i["category"] == "pants" for i in adults)
 
 
 def test_index_pulls_the_champion_from_the_registry(mlflow_server: str, tmp_path: Path, assets) -> None:

@@ -34,6 +34,17 @@ class LoadedBundle:
         return str(self.manifest["model"]["version"])
 
     @property
+    def precision(self) -> str:
+        """fp32 | int8: the model that embedded the inventory and embeds the queries."""
+        return str(self.manifest["model"].get("precision", "fp32"))
+
+    @property
+    def embedded_with(self) -> str:
+        """sha256 of the model file that made the embeddings (the bundle's own model)."""
+        made_by = (self.manifest.get("embeddings") or {}).get("model_sha256")
+        return str(made_by or self.manifest["files"][MODEL]["sha256"])
+
+    @property
     def model_file(self) -> Path:
         return self.folder / MODEL
 
@@ -59,6 +70,11 @@ def load_bundle(folder: Path, verify: bool = True, mmap: bool = False) -> Loaded
         prep = json.loads((folder / PREP).read_text())
     except Exception as exc:
         raise BundleError(f"{folder}: cannot read bundle data ({type(exc).__name__}: {exc})") from exc
+    made_by = (manifest.get("embeddings") or {}).get("model_sha256")
+    model_sha = manifest["files"][MODEL]["sha256"]
+    if made_by is not None and made_by != model_sha:
+        raise BundleError(f"{folder}: embeddings were made by model sha256 {made_by[:12]}… but the bundle's "
+                          f"{MODEL} is {model_sha[:12]}…: refused (queries would not match the inventory)")
     if embeddings.ndim != 2 or embeddings.shape[0] != len(items):
         raise BundleError(f"{folder}: {len(items)} items but embeddings of shape {embeddings.shape}")
     items["attributes"] = items["attributes"].map(lambda a: [str(x) for x in a] if a is not None else [])

@@ -111,6 +111,9 @@ class BundleContent:
     embedded: int = 0                # how many items this build embedded (the rest came from `parent`)
     skipped: list[dict[str, str]] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)   # what it was built from: catalog and settings
+    embedded_with: str | None = None  # sha256 of the model file that made `embeddings` (None: model_file)
+    precision: str = "fp32"          # fp32 | int8: of model_file, which serves the queries too
+    precision_reason: str = ""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -152,6 +155,11 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
     n = len(content.items)
     if content.embeddings.shape[0] != n:
         raise BundleError(f"{n} items but {content.embeddings.shape[0]} embeddings")
+    model_sha = sha256_file(content.model_file)
+    if content.embedded_with is not None and content.embedded_with != model_sha:
+        raise BundleError(f"the embeddings were made by model sha256 {content.embedded_with[:12]}… but the "
+                          f"bundle's model {content.model_file} is {model_sha[:12]}…: inventory and queries "
+                          "must come from one model (never fp32 embeddings with int8 queries)")
     now = datetime.now(UTC)
     with bundles_lock(bundles_dir):
         for name in remove_abandoned(bundles_dir):
@@ -175,7 +183,9 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
         manifest = {
             "format": FORMAT, "version": version, "created_at": now.isoformat(timespec="seconds"),
             "model": {"version": content.model_version, "uri": content.model_uri,
-                      "sha256": checksums[MODEL]["sha256"]},
+                      "sha256": checksums[MODEL]["sha256"], "precision": content.precision,
+                      "precision_reason": content.precision_reason},
+            "embeddings": {"model_sha256": model_sha, "precision": content.precision},
             "index": {"kind": content.index_kind, "params": content.index_params, **content.index_report},
             "items": {"count": n, "dim": int(content.embeddings.shape[1]),
                       "categories": {str(k): int(v) for k, v in categories.items()},

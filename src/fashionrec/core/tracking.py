@@ -130,7 +130,11 @@ def code_version() -> str:
 
 
 def run_tags(params: Params, manifest: Path | None = None, **extra: str) -> dict[str, str]:
-    tags = {"data_version": data_version(params.root, manifest), "git_commit": git_commit(params.root)}
+    """`data_version` is the product subset's (`subset@<subset.product>` in dvc.lock), plus `git_commit`."""
+    product = params.get("subset.product") or "catalog"
+    out = f"{str(params.get('subset.out') or 'data/subset').rstrip('/')}/{product}"
+    tags = {"data_version": data_version(params.root, manifest, stage=f"subset@{product}", out=out),
+            "git_commit": git_commit(params.root)}
     tags.update({k: str(v) for k, v in extra.items()})
     return tags
 

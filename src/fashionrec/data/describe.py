@@ -1,7 +1,8 @@
 """Stage `describe`: pictures of the validated dataset, where people would rather look than read JSON.
 
-`label_distribution.png` (images per class in each split), `image_sizes.png` (width x height) and
-`contact_sheet.png` (a seeded sample of images per class).
+`label_distribution.png` (images per class in each split), `kids_balance.png` (kids and adults photos
+per category in each split: whether the model sees, and is measured on, kids' clothes), `image_sizes.png`
+(width x height) and `contact_sheet.png` (a seeded sample of images per class).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def describe(manifest: Path, out: Path, params: dict[str, Any]) -> DescribeResul
     classes = sorted(df["category"].unique())
     figures = [
         label_distribution(df, classes, out / "label_distribution.png"),
+        kids_balance(df, classes, out / "kids_balance.png"),
         image_sizes(df, out / "image_sizes.png"),
         contact_sheet(df, classes, out / "contact_sheet.png", int(params.get("samples_per_class", 8)),
                       int(params.get("thumb_size", 112)), int(params.get("seed", DEFAULT_SEED))),
@@ -68,6 +70,31 @@ def label_distribution(df: pd.DataFrame, classes: list[str], path: Path) -> Path
     kids = int(df["kids"].sum()) if "kids" in df else 0
     ax.set_title(f"Images per class and split ({len(df)} images, kids: {kids})")
     ax.legend()
+    return save(fig, path)
+
+
+def kids_balance(df: pd.DataFrame, classes: list[str], path: Path) -> Path:
+    """One panel per split: adults and kids photos per category as stacked horizontal bars, kids' share."""
+    splits = [s for s in SPLITS if (df["split"] == s).any()] if "split" in df else [None]
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits) + 1, 0.32 * len(classes) + 1.8),
+                             sharey=True, squeeze=False)
+    y = np.arange(len(classes))
+    for ax, split in zip(axes[0], splits, strict=True):
+        part = df if split is None else df[df["split"] == split]
+        kids = part[part["kids"]]["category"].value_counts().reindex(classes, fill_value=0)
+        adults = part[~part["kids"]]["category"].value_counts().reindex(classes, fill_value=0)
+        ax.barh(y, adults, color="#4c72b0", label="adults")
+        ax.barh(y, kids, left=adults, color="#dd8452", label="kids")
+        for i, (a, k) in enumerate(zip(adults, kids, strict=True)):
+            if k:
+                ax.text(a + k, i, f" {k}", va="center", fontsize=7, color="#a0522d")
+        n_kids, n = int(kids.sum()), len(part)
+        ax.set_title(f"{split or 'all'}: {n} photos, kids {n_kids} ({n_kids / max(n, 1):.0%})", fontsize=9)
+        ax.set_xlabel("photos")
+    axes[0][0].invert_yaxis()  # shared y: once flips every panel
+    axes[0][0].set_yticks(y, classes)
+    axes[0][-1].legend(loc="lower right")
+    fig.suptitle("Kids and adults photos per category and split (orange numbers: kids)")
     return save(fig, path)
 
 

@@ -183,9 +183,10 @@ def quarantine_files(quarantined: list[dict[str, str]], folder: Path) -> None:
 
 
 def add_photos(folder: Path, root: Path, params: dict[str, Any], validate_params: dict[str, Any],
-               *, subset_dir: Path, additions: Path, reports: Path) -> IntakeResult:
+               *, product: str, subset_dir: Path, additions: Path, reports: Path) -> IntakeResult:
     """Check FOLDER's photos, add them to the additions folder and record a new data version (see the
-    module docstring). `root` is the project's git + DVC repository; the other paths lie inside it."""
+    module docstring). `root` is the project's git + DVC repository; the other paths lie inside it;
+    `subset_dir` is the product subset `product` (subset.product), the one a run trains on."""
     folder, root = Path(folder).resolve(), Path(root).resolve()
     info = read_dataset(subset_dir)
     shares = info.get("expected_shares") or {"train": 0.8, "validation": 0.1, "test": 0.1}
@@ -202,7 +203,7 @@ def add_photos(folder: Path, root: Path, params: dict[str, Any], validate_params
     if params.get("record", True):
         message = str(params.get("message") or "data: add {n} photos from {folder}").format(
             n=len(accepted), folder=folder.name)
-        version = record_version(root, str(additions.resolve().relative_to(root)), message,
+        version = record_version(root, str(additions.resolve().relative_to(root)), message, product,
                                  repro=str(params.get("repro") or "subset"),
                                  push=bool(params.get("push", True)), commit=bool(params.get("commit", True)))
     return IntakeResult(added=sorted(accepted["id"]),

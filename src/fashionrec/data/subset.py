@@ -1,14 +1,21 @@
 """Stage `subset`: choose classes, drop unusable labels, cap per class, split, copy the images.
 
-The subset folder is self-contained (images copied, paths relative) so DVC versions exactly what a
-model was trained on. Split policies:
+Several named subsets live side by side (`subset.subsets` in params, `data/subset/<name>/`), each a
+self-contained folder (images copied, paths relative) so DVC versions exactly what a model was trained
+or measured on. Split policies:
 - `published`: the source's `top10-splits.csv`; its label wins over `images.csv` where they disagree.
-- `grouped`: seeded and stratified by category, grouped by `sender_id` so that one person's photos never
-  straddle two splits (no near-duplicate leakage between train and test).
+- `grouped`: seeded and stratified by category and attributes (kids), grouped by `sender_id` so that one
+  person's photos never straddle two splits (no near-duplicate leakage between train and test). With
+  `split.keep_in_test` the test images of a published split file, and every photo of their senders, go
+  to test: a subset built this way never trains on a benchmark test image.
+What a subset leaves out (junk labels, categories under `min_per_class`, ...) is listed with its reason
+in `dropped.json` and `dropped.md` beside the manifest.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +39,14 @@ from fashionrec.data.manifest import (
 )
 
 POLICIES = ("published", "grouped")
+DROPPED = "dropped"  # dropped.json / dropped.md
+# why a photo of the source is not in a subset (the keys of dropped.json's `by_reason`)
+JUNK = "junk label (subset.drop_labels)"
+UNPUBLISHED = "not in the published split file"
+NOT_LISTED = "category not in subset.classes"
+UNDER_MIN = "category under subset.min_per_class"
+CAPPED = "over subset.max_per_class (seeded sample)"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,11 +56,16 @@ class SubsetResult:
     classes: list[str]
     n_images: int
     counts: dict[str, int]
+    name: str | None = None
+    message: str = ""
     dropped_labels: dict[str, int] = field(default_factory=dict)
     dropped_other_classes: int = 0
+    under_minimum: dict[str, int] = field(default_factory=dict)
     capped: int = 0
     relabelled: int = 0
     not_in_published: int = 0
+    kept_in_test: int = 0
+    kids: dict[str, int] = field(default_factory=dict)
     published_missing: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
 
@@ -53,66 +73,141 @@ class SubsetResult:
         return asdict(self)
 
 
+def subset_names(section: dict[str, Any]) -> list[str]:
+    """The subsets params define (`subset.subsets`), in params order."""
+    names = list(section.get("subsets") or {})
+    if not names:
+        raise DataError("subset.subsets: no subsets defined (e.g. benchmark, catalog)")
+    return names
+
+
+def subset_params(section: dict[str, Any], name: str) -> dict[str, Any]:
+    """One subset's flat parameters: `subset.subsets.<name>` over the keys its siblings share."""
+    subsets = section.get("subsets") or {}
+    if name not in subsets:
+        raise DataError(f"subset.subsets: no subset named '{name}' (defined: {sorted(subsets)})")
+    shared = {k: v for k, v in section.items() if k not in ("subsets", "product")}
+    own = subsets[name] or {}
+    if not isinstance(own, dict):
+        raise DataError(f"subset.subsets.{name}: must be a mapping of subset keys, got {own!r}")
+    merged = {**shared, **own, "name": name}
+    if isinstance(shared.get("split"), dict) and isinstance(own.get("split"), dict):
+        merged["split"] = {**shared["split"], **own["split"]}
+    return merged
+
+
 def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
-    """Write `out/manifest.parquet` (with `split`), `out/dataset.json` and `out/images/`."""
+    """Write `out/manifest.parquet` (with `split`), `out/dataset.json`, `out/images/` and the drop report.
+
+    `params` are one subset's flat parameters (`subset_params(section, name)`).
+    """
     split_params = params.get("split") or {}
     policy = split_params.get("policy", "published")
     if policy not in POLICIES:
         raise DataError(f"subset.split.policy: '{policy}' is not one of {list(POLICIES)}")
     seed = int(params.get("seed", DEFAULT_SEED))
+    name = params.get("name")
     attributes = list(params.get("attributes") or [])
+    source_dir = Path(manifest).parent / "source"
     df = read_manifest(manifest)
     for attr in attributes:
         if attr not in df.columns or df[attr].dtype != bool:
             raise DataError(f"subset.attributes: '{attr}' is not a boolean manifest column")
     notes: dict[str, Any] = {}
+    gone: list[pd.DataFrame] = []
 
-    drop = set(params.get("drop_labels") or [])
-    dropped = df["label"].isin(drop)
+    def drop(mask: pd.Series, reason: str) -> pd.DataFrame:
+        gone.append(df[mask].assign(reason=reason))
+        return df[~mask]
+
+    junk = set(params.get("drop_labels") or [])
+    dropped = df["label"].isin(junk)
     notes["dropped_labels"] = {str(k): int(v) for k, v in df.loc[dropped, "label"].value_counts().items()}
-    df = df[~dropped]
+    df = drop(dropped, JUNK)
 
+    keep_in_test: set[str] = set()
     if policy == "published":
-        df, expected = apply_published(df, Path(manifest).parent / "source" / split_params.get(
-            "published_file", "top10-splits.csv"), notes)
+        n_before = len(df)
+        pub = read_published(source_dir / split_params.get("published_file", "top10-splits.csv"))
+        gone.append(df[~df["id"].isin(pub["image"])].assign(reason=UNPUBLISHED))
+        df, expected = apply_published(df, pub, notes)
+        notes["not_in_published"] = n_before - len(df)
     else:
         expected = check_shares(split_params.get("shares") or {})
+        if split_params.get("keep_in_test"):
+            if not expected["test"]:
+                raise DataError("subset.split.keep_in_test: needs a test share above 0 in "
+                                "subset.split.shares")
+            pub = read_published(source_dir / split_params["keep_in_test"])
+            df = relabel(df, pub, notes)
+            keep_in_test = set(pub.loc[pub["split"] == "test", "image"])
 
-    classes = list(params.get("classes") or sorted(df["category"].unique()))
+    listed = params.get("classes")
+    classes = list(listed or sorted(df["category"].unique()))
     keep = df["category"].isin(classes)
     notes["dropped_other_classes"] = int((~keep).sum())
-    df = df[keep]
+    df = drop(~keep, NOT_LISTED)
     empty = [c for c in classes if not (df["category"] == c).any()]
-    if empty:
-        raise DataError(f"subset.classes: no images for {empty} (after dropping {sorted(drop)})")
+    if empty and listed:
+        raise DataError(f"subset.classes: no images for {empty} (after dropping {sorted(junk)})")
+    minimum = params.get("min_per_class")
+    under: dict[str, int] = {}
+    if minimum is not None:
+        sizes = df["category"].value_counts()
+        under = {c: int(sizes.get(c, 0)) for c in classes if sizes.get(c, 0) < int(minimum)}
+        df = drop(df["category"].isin(under), UNDER_MIN)
+        classes = [c for c in classes if c not in under]
+    notes["under_minimum"] = under
+    if not classes:
+        raise DataError(f"subset '{name}': no category left with >= subset.min_per_class={minimum} photos "
+                        f"(under it: {under})")
     if policy == "published":
         expected = shares_of(df)
 
     cap = params.get("max_per_class")
     if cap is not None:
-        before = len(df)
+        before = df
         df = cap_per_class(df, int(cap), seed)
-        notes["capped"] = before - len(df)
+        notes["capped"] = len(before) - len(df)
+        gone.append(before[~before["id"].isin(df["id"])].assign(reason=CAPPED))
     if policy == "grouped":
-        df = df.assign(split=grouped_split(df, expected, seed))
+        strata = df["category"].copy()
+        for attr in attributes:  # kids and adults photos of a category spread over the splits alike
+            strata = strata + np.where(df[attr], f"/{attr}", "")
+        forced = {s: "test" for s in df.loc[df["id"].isin(keep_in_test), "sender_id"].unique()}
+        df = df.assign(split=grouped_split(df, expected, seed, strata=strata, forced=forced))
+        notes["kept_in_test"] = int(df["id"].isin(keep_in_test).sum())
+        if (df["id"].isin(keep_in_test) & (df["split"] != "test")).any():  # by construction never
+            raise DataError("subset.split.keep_in_test: a published test image left the test split")
 
     df = df.assign(labels=[labels_of(c, dict(zip(attributes, map(bool, flags), strict=True)))
                            for c, *flags in df[["category", *attributes]].itertuples(index=False)])
     df = df.sort_values(["split", "category", "id"]).reset_index(drop=True)
+    out.mkdir(parents=True, exist_ok=True)
     df, missing = copy_images(df, out)
     write_manifest(df, out / MANIFEST)
-    write_dataset(dataset_info(df, classes, attributes, split_policy=policy, seed=seed,
-                               expected_shares=expected), out)
-    return SubsetResult(out=str(out), policy=policy, classes=classes, n_images=len(df),
-                        counts={s: int((df["split"] == s).sum()) for s in SPLITS},
-                        missing_files=missing, **notes)
+    extra = {"subset": name} if name else {}
+    write_dataset(dataset_info(df, classes, attributes, **extra, split_policy=policy, seed=seed,
+                               expected_shares=expected,
+                               min_per_class=None if minimum is None else int(minimum)), out)
+    report = drop_report(pd.concat(gone, ignore_index=True) if gone else df.iloc[:0].assign(reason=""),
+                         df, name, minimum)
+    write_drop_report(report, out)
+    message = drop_message(report)
+    if message:
+        log.warning("subset %s: %s", name or out, message)
+    kids = {s: int(df.loc[df["split"] == s, "kids"].sum()) for s in SPLITS}
+    return SubsetResult(out=str(out), policy=policy, classes=classes, n_images=len(df), name=name,
+                        message=message, counts={s: int((df["split"] == s).sum()) for s in SPLITS},
+                        kids=kids, missing_files=missing, **notes)
 
 
-def apply_published(df: pd.DataFrame, splits_csv: Path, notes: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
-    """Keep the images of the published split file; take its label and split."""
+def read_published(splits_csv: Path) -> pd.DataFrame:
+    """A published split file (`image, label, split`), checked, one row per image."""
     if not splits_csv.is_file():
-        raise DataError(f"{splits_csv}: published split file not found (policy 'published'; "
-                        "use subset.split.policy=grouped for a source without one)")
+        raise DataError(f"{splits_csv}: published split file not found (policy 'published' or "
+                        "split.keep_in_test; use subset.split.policy=grouped without keep_in_test "
+                        "for a source without one)")
     pub = pd.read_csv(splits_csv, dtype=str, keep_default_na=False)
     missing_cols = [c for c in ("image", "label", "split") if c not in pub.columns]
     if missing_cols:
@@ -121,11 +216,22 @@ def apply_published(df: pd.DataFrame, splits_csv: Path, notes: dict[str, Any]) -
     if len(bad):
         line, value = int(bad.index[0]) + 2, bad["split"].iloc[0]
         raise DataError(f"{splits_csv}: line {line}: split '{value}' is not one of {list(SPLITS)}")
-    pub = pub.drop_duplicates("image")
+    return pub.drop_duplicates("image")
+
+
+def relabel(df: pd.DataFrame, pub: pd.DataFrame, notes: dict[str, Any]) -> pd.DataFrame:
+    """The published file's category wins over images.csv for the images it lists (the upstream fix)."""
+    fixed = df["id"].map(dict(zip(pub["image"], pub["label"].map(category_of), strict=True)))
+    changed = fixed.notna() & (fixed != df["category"])
+    notes["relabelled"] = int(changed.sum())
+    return df.assign(category=fixed.where(fixed.notna(), df["category"]))
+
+
+def apply_published(df: pd.DataFrame, pub: pd.DataFrame, notes: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
+    """Keep the images of the published split file; take its label and split."""
     merged = df.merge(pub.rename(columns={"image": "id", "label": "published_label"}), on="id", how="inner")
     published_category = merged["published_label"].map(category_of)
     notes["relabelled"] = int((published_category != merged["category"]).sum())
-    notes["not_in_published"] = int(len(df) - len(merged))
     notes["published_missing"] = sorted(set(pub["image"]) - set(df["id"]))
     merged = merged.assign(category=published_category).drop(columns=["published_label"])
     return merged, shares_of(merged)
@@ -153,21 +259,27 @@ def cap_per_class(df: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
     return shuffled[shuffled.groupby("category").cumcount() < cap]
 
 
-def grouped_split(df: pd.DataFrame, shares: dict[str, float], seed: int) -> pd.Series:
-    """Assign whole sender groups to splits greedily, keeping each split's class counts near its target.
+def grouped_split(df: pd.DataFrame, shares: dict[str, float], seed: int, *, strata: pd.Series | None = None,
+                  forced: dict[Any, str] | None = None) -> pd.Series:
+    """Assign whole sender groups to splits greedily, keeping each split's stratum counts near its target.
 
-    Groups go largest first (seeded order among equals); each lands in the split where it least raises
-    the chi-square distance sum((filled - target)^2 / target) over (split, class), so every split
-    approaches its share of every class.
+    Strata are the categories unless given (e.g. category x kids). `forced` senders go to their split
+    first; the others go largest first (seeded order among equals), each to the split where it least
+    raises the chi-square distance sum((filled - target)^2 / target) over (split, stratum), so every
+    split approaches its share of every stratum.
     """
-    counts = pd.crosstab(df["sender_id"], df["category"])
-    rng = np.random.default_rng(seed)
-    order = counts.index.to_numpy()[rng.permutation(len(counts))]
-    sizes = counts.loc[order].sum(axis=1).to_numpy()
-    order = order[np.argsort(-sizes, kind="stable")]
+    counts = pd.crosstab(df["sender_id"], df["category"] if strata is None else strata)
     target = np.outer([shares[s] for s in SPLITS], counts.sum(axis=0).to_numpy(dtype=float))
     filled = np.zeros_like(target)
     assigned: dict[Any, str] = {}
+    for sender, split in (forced or {}).items():
+        filled[SPLITS.index(split)] += counts.loc[sender].to_numpy(dtype=float)
+        assigned[sender] = split
+    rest = counts.index.to_numpy()[~counts.index.isin(list(assigned))]
+    rng = np.random.default_rng(seed)
+    order = rest[rng.permutation(len(rest))]
+    sizes = counts.loc[order].sum(axis=1).to_numpy()
+    order = order[np.argsort(-sizes, kind="stable")]
     for sender in order:
         c = counts.loc[sender].to_numpy(dtype=float)
         cost = ((2 * c * (filled - target) + c**2) / np.maximum(target, 1e-9)).sum(axis=1)
@@ -176,6 +288,47 @@ def grouped_split(df: pd.DataFrame, shares: dict[str, float], seed: int) -> pd.S
         filled[best] += c
         assigned[sender] = SPLITS[best]
     return df["sender_id"].map(assigned)
+
+
+def drop_report(gone: pd.DataFrame, kept: pd.DataFrame, name: str | None, minimum: Any) -> dict[str, Any]:
+    """What left the subset and why: counts per reason and category (kids apart), and every photo."""
+    by_reason = {}
+    for reason, rows in gone.groupby("reason", sort=False):
+        by_reason[str(reason)] = {
+            "count": len(rows), "kids": int(rows["kids"].sum()),
+            "by_label": {str(k): int(v) for k, v in rows["label"].value_counts().items()},
+            "by_category": {str(k): int(v) for k, v in rows["category"].value_counts().items()}}
+    return {"subset": name, "min_per_class": None if minimum is None else int(minimum),
+            "n_kept": len(kept), "n_dropped": len(gone), "kids_kept": int(kept["kids"].sum()),
+            "kids_dropped": int(gone["kids"].sum()), "by_reason": by_reason,
+            "photos": [{"id": r.id, "label": r.label, "category": r.category, "kids": bool(r.kids),
+                        "sender_id": int(r.sender_id), "reason": r.reason}
+                       for r in gone.sort_values(["reason", "category", "id"]).itertuples()]}
+
+
+def drop_message(report: dict[str, Any]) -> str:
+    """One line for the log: what was dropped, naming the categories under the minimum."""
+    parts = []
+    for reason, info in report["by_reason"].items():
+        key = "by_category" if reason == UNDER_MIN else "by_label"
+        listed = ", ".join(f"{k} ({v})" for k, v in info[key].items())
+        if reason == UNDER_MIN:
+            reason = f"categories under min_per_class={report['min_per_class']}"
+        parts.append(f"{reason}: {listed}" if len(info[key]) <= 12 else f"{reason}: {info['count']} photos")
+    return "; ".join(parts)
+
+
+def write_drop_report(report: dict[str, Any], out: Path) -> None:
+    """`dropped.json` (every photo, with its reason) and `dropped.md` (the table people read)."""
+    (out / f"{DROPPED}.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Photos left out of subset `{report['subset']}`", "",
+             f"Kept {report['n_kept']} photos ({report['kids_kept']} kids); dropped {report['n_dropped']} "
+             f"({report['kids_dropped']} kids).", "",
+             "| reason | photos | kids | labels |", "|---|---|---|---|"]
+    for reason, info in report["by_reason"].items():
+        labels = ", ".join(f"{k} {v}" for k, v in info["by_label"].items())
+        lines.append(f"| {reason} | {info['count']} | {info['kids']} | {labels} |")
+    (out / f"{DROPPED}.md").write_text("\n".join(lines) + "\n")
 
 
 def copy_images(df: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, list[str]]:

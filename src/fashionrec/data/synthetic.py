@@ -2,7 +2,9 @@
 
 Each class is a distinct colour and shape on a noisy background, so a small CNN learns it in a few
 epochs; the folder carries the real dataset's mess (`Not sure` and `Skip` rows, a row without a file,
-a file without a row, a label that `top10-splits.csv` corrects) so every stage meets it.
+a file without a row, a label that `top10-splits.csv` corrects) so every stage meets it. Like the real
+one, the published split's test images come from senders of their own (two), kids' photos are also
+outside the published split, and a small category (`Hat`, 3 photos) lives only in `images.csv`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ CLASSES: dict[str, tuple[tuple[int, int, int], str]] = {
     "Shoes": ((30, 170, 60), "ellipse"),
     "Dress": ((235, 200, 30), "triangle"),
 }
+SMALL: dict[str, tuple[tuple[int, int, int], str]] = {"Hat": ((150, 60, 200), "ellipse")}
+SHAPES = {**CLASSES, **SMALL}
 SPLIT_CYCLE = ("train", "train", "train", "train", "validation", "test")
+TEST_SENDERS = (100, 101)  # the published test split's senders (no photo of theirs elsewhere)
 
 
 @dataclass
@@ -36,10 +41,18 @@ class TinyDataset:
     images_without_rows: list[str] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)       # id -> label (Not sure, Skip)
     relabelled: dict[str, str] = field(default_factory=dict)    # id -> label in images.csv (wrong)
+    unpublished: list[str] = field(default_factory=list)        # in images.csv only (kids, small category)
+    small: dict[str, int] = field(default_factory=dict)         # category -> photos (under any sane minimum)
+    senders: dict[str, int] = field(default_factory=dict)       # image id -> sender_id (labelled rows)
+    test_senders: tuple[int, ...] = TEST_SENDERS
 
     @property
     def n_published(self) -> int:
         return sum(len(v) for v in self.splits.values())
+
+    def small_ids(self) -> list[str]:
+        """Ids of the small category's photos."""
+        return [i for i in self.unpublished if i.split("-")[1] in self.small]
 
 
 def draw_item(label: str, rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
@@ -47,7 +60,7 @@ def draw_item(label: str, rng: np.random.Generator, size: tuple[int, int]) -> Im
     w, h = size
     base = rng.normal(128, 30, (h, w, 3)).clip(0, 255).astype(np.uint8)
     img = Image.fromarray(base)
-    colour, shape = CLASSES[label]
+    colour, shape = SHAPES[label]
     fill = tuple(int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in colour)
     dx, dy = (int(v) for v in rng.integers(-w // 10, w // 10 + 1, 2))
     cx, cy = w // 2 + dx, h // 2 + dy
@@ -68,9 +81,15 @@ def draw_item(label: str, rng: np.random.Generator, size: tuple[int, int]) -> Im
     return Image.fromarray((np.asarray(img, dtype=np.float64) + noise).clip(0, 255).astype(np.uint8))
 
 
-def make_tiny_dataset(root: Path, *, per_class: int = 12, senders: int = 8, seed: int = 0,
-                      min_side: int = 64, max_side: int = 96) -> TinyDataset:
-    """Write `images/`, `images.csv` and `top10-splits.csv` under root; return what they contain."""
+def make_tiny_dataset(root: Path, *, per_class: int = 12, senders: int = 16, seed: int = 0,
+                      min_side: int = 64, max_side: int = 96, extra_kids: int = 2,
+                      small_count: int = 3) -> TinyDataset:
+    """Write `images/`, `images.csv` and `top10-splits.csv` under root; return what they contain.
+
+    `senders` share the published train/validation images (and most photos outside the published split);
+    the test images come from `TEST_SENDERS`. `extra_kids` kids' photos per class (the first of each from a
+    test sender) and `small_count` photos of the small category are in images.csv only.
+    """
     rng = np.random.default_rng(seed)
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -85,19 +104,36 @@ def make_tiny_dataset(root: Path, *, per_class: int = 12, senders: int = 8, seed
         draw_item(label, rng, size).save(root / "images" / f"{image_id}.jpg", quality=90)
         return image_id
 
+    def sender(split: str) -> int:
+        draw = int(rng.integers(senders))
+        return TEST_SENDERS[draw % len(TEST_SENDERS)] if split == "test" else 102 + draw
+
     for label in CLASSES:
         for i in range(per_class):
             image_id = new_image(label)
             is_kids = i % 6 == 1
-            rows.append({"image": image_id, "sender_id": int(rng.integers(senders)) + 100,
-                         "label": label, "kids": is_kids})
             split = SPLIT_CYCLE[i % len(SPLIT_CYCLE)]
+            rows.append({"image": image_id, "sender_id": sender(split), "label": label, "kids": is_kids})
             published.append((image_id, label.lower(), split))
             splits[split].append(image_id)
             if is_kids:
                 kids.append(image_id)
 
-    info = TinyDataset(root=root, classes=[c.lower() for c in CLASSES], splits=splits, kids=kids)
+    unpublished: list[str] = []
+    for n, label in enumerate([*CLASSES] * extra_kids + [*SMALL] * small_count):
+        image_id = new_image(label)
+        is_kids = label in CLASSES or n % 3 == 0
+        # the first round of kids' photos comes from the published test senders: the catalog's test split
+        # then holds kids' photos (the published split has none there), as in the real dataset
+        split = "test" if n < len(CLASSES) else "train"
+        rows.append({"image": image_id, "sender_id": sender(split), "label": label, "kids": is_kids})
+        unpublished.append(image_id)
+        if is_kids:
+            kids.append(image_id)
+
+    info = TinyDataset(root=root, classes=[c.lower() for c in CLASSES], splits=splits, kids=kids,
+                       unpublished=unpublished, small={c.lower(): small_count for c in SMALL if small_count},
+                       senders={str(r["image"]): int(r["sender_id"]) for r in rows})
     # the published split corrects one images.csv label, as in the real dataset
     wrong = "Pants" if rows[0]["label"] != "Pants" else "Dress"
     info.relabelled[str(rows[0]["image"])] = wrong

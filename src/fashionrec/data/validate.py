@@ -66,12 +66,18 @@ class ValidateResult:
 
 
 def validate(subset_dir: Path, out: Path, reports: Path, params: dict[str, Any]) -> ValidateResult:
-    """Validate `subset_dir`; write reports and, when everything passes, `out` (the validated folder)."""
+    """Validate `subset_dir`; write reports and, when everything passes, `out` (the validated folder).
+
+    `params.subsets.<name>` overrides the shared keys for the subset whose dataset.json names it (a
+    catalog of every category has fewer photos per class and split than the top-10 benchmark).
+    """
+    info = read_dataset(subset_dir)
+    own = (params.get("subsets") or {}).get(info.get("subset")) or {}
+    params = {**params, **own}
     mode = params.get("on_bad_file", "quarantine")
     if mode not in BAD_FILE_MODES:
         raise DataError(f"validate.on_bad_file: '{mode}' is not one of {list(BAD_FILE_MODES)}")
     df = read_manifest(subset_dir)
-    info = read_dataset(subset_dir)
     n_checked = len(df)
     df = check_files(df)
     quarantined: list[dict[str, str]] = []

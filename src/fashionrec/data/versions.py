@@ -1,8 +1,9 @@
 """Data versions: the dataset subset as DVC records it at a git revision of the project, read back from the
 DVC remote, and new versions recorded as DVC + git commits.
 
-A data version is a git commit of the project: its `dvc.lock` names the md5 of `data/subset` (the stage
-`subset` output) and the DVC remote holds those bytes. The Kubeflow pipeline reads them with `dvc.api`
+A data version is a git commit of the project: its `dvc.lock` names the md5 of the product subset
+`data/subset/<subset.product>` (the stage `subset@<product>` output) and the DVC remote holds those
+bytes. The Kubeflow pipeline reads them with `dvc.api`
 at `data_rev` (a branch, tag or commit), so a scheduled run trains on exactly what `dvc repro` produced
 at that revision, and its lineage names the commit and the md5.
 """
@@ -21,7 +22,12 @@ import yaml
 
 from fashionrec.core.errors import DataVersionError
 
-SUBSET_STAGE, SUBSET_OUT = "subset", "data/subset"
+SUBSET_DIR = "data/subset"
+
+
+def subset_target(product: str) -> tuple[str, str]:
+    """(dvc.lock stage, output path) of the product subset `product` (params.yaml `subset.product`)."""
+    return f"subset@{product}", f"{SUBSET_DIR}/{product}"
 
 
 @dataclass
@@ -39,8 +45,9 @@ class DataVersion:
         return asdict(self)
 
 
-def lock_md5(lock_text: str, where: str, stage: str = SUBSET_STAGE, out: str = SUBSET_OUT) -> str:
-    """The md5 `dvc.lock` records for `out` of `stage` (a `.dir` hash for a folder)."""
+def lock_md5(lock_text: str, where: str, product: str) -> str:
+    """The md5 `dvc.lock` records for the product subset (a `.dir` hash for a folder)."""
+    stage, out = subset_target(product)
     try:
         stages = (yaml.safe_load(lock_text) or {}).get("stages", {})
     except yaml.YAMLError as exc:
@@ -52,10 +59,11 @@ def lock_md5(lock_text: str, where: str, stage: str = SUBSET_STAGE, out: str = S
                            f"{stage}` and commit dvc.lock")
 
 
-def fetch_subset(repo: str, rev: str, out: Path, path: str = SUBSET_OUT,
+def fetch_subset(repo: str, rev: str, out: Path, product: str,
                  remote_config: dict[str, Any] | None = None) -> DataVersion:
-    """Copy `path` of the project `repo` (a git URL or folder) at `rev` into `out`, through DVC: the bytes
-    come from the project's DVC remote (or a cache that holds them), checked against dvc.lock's md5."""
+    """Copy the product subset of the project `repo` (a git URL or folder) at `rev` into `out`, through DVC:
+    the bytes come from the project's DVC remote (or a cache that holds them), checked against dvc.lock."""
+    path = subset_target(product)[1]
     from dvc.api import DVCFileSystem
     from dvc.exceptions import DvcException
 
@@ -63,7 +71,7 @@ def fetch_subset(repo: str, rev: str, out: Path, path: str = SUBSET_OUT,
     try:
         fs = DVCFileSystem(repo, rev=rev, remote_config=remote_config)
         commit = str(fs.repo.scm.get_rev())
-        md5 = lock_md5(fs.read_text("dvc.lock"), where, out=path)
+        md5 = lock_md5(fs.read_text("dvc.lock"), where, product)
         shutil.rmtree(out, ignore_errors=True)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         fs.get(path, str(out), recursive=True)
@@ -90,7 +98,7 @@ def run(cmd: Sequence[str], cwd: Path, what: str) -> str:
     return done.stdout
 
 
-def record_version(root: Path, tracked: str, message: str, *, repro: str = "subset",
+def record_version(root: Path, tracked: str, message: str, product: str, *, repro: str = "subset",
                    push: bool = True, commit: bool = True) -> DataVersion:
     """A new data version from the changed folder `tracked` (a `dvc add`ed source folder): `dvc add`,
     `dvc repro` up to `repro` (ingest -> subset: the data a run reads), `dvc push`, then one git commit of the
@@ -107,8 +115,8 @@ def record_version(root: Path, tracked: str, message: str, *, repro: str = "subs
         run(["git", "add", f"{tracked}.dvc", "dvc.lock", *ignores], root, "git add")
         run(["git", "commit", "-q", "-m", message], root, "git commit")
         sha = run(["git", "rev-parse", "HEAD"], root, "git rev-parse").strip()
-    md5 = lock_md5((root / "dvc.lock").read_text(), str(root / "dvc.lock"))
-    return DataVersion(repo=str(root), rev="HEAD", commit=sha, md5=md5, path=SUBSET_OUT)
+    md5 = lock_md5((root / "dvc.lock").read_text(), str(root / "dvc.lock"), product)
+    return DataVersion(repo=str(root), rev="HEAD", commit=sha, md5=md5, path=subset_target(product)[1])
 
 
 def new_additions(folder: Path) -> Path:
@@ -147,4 +155,4 @@ def init_project(root: Path, project: Path, params_tree: dict[str, Any], remote:
     run([dvc, "add", "-q", str(additions.relative_to(root))], root, "dvc add")  # before git sees it
     run(["git", "add", "-A"], root, "git add")
     run(["git", "commit", "-q", "-m", "project"], root, "git commit")
-    return record_version(root, str(additions.relative_to(root)), message)
+    return record_version(root, str(additions.relative_to(root)), message, params_tree["subset"]["product"])

@@ -42,6 +42,8 @@ class Built:
     model_version: str
     items: int
     embedded: int
+    precision: str                   # fp32 | int8: the bundle's model, for inventory and queries alike
+    precision_reason: str
     skipped: list[dict[str, str]]
     embed_seconds: float
     parent: str | None = None
@@ -166,10 +168,13 @@ def build_bundle(cfg: DeployConfig, source: ModelSource, catalog: Path | None = 
                             items=kept, inventory_root=root, index_kind=kind, index_params=kparams,
                             index=index, index_report=report, embedded=len(kept), skipped=skipped,
                             source={"inventory": inventory_version(cfg, catalog),
-                                    "settings": cfg.index.fingerprint()})
+                                    "settings": cfg.index.fingerprint()},
+                            embedded_with=sha256_file(source.onnx_path), precision=source.precision,
+                            precision_reason=source.precision_reason)
     folder = write_bundle(cfg.bundles, content)
     return Built(folder=folder, model_version=source.version, items=len(kept), embedded=len(kept),
-                 skipped=skipped, embed_seconds=round(embed_seconds, 2))
+                 precision=source.precision, precision_reason=source.precision_reason, skipped=skipped,
+                 embed_seconds=round(embed_seconds, 2))
 
 
 def extend_bundle(cfg: DeployConfig, catalog: Path) -> Built:
@@ -205,7 +210,10 @@ def extend_bundle(cfg: DeployConfig, catalog: Path) -> Built:
                             model_version=base.model_version, model_uri=base.manifest["model"]["uri"],
                             embeddings=embeddings, items=items, inventory_root=root, index_kind=kind,
                             index_params=kparams, index=index, index_report=report, parent=current,
-                            embedded=len(kept), skipped=skipped, source=source)
+                            embedded=len(kept), skipped=skipped, source=source,
+                            embedded_with=base.embedded_with, precision=base.precision,
+                            precision_reason=base.manifest["model"].get("precision_reason", ""))
     folder = write_bundle(bundles, content)
     return Built(folder=folder, model_version=base.model_version, items=len(items), embedded=len(kept),
-                 skipped=skipped, embed_seconds=round(embed_seconds, 2), parent=current)
+                 precision=base.precision, precision_reason=content.precision_reason, skipped=skipped,
+                 embed_seconds=round(embed_seconds, 2), parent=current)

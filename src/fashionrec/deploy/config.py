@@ -72,6 +72,7 @@ class DeployConfig:
     seed: int = DEFAULT_SEED
     tracking_uri: str | None = None
     lock_wait_s: float = 600.0                # a reconcile waits this long for another deploy to finish
+    precision: str = "auto"                   # auto (int8 where export accepted it) | fp32 | int8
 
     @classmethod
     def from_params(cls, params: Params) -> DeployConfig:
@@ -106,7 +107,7 @@ class DeployConfig:
             notify=tuple(str(u) for u in (sec.get("notify") or [])),
             admin_token_env=str(serve.get("admin_token_env") or DEFAULT_ADMIN_TOKEN_ENV),
             seed=int(params.get("seed", DEFAULT_SEED)), tracking_uri=tracking_uri(params),
-            lock_wait_s=float(sec.get("lock_wait_s", 600.0)))
+            lock_wait_s=float(sec.get("lock_wait_s", 600.0)), precision=str(sec.get("precision", "auto")))
 
     def with_(self, **changes: Any) -> DeployConfig:
         return replace(self, **changes)

@@ -16,6 +16,8 @@ from fashionrec.core.files import sha256_file
 from fashionrec.data.images import Preprocessing
 
 PREPROCESSING_FILE = "preprocessing.json"
+INT8_FILE, QUANT_REPORT = "model.int8.onnx", "quantization.json"
+PRECISIONS = ("auto", "fp32", "int8")
 MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -27,6 +29,8 @@ class ModelSource:
     preprocessing: dict[str, Any]   # Preprocessing.to_dict() plus classes/labels (export's spec)
     version: str                    # `fashionrec/7` for a registered model, `local-<sha12>` for a file
     uri: str                        # what was asked for, an alias pinned (`models:/fashionrec/7`)
+    precision: str = "fp32"         # fp32 | int8: the file embeds the inventory and the queries alike
+    precision_reason: str = ""      # why this precision (int8 accepted, refused, absent, asked for)
 
     @property
     def prep(self) -> Preprocessing:
@@ -58,16 +62,46 @@ def _find_onnx(folder: Path, spec: str) -> Path:
     return (named or found)[0]
 
 
-def resolve_model(spec: str, workdir: Path, tracking_uri: str | None = None) -> ModelSource:
+def choose_precision(fp32: Path, folder: Path, precision: str) -> tuple[Path, str, str]:
+    """(file, precision, reason) among a registered version's files: its int8 copy where export's check
+    accepted it (`auto`, `int8`), else the fp32 model; `int8` without an accepted copy is an error."""
+    if precision not in PRECISIONS:
+        raise ModelSourceError(f"index.precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
+    int8 = next(iter(sorted(folder.rglob(INT8_FILE))), None)
+    report_path = next(iter(sorted(folder.rglob(QUANT_REPORT))), None)
+    report = json.loads(report_path.read_text()) if report_path else {}
+    if precision == "fp32":
+        return fp32, "fp32", "fp32 asked for (index.precision)"
+    if int8 is not None and report.get("accepted"):
+        return int8, "int8", (f"int8 accepted by export: accuracy {report.get('accuracy_fp32', 0):.4f} -> "
+                              f"{report.get('accuracy_int8', 0):.4f}, neighbour overlap "
+                              f"{report.get('neighbour_overlap', 0):.3f}")
+    why = (f"int8 refused by export: {report.get('reason')}" if report
+           else "the version has no int8 copy (export.quantize.enabled false)")
+    if precision == "int8":
+        raise ModelSourceError(f"index.precision: int8 asked for, but {why}")
+    return fp32, "fp32", why
+
+
+def resolve_model(spec: str, workdir: Path, tracking_uri: str | None = None,
+                  precision: str = "auto") -> ModelSource:
     """Fetch `models:/NAME@ALIAS` or `models:/NAME/VERSION` from MLflow into workdir, or take a local
-    ONNX file as it is. The alias is resolved to a version first, so the bundle records what it got."""
+    ONNX file as it is. The alias is resolved to a version first, so the bundle records what it got.
+    A registered version's int8 copy is taken where it holds (`choose_precision`); a local file's
+    precision is what its metadata says."""
+    from fashionrec.runtime.metadata import read_precision
+
     match = MODELS_URI.match(spec.strip())
     if match is None:
         path = Path(spec).expanduser()
         if not path.is_file():
             raise ModelSourceError(f"model '{spec}': neither a models:/ URI nor an existing ONNX file")
+        own = read_precision(path)
+        if precision not in ("auto", own):
+            raise ModelSourceError(f"model '{spec}' is {own}, but index.precision asks for {precision}")
         return ModelSource(onnx_path=path.resolve(), preprocessing=read_preprocessing(path),
-                           version=f"local-{sha256_file(path)[:12]}", uri=str(path.resolve()))
+                           version=f"local-{sha256_file(path)[:12]}", uri=str(path.resolve()),
+                           precision=own, precision_reason=f"local {own} file")
 
     import mlflow
     from mlflow import MlflowClient
@@ -89,9 +123,10 @@ def resolve_model(spec: str, workdir: Path, tracking_uri: str | None = None) -> 
                 f"`fashionrec promote VERSION`)") if alias is not None and exc.error_code in (
                     "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND") else ""
         raise ModelSourceError(f"model '{spec}': {exc.message}{hint}") from exc
-    onnx_path = _find_onnx(local, pinned)
-    return ModelSource(onnx_path=onnx_path, preprocessing=read_preprocessing(onnx_path),
-                       version=f"{name}/{version}", uri=pinned)
+    fp32 = _find_onnx(local, pinned)
+    chosen, used, reason = choose_precision(fp32, local, precision)
+    return ModelSource(onnx_path=chosen, preprocessing=read_preprocessing(fp32),
+                       version=f"{name}/{version}", uri=pinned, precision=used, precision_reason=reason)
 
 
 def pin_model(spec: str, tracking_uri: str | None = None) -> tuple[str, str]:

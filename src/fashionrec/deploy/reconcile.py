@@ -112,7 +112,8 @@ def _result(cfg: DeployConfig, action: str, version: str, started: float, want: 
 def _build_and_go_live(cfg: DeployConfig, want: Want, catalog: Path | None, reason: str,
                        activate: bool = True) -> tuple[Built, RolloutResult | None]:
     with tempfile.TemporaryDirectory(prefix="fashionrec-model-") as tmp:
-        source = resolve_model(want.model, Path(tmp), tracking_uri=cfg.tracking_uri)
+        source = resolve_model(want.model, Path(tmp), tracking_uri=cfg.tracking_uri,
+                               precision=cfg.precision)
         if source.version != want.model_version:
             raise ModelSourceError(f"model '{want.model}': fetched {source.version}, "
                                    f"wanted {want.model_version}")

@@ -4,6 +4,9 @@ Queries are the test images; the inventory (the store) is train + validation. Ev
 embedded once (ONNX Runtime by default), the inventory goes into the index serving would use, and the
 results become `metrics/<candidate>.json` (nested, for `dvc metrics`), pictures and a per-class CSV in
 `reports/evaluate/<candidate>/`, and metrics + artifacts in the candidate's MLflow training run.
+Every test split is also scored per group (`kids`, `adults`) and per category (`per_category.csv`,
+`by_group.png`); with a `benchmark` folder (the published top-10 split) its test split is scored too,
+under `benchmark.*`, reusing the embeddings of the images both folders hold.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from fashionrec.core.tracking import RUN_REF, read_run_ref
 from fashionrec.data.images import open_image
 from fashionrec.data.manifest import read_manifest
 from fashionrec.evaluate import metrics as m
+from fashionrec.evaluate.groups import by_category, by_group, by_group_png
 from fashionrec.evaluate.instance import Augmentation, make_queries, sample_sources
 from fashionrec.evaluate.plots import GridRow, confusion_matrix_png, retrieval_grid_png
 from fashionrec.evaluate.retrieval import (
@@ -255,9 +259,46 @@ def log_to_training_run(model_dir: Path, tree: dict[str, dict[str, float]], file
 # --- the stage -----------------------------------------------------------------------------------------
 
 
+def benchmark_scores(bench: pd.DataFrame, embeddings: np.ndarray, logits: np.ndarray, card: ModelCard,
+                     cfg: EvalConfig, source: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The published split's test images against its own train + validation inventory.
+
+    Category accuracy takes the argmax over the benchmark's classes only (the task its published figures
+    measure: a 10-way classifier); `accuracy_all_classes` over every class of the model.
+    """
+    classes = sorted(bench["category"].unique())
+    unknown = [c for c in classes if c not in card.classes]
+    if unknown:
+        raise EvaluationError(f"{source}: benchmark categories {unknown} are not among the classes of "
+                            f"candidate '{card.candidate}'")
+    test = (bench["split"] == TEST_SPLIT).to_numpy()
+    truth = bench.loc[test, "category"].to_numpy()
+    own = np.array([card.classes.index(c) for c in classes])
+    correct = np.array(classes)[logits[test][:, own].argmax(1)] == truth
+    every = np.array(card.classes)[logits[test, :len(card.classes)].argmax(1)] == truth
+    kind = resolve_kind(cfg.index_kind, int((~test).sum()), cfg.auto_exact_max)
+    index = build_index(embeddings[~test], kind, **cfg.index_params[kind])
+    _, indices = index.query(embeddings[test], max(RETRIEVAL_KS))
+    inventory = bench.loc[~test, "category"].to_numpy()
+    relevant = inventory[indices] == truth[:, None]
+    kids = bench.loc[test, "kids"].to_numpy(dtype=bool)
+    tree = {"test": {"accuracy": float(correct.mean()), "accuracy_all_classes": float(every.mean()),
+                     "n": int(test.sum())},
+            "retrieval": category_retrieval(indices, truth, inventory), **by_group(correct, relevant, kids)}
+    return tree, by_category("benchmark", truth, correct, relevant, kids)
+
+
+def rounded(tree: dict[str, Any]) -> dict[str, Any]:
+    """Every float rounded to 6 digits, nesting kept (counts stay ints)."""
+    return {k: rounded(v) if isinstance(v, dict) else (round(float(v), 6) if isinstance(v, float) else v)
+            for k, v in tree.items()}
+
+
 def evaluate(model_dir: Path, data_dir: Path, metrics_path: Path, reports_dir: Path,
-             params: dict[str, Any], *, progress: bool = True) -> EvaluateResult:
-    """Evaluate the candidate saved in model_dir on data_dir's test split (see the module docstring)."""
+             params: dict[str, Any], *, progress: bool = True,
+             benchmark_dir: Path | None = None) -> EvaluateResult:
+    """Evaluate the candidate saved in model_dir on data_dir's test split (see the module docstring);
+    with `benchmark_dir`, also on that folder's test split against its own inventory."""
     started = time.perf_counter()
     cfg = read_config(params)
     model_dir, data_dir = Path(model_dir), Path(data_dir)
@@ -270,10 +311,20 @@ def evaluate(model_dir: Path, data_dir: Path, metrics_path: Path, reports_dir: P
     runner = make_runner(model, cfg.backend, cfg.device)
     embed = dict(batch_size=cfg.batch_size, prep=card.prep, flip_tta=cfg.flip_tta, progress=progress)
 
-    # Test images and inventory in one pass: each decoded once, one warm session.
-    out = embed_images(runner, [*test["abspath"], *inventory["abspath"]], desc=f"embed {card.candidate}",
-                       **embed)
-    queries, stock = out.embeddings[:len(test)], out.embeddings[len(test):]
+    bench = None if benchmark_dir is None else read_manifest(benchmark_dir)
+    if bench is not None and "split" not in bench.columns:
+        raise EvaluationError(f"{benchmark_dir}: manifest has no 'split' column (evaluate needs a validated "
+                            "folder)")
+    # Test images, inventory and the benchmark's other images in one pass: each decoded once.
+    row = {sha: i for i, sha in enumerate([*test["sha256"], *inventory["sha256"]])}
+    extra: list[str] = []
+    for path, sha in ([] if bench is None else zip(bench["abspath"], bench["sha256"], strict=True)):
+        if sha not in row:
+            row[sha] = len(row)
+            extra.append(path)
+    out = embed_images(runner, [*test["abspath"], *inventory["abspath"], *extra],
+                       desc=f"embed {card.candidate}", **embed)
+    queries, stock = out.embeddings[:len(test)], out.embeddings[len(test):len(test) + len(inventory)]
     scores, per_class, cm = label_metrics(out.logits[:len(test)], test, card)
 
     kind = resolve_kind(cfg.index_kind, len(stock), cfg.auto_exact_max)
@@ -293,8 +344,19 @@ def evaluate(model_dir: Path, data_dir: Path, metrics_path: Path, reports_dir: P
     instance = instance_retrieval(index.query(shot_emb, k)[1], sources)
     t_instance = time.perf_counter() - t_instance
 
-    tree = {"test": scores, "retrieval": retrieval, "instance": instance, "latency": latency}
-    tree = {s: {key: round(float(v), 6) for key, v in values.items()} for s, values in tree.items()}
+    truth = test["category"].to_numpy()
+    correct = np.array(card.classes)[out.logits[:len(test), :len(card.classes)].argmax(1)] == truth
+    relevant = inventory["category"].to_numpy()[indices[:, :max(RETRIEVAL_KS)]] == truth[:, None]
+    kids = test["kids"].to_numpy(dtype=bool)
+    tree: dict[str, Any] = {"test": scores, "retrieval": retrieval, "instance": instance, "latency": latency,
+                            **by_group(correct, relevant, kids)}
+    table = by_category(data_dir.name, truth, correct, relevant, kids)
+    if bench is not None:
+        rows = np.array([row[sha] for sha in bench["sha256"]])
+        tree["benchmark"], bench_table = benchmark_scores(bench, out.embeddings[rows], out.logits[rows], card,
+                                                          cfg, str(benchmark_dir))
+        table = pd.concat([table, bench_table], ignore_index=True)
+    tree = rounded(tree)
     bad = [key for key, v in dotted_leaves(tree).items() if not math.isfinite(v)]
     if bad:
         raise EvaluationError(f"candidate '{card.candidate}': non-finite metrics {bad}")
@@ -309,11 +371,15 @@ def evaluate(model_dir: Path, data_dir: Path, metrics_path: Path, reports_dir: P
         grid_rows(test, inventory, distances, indices, card, cfg.grid_queries, 5, cfg.thumb, cfg.seed),
         reports_dir / "retrieval_grid.png",
         f"{card.candidate}: test query -> top-5 of the inventory ({index.kind}, Euclidean distance)")
+    per_category_path = reports_dir / "per_category.csv"
+    table.to_csv(per_category_path, index=False, float_format="%.4f")
+    groups_path = by_group_png(table, reports_dir / "by_group.png",
+                               f"{card.candidate}: category of the nearest item, kids and adults")
     metrics_path = Path(metrics_path)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(tree, indent=2) + "\n")
 
-    files = [metrics_path, per_class_path, cm_path, grid_path]
+    files = [metrics_path, per_class_path, cm_path, grid_path, per_category_path, groups_path]
     tags = {"evaluate.backend": out.backend, "evaluate.index": index.kind}
     run_id = log_to_training_run(model_dir, tree, files, tags) if cfg.mlflow else None
     return EvaluateResult(

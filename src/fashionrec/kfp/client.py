@@ -181,7 +181,7 @@ def local_params(params: Params, source: str | None = None) -> Params:
     folder = params.path(loc.get("tiny_dir") or ".cache/kfp-local/tiny") / "clothing-dataset"
     tiny = make_tiny_dataset(folder)
     return with_overrides(params, {**(loc.get("tiny") or {}), "ingest.source": str(tiny.root),
-                                   "subset.classes": list(tiny.classes)})
+                                   "subset.subsets.benchmark.classes": list(tiny.classes)})
 
 
 def local_repo(params: Params, source: str | None = None) -> Path:

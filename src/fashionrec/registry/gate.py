@@ -1,8 +1,10 @@
 """The gate: pick the winner among the evaluated candidates and decide whether it may be registered.
 
 The winner is the candidate with the best primary metric. It passes when every gated metric reaches its
-minimum in params and none trails the current champion's value by more than `max_regression` (δ). All
-gated metrics are higher-is-better. The decision is a plain dict, written as JSON whether it passes or
+minimum in params, none trails the current champion's value by more than `max_regression` (δ), and no
+shopper group (`select.groups`: kids, adults) falls below its floor (`select.group_floors`): a model that
+serves kids badly does not pass on the strength of the adults' average. All gated metrics are
+higher-is-better. The decision is a plain dict, written as JSON whether it passes or
 not, so a person can read why a model was refused. It holds no timestamp: the same inputs give the same
 file, so DVC does not re-run export and register for nothing (MLflow records when it ran).
 """
@@ -82,10 +84,28 @@ def check_params(params: Mapping[str, Any]) -> tuple[str, dict[str, float], floa
     return primary, clean, float(delta)
 
 
+def check_floors(params: Mapping[str, Any]) -> tuple[list[str], dict[str, float]]:
+    """(groups, {metric: floor}) from `select.groups` and `select.group_floors`, with clear errors."""
+    groups = params.get("groups") or []
+    names_ok = isinstance(groups, Sequence) and all(isinstance(g, str) for g in groups)
+    if isinstance(groups, str) or not names_ok:
+        raise FashionrecError(f"params select.groups: must be a list of group names, got {groups!r}")
+    floors = params.get("group_floors") or {}
+    if not isinstance(floors, Mapping):
+        raise FashionrecError("params select.group_floors: must map metric names to minimum values")
+    clean: dict[str, float] = {}
+    for metric, floor in floors.items():
+        if isinstance(floor, bool) or not isinstance(floor, int | float) or math.isnan(floor):
+            raise FashionrecError(f"params select.group_floors.{metric}: must be a number, got {floor!r}")
+        clean[str(metric)] = float(floor)
+    return list(groups), clean
+
+
 def decide(metrics: Mapping[str, Mapping[str, float]], params: Mapping[str, Any],
            champion: Champion | None) -> Decision:
     """Rank the candidates by the primary metric and gate the best one (pure: no files, no registry)."""
     primary, thresholds, delta = check_params(params)
+    groups, floors = check_floors(params)
     if not metrics:
         raise FashionrecError("select: no candidates to choose from (train.candidates is empty)")
     missing = [name for name, m in metrics.items() if primary not in m]
@@ -115,6 +135,19 @@ def decide(metrics: Mapping[str, Mapping[str, float]], params: Mapping[str, Any]
         if not ok_champ:
             failures.append(f"{metric} = {value:.4f} trails champion v{champion.version} "  # type: ignore[union-attr]
                             f"({champ:.4f}) by more than {delta:.4f}")
+    for group in groups:
+        for metric, floor in floors.items():
+            key = f"{group}.{metric}"
+            value = got.get(key)
+            ok = value is not None and value >= floor
+            checks.append({"metric": key, "value": value, "threshold": floor, "champion": None,
+                           "group_floor": True, "passes_threshold": ok, "passes_champion": True,
+                           "passed": ok})
+            if value is None:
+                failures.append(f"{key} is missing from metrics/{winner}.json (no {group} photo in the test "
+                                "split? the group floor cannot be checked)")
+            elif not ok:
+                failures.append(f"{key} = {value:.4f} is below the group floor {floor:.4f}")
     passed = not failures
     if passed:
         versus = f" and is not worse than champion v{champion.version}" if champion else " (no champion yet)"

@@ -134,8 +134,28 @@ def version_tags(decision: Mapping[str, Any], parity: Mapping[str, Any],
     return tags | {k: str(v) for k, v in extra.items()}
 
 
+def int8_files(export_dir: Path) -> list[Path]:
+    """`model.int8.onnx` and `quantization.json` when export's int8 check accepted the copy, else none:
+    they travel with the registered version so that deploy serves int8 where it holds."""
+    quant = export_dir / "quantization.json"
+    if quant.is_file() and json.loads(quant.read_text()).get("accepted"):
+        return [export_dir / "model.int8.onnx", quant]
+    return []
+
+
+def serving_tags(export_dir: Path) -> dict[str, str]:
+    """`serving.precision` (int8 | fp32) and `serving.reason` of a version, from export's int8 check."""
+    quant = export_dir / "quantization.json"
+    if not quant.is_file():
+        return {"serving.precision": "fp32", "serving.reason": "no int8 copy (export.quantize.enabled false)"}
+    report = json.loads(quant.read_text())
+    if report.get("accepted"):
+        return {"serving.precision": "int8", "serving.reason": f"int8 {report.get('reason', '')}"}
+    return {"serving.precision": "fp32", "serving.reason": f"int8 refused: {report.get('reason', '')}"}
+
+
 def log_onnx(onnx_path: Path, spec: Mapping[str, Any], spec_path: Path, name: str,
-             params: Mapping[str, Any]) -> Any:
+             params: Mapping[str, Any], extra_files: Sequence[Path] = ()) -> Any:
     """mlflow.onnx.log_model with our pip requirements, providers and a tensor signature."""
     import mlflow.onnx
     import numpy as np
@@ -153,7 +173,7 @@ def log_onnx(onnx_path: Path, spec: Mapping[str, Any], spec_path: Path, name: st
         pip_requirements=list(params.get("pip_requirements", ["onnxruntime-gpu"])),
         onnx_execution_providers=list(params.get("execution_providers",
                                                  ["CUDAExecutionProvider", "CPUExecutionProvider"])),
-        extra_files=[str(spec_path)], save_as_external_data=False)
+        extra_files=[str(spec_path), *map(str, extra_files)], save_as_external_data=False)
 
 
 def register(export_dir: Path, models_dir: Path, decision_path: Path, out: Path, params: Mapping[str, Any],
@@ -178,7 +198,8 @@ def register(export_dir: Path, models_dir: Path, decision_path: Path, out: Path,
     client = MlflowClient()
     with mlflow.start_run(run_name=f"register-{candidate}") as run:
         mlflow.set_tags({"step": "register", **extra, "candidate": candidate})
-        info = log_onnx(onnx_path, spec, export_dir / "preprocessing.json", name, params)
+        info = log_onnx(onnx_path, spec, export_dir / "preprocessing.json", name, params,
+                        int8_files(export_dir))
         for path in (model_dir / "model.pt", model_dir / "card.json"):
             if path.is_file():
                 mlflow.log_artifact(str(path), "pytorch")
@@ -190,7 +211,7 @@ def register(export_dir: Path, models_dir: Path, decision_path: Path, out: Path,
             mlflow.log_artifact(str(export_dir / "model.int8.onnx"), "int8")
         mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in decision["metrics"].items()})
     version = str(info.registered_model_version)
-    for key, value in version_tags(decision, parity, extra).items():
+    for key, value in (version_tags(decision, parity, extra) | serving_tags(export_dir)).items():
         client.set_model_version_tag(name, version, key, value)
     client.update_model_version(name, version, description=f"{candidate}: {decision.get('reason', '')}")
     client.set_registered_model_alias(name, CHALLENGER, version)

@@ -13,7 +13,7 @@ import torch
 
 from fashionrec.core.errors import FashionrecError
 from fashionrec.models.base import EmbeddingModel
-from fashionrec.runtime.metadata import INPUT_NAME, METADATA_KEY, MIN_OPSET, OUTPUT_NAMES
+from fashionrec.runtime.metadata import INPUT_NAME, METADATA_KEY, MIN_OPSET, OUTPUT_NAMES, PRECISION_KEY
 
 
 def preprocessing_spec(model: EmbeddingModel, opset: int) -> dict[str, Any]:
@@ -50,7 +50,8 @@ def export_onnx(model: EmbeddingModel, out_dir: Path, opset: int = MIN_OPSET) ->
                           do_constant_folding=True)
     spec = preprocessing_spec(model, opset)
     graph = onnx.load(str(path))
-    set_metadata(graph, {METADATA_KEY: json.dumps(spec), "fashionrec.candidate": model.card.candidate,
+    set_metadata(graph, {METADATA_KEY: json.dumps(spec), PRECISION_KEY: "fp32",
+                         "fashionrec.candidate": model.card.candidate,
                          "fashionrec.labels": json.dumps(list(model.card.labels))})
     graph.doc_string = f"fashionrec {model.card.candidate}: image -> (embedding, logits)"
     onnx.checker.check_model(graph)

@@ -14,7 +14,14 @@ from fashionrec.core.errors import DataError
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("embedding", "logits")
 METADATA_KEY = "fashionrec.preprocessing"
+PRECISION_KEY = "fashionrec.precision"   # fp32 | int8: which numbers the graph computes in
 MIN_OPSET = 17
+
+
+def read_precision(path: Path) -> str:
+    """`int8` for a quantized copy made by export, else `fp32` (also for models without the key)."""
+    graph = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in graph.metadata_props}.get(PRECISION_KEY, "fp32")
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

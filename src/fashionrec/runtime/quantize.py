@@ -30,6 +30,7 @@ import numpy as np
 from fashionrec.core.errors import FashionrecError
 from fashionrec.models.base import EmbeddingModel
 from fashionrec.runtime.embed import OnnxRunner
+from fashionrec.runtime.metadata import PRECISION_KEY
 from fashionrec.runtime.parity import (
     ImageSet,
     compare_neighbours,
@@ -95,6 +96,19 @@ def static_options(s: dict[str, Any]) -> dict[str, Any]:
                               if s["calibration"] == "percentile" else {})}
 
 
+def mark_int8(fp32_path: Path, int8_path: Path) -> None:
+    """Give the int8 copy the fp32 model's metadata (preprocessing, labels) and `fashionrec.precision:
+    int8`, so the file alone says how to feed it and what it is (deploy and bundles read it)."""
+    import onnx
+
+    from fashionrec.runtime.export import set_metadata
+
+    source = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+    graph = onnx.load(str(int8_path))
+    set_metadata(graph, {**source, PRECISION_KEY: "int8"})
+    onnx.save(graph, str(int8_path))
+
+
 def quantize(onnx_path: Path, manifest: Path, model: EmbeddingModel, queries: ImageSet, inventory: ImageSet,
              params: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Write out_dir/model.int8.onnx and quantization.json; returns the report.
@@ -126,6 +140,7 @@ def quantize(onnx_path: Path, manifest: Path, model: EmbeddingModel, queries: Im
         quantize_static(str(pre), str(int8), _Calibration(calib.batch, "image", 16), **static_options(chosen))
     finally:
         pre.unlink(missing_ok=True)
+    mark_int8(onnx_path, int8)
 
     fp32 = OnnxRunner(create_session(onnx_path, providers))
     i8 = OnnxRunner(create_session(int8, providers))
@@ -149,6 +164,8 @@ def quantize(onnx_path: Path, manifest: Path, model: EmbeddingModel, queries: Im
         reasons.append(f"top-{k} neighbour overlap {nn['mean_overlap']:.3f} < {min_overlap}")
     report = {
         "accepted": not reasons, "reason": "; ".join(reasons) or "within limits",
+        "serving_precision": "int8" if not reasons else "fp32",
+        "max_accuracy_drop": max_drop, "min_neighbour_overlap": min_overlap,
         "onnx": str(int8), "eval_images": len(evaluation.ids), "calibration_images": len(calib.ids),
         "accuracy_fp32": acc_fp32, "accuracy_int8": acc_int8,
         "embedding_max_abs_diff": float(np.abs(f_emb - q_emb).max()),

@@ -43,6 +43,7 @@ class ServingState:
         self.prep = Preprocessing.from_dict(bundle.preprocessing)
         self.version = bundle.version
         self.model_version = bundle.model_version
+        self.precision = bundle.precision   # the one model of the bundle embeds queries as it did items
         self.inventory_root = inventory_root.resolve() if inventory_root is not None else None
         items = bundle.items
         self.item_ids: list[str] = items["item_id"].astype(str).tolist()

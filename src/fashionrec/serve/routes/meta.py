@@ -18,9 +18,10 @@ def router(ctx: ServeContext) -> APIRouter:
 
     @api.get("/info")
     def info() -> dict[str, Any]:
-        """What the web page needs: versions, categories, limits."""
+        """What the web page needs: versions, the model's precision, categories, limits."""
         state = ctx.current()
         return {"model_version": state.model_version, "index_version": state.version,
+                "model_precision": state.precision,
                 "categories": state.categories, "items": state.size, "max_k": config.max_k,
                 "default_k": config.default_k, "max_upload_bytes": config.max_upload_bytes}
 
