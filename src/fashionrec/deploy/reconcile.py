@@ -64,6 +64,8 @@ class DeployResult:
     parent: str | None = None
     rollout: dict[str, Any] | None = None
     want: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"        # fp32 | int8: the bundle's model, for the inventory and the queries
+    precision_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,7 +104,9 @@ def _result(cfg: DeployConfig, action: str, version: str, started: float, want: 
         index=manifest["index"], embed_seconds=built.embed_seconds if built else 0.0,
         seconds=round(time.perf_counter() - started, 3), previous=previous,
         parent=manifest.get("parent"), rollout=rollout.to_dict() if rollout else None,
-        want=asdict(want) if want else {})
+        want=asdict(want) if want else {},
+        precision=str(manifest["model"].get("precision", "fp32")),
+        precision_reason=str(manifest["model"].get("precision_reason", "")))
     if cfg.summary is not None:
         cfg.summary.parent.mkdir(parents=True, exist_ok=True)
         cfg.summary.write_text(json.dumps(result.to_dict(), indent=2, default=str))
