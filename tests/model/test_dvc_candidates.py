@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from fashionrec.core.config import set_dotted
+from fashionrec.data.versions import new_additions
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("ingest", "subset", "validate", "train", "evaluate", "select", "export")
@@ -53,6 +54,7 @@ def test_exp_run_with_other_candidates_gates_and_exports_those(tiny_source, tmp_
         assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc.stdout + proc.stderr
 
+    new_additions(repo / "data" / "additions")   # ingest's dependency: no new photos yet
     run("git", "init", "-q")
     run("dvc", "init", "-q")
     run("dvc", "repro", "select")
