@@ -57,7 +57,8 @@ class Project:
         overrides = {**self.tree["kfp"]["local"]["tiny"], "ingest.source": str(tiny_source.root),
                      "subset.subsets.benchmark.classes": list(tiny_source.classes), "register.name": NAME,
                      "index.model": f"models:/{NAME}@champion", "index.bundles": str(base / "bundles"),
-                     "select.thresholds": {m: 0.0 for m in self.tree["select"]["thresholds"]}}
+                     "select.thresholds": {m: 0.0 for m in self.tree["select"]["thresholds"]},
+                     "select.group_floors": {m: 0.0 for m in self.tree["select"].get("group_floors") or {}}}
         for key, value in overrides.items():
             set_dotted(self.tree, key, value)
         self.v1: DataVersion = init_project(self.repo, ROOT, self.tree, base / "dvc-remote")
