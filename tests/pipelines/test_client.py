@@ -112,7 +112,8 @@ def test_schedule_uploads_a_pipeline_version_and_schedules_it(cli, kfp_api, comp
 def test_fake_api_checks_bodies_against_the_server_models(kfp_api):
     """A body the real API's models would not accept is refused (so the tests above could fail)."""
     import pytest as _pytest
-    from fake_kfp import check_model
+
+    from tests.pipelines.fake_kfp import check_model
 
     check_model({"display_name": "x", "mode": "ENABLE", "trigger": {"cron_schedule": {"cron": "0 0 3 * * 1"}},
                  "pipeline_version_reference": {"pipeline_id": "p", "pipeline_version_id": "v"}},

@@ -111,7 +111,8 @@ def record_version(root: Path, tracked: str, message: str, product: str, *, repr
         run([dvc, "push", "-q"], root, "dvc push")
     sha = "uncommitted"
     if commit:
-        ignores = [str(g.relative_to(root)) for g in root.glob("*/.gitignore") if g.parent.name != ".dvc"]
+        ignores = [str(g.relative_to(root)) for g in root.rglob(".gitignore")   # data/subset/.gitignore too
+                   if not {".dvc", ".git"} & set(g.relative_to(root).parts)]
         run(["git", "add", f"{tracked}.dvc", "dvc.lock", *ignores], root, "git add")
         run(["git", "commit", "-q", "-m", message], root, "git commit")
         sha = run(["git", "rev-parse", "HEAD"], root, "git rev-parse").strip()
