@@ -38,7 +38,6 @@ from fashionrec.kfp.client import pipeline_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = load_params(ROOT / "params.yaml")
-PRODUCT = str(PARAMS.get("subset.product"))   # the subset the pipeline trains on and serves
 KFP = PARAMS.section("kfp")
 D = pipeline_arguments(PARAMS)  # the parameters' defaults
 
@@ -89,6 +88,7 @@ def uncached(task: dsl.PipelineTask) -> dsl.PipelineTask:
 def training_pipeline(
     repo: str = D["repo"],
     data_rev: str = D["data_rev"],
+    product: str = D["product"],
     validate_params: dict = D["validate_params"],
     candidates: list = D["candidates"],
     train_params: dict = D["train_params"],
@@ -102,7 +102,7 @@ def training_pipeline(
     seed: int = D["seed"],
     bundles_dir: str = D["bundles_dir"],
 ):
-    fetched = fetch_data(repo=repo, data_rev=data_rev, product=PRODUCT)
+    fetched = fetch_data(repo=repo, data_rev=data_rev, product=product)
     data = uncached(resources(fetched, "fetch_data"))  # a branch moves
     data_secret = KFP["data"]
     kubernetes.use_secret_as_env(data, secret_name=data_secret["secret"],

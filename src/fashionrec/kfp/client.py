@@ -70,6 +70,7 @@ def pipeline_arguments(params: Params, *, local: bool = False, repo: str | None 
     data = kfp.get("data") or {}
     args["repo"] = str(repo or data.get("repo") or "")
     args["data_rev"] = str(data_rev or data.get("rev") or "main")
+    args["product"] = str(params.get("subset.product"))   # the subset a run trains on and serves
     mlflow = params.section("mlflow")
     if local:
         mlflow["tracking_uri"] = tracking_uri(params)
