@@ -61,7 +61,7 @@ class Project:
                      "subset.product": "benchmark",
                      "index.model": f"models:/{NAME}@champion", "index.bundles": str(base / "bundles"),
                      "select.thresholds": {m: 0.0 for m in self.tree["select"]["thresholds"]},
-                     "select.group_floors": {m: 0.0 for m in self.tree["select"].get("group_floors") or {}}}
+                     "select.groups": [], "select.group_floors": {}}   # benchmark: no kids to floor
         for key, value in overrides.items():
             set_dotted(self.tree, key, value)
         self.v1: DataVersion = init_project(self.repo, ROOT, self.tree, base / "dvc-remote")
