@@ -139,6 +139,32 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+async def post_photos(client: httpx.AsyncClient, payloads: list[bytes], first: int, stride: int,
+                      deadline: float, latencies: list[float], errors: list[str],
+                      versions: dict[str, int] | None = None) -> None:
+    """One client posting ordinary photos back to back until `deadline` (payloads first, first + stride,
+    ...): the load of `load` and the shoppers of `hostile_burst`. Appends the latency of each answer, a line
+    per error and, with `versions`, counts the index versions that answered."""
+    i = first
+    while time.perf_counter() < deadline:
+        data = payloads[i % len(payloads)]
+        i += stride
+        t0 = time.perf_counter()
+        try:
+            r = await client.post("/recommend", files={"image": ("q.jpg", data, "image/jpeg")},
+                                  data={"k": "5"})
+        except httpx.HTTPError as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+            continue
+        if r.status_code != 200:
+            errors.append(f"{r.status_code}: {r.text[:200]}")
+            continue
+        latencies.append(time.perf_counter() - t0)
+        if versions is not None:
+            version = r.json()["index_version"]
+            versions[version] = versions.get(version, 0) + 1
+
+
 async def load(url: str, payloads: list[bytes], concurrency: int, duration: float,
                during: Any = None) -> dict[str, Any]:
     """`concurrency` workers post photos back to back for `duration` s; `during()` runs in a thread at
@@ -148,27 +174,6 @@ async def load(url: str, payloads: list[bytes], concurrency: int, duration: floa
     versions: dict[str, int] = {}
     deadline = time.perf_counter() + duration
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async def worker(w: int, client: httpx.AsyncClient) -> None:
-        i = w
-        while time.perf_counter() < deadline:
-            data = payloads[i % len(payloads)]
-            i += concurrency
-            t0 = time.perf_counter()
-            try:
-                r = await client.post("/recommend", files={"image": ("q.jpg", data, "image/jpeg")},
-                                      data={"k": "5"})
-                ok = r.status_code == 200
-                if ok:
-                    v = r.json()["index_version"]
-                    versions[v] = versions.get(v, 0) + 1
-                else:
-                    errors.append(f"{r.status_code}: {r.text[:200]}")
-            except httpx.HTTPError as exc:
-                ok = False
-                errors.append(f"{type(exc).__name__}: {exc}")
-            if ok:
-                latencies.append(time.perf_counter() - t0)
 
     side: dict[str, Any] = {}
 
@@ -180,7 +185,8 @@ async def load(url: str, payloads: list[bytes], concurrency: int, duration: floa
 
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        tasks = [worker(w, client) for w in range(concurrency)]
+        tasks = [post_photos(client, payloads, w, concurrency, deadline, latencies, errors, versions)
+                 for w in range(concurrency)]
         if during is not None:
             tasks.append(midway())
         await asyncio.gather(*tasks)
@@ -228,18 +234,6 @@ async def hostile_burst(url: str, pid: int, payloads: list[bytes], cases: list[A
             key = f"{r.status_code} {kind}"
             statuses[key] = statuses.get(key, 0) + 1
 
-    async def shopper(w: int, client: httpx.AsyncClient) -> None:
-        i = w
-        while time.perf_counter() < deadline:
-            data = payloads[i % len(payloads)]
-            i += normal_concurrency
-            t0 = time.perf_counter()
-            r = await client.post("/recommend", files={"image": ("q.jpg", data, "image/jpeg")})
-            if r.status_code == 200:
-                normal_s.append(time.perf_counter() - t0)
-            else:
-                normal_errors.append(f"{r.status_code}: {r.text[:120]}")
-
     async def sampler() -> None:
         while time.perf_counter() < deadline:
             peak.append(rss_mib(pid))
@@ -247,7 +241,8 @@ async def hostile_burst(url: str, pid: int, payloads: list[bytes], cases: list[A
 
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         await asyncio.gather(sampler(), *(attacker(w, client) for w in range(concurrency)),
-                             *(shopper(w, client) for w in range(normal_concurrency)))
+                             *(post_photos(client, payloads, w, normal_concurrency, deadline, normal_s,
+                                           normal_errors) for w in range(normal_concurrency)))
     after = {}
     for second in range(1, int(settle) + 1):
         await asyncio.sleep(1.0)

@@ -93,6 +93,32 @@ def test_grouped_split_is_stratified_on_a_larger_population(tmp_path):
     assert (df.assign(split=split).groupby("sender_id")["split"].nunique() == 1).all()
 
 
+def test_pinned_photos_keep_their_split_and_move_no_other(tmp_path):
+    """Photos added later (pinned in the additions' splits.csv) keep their recorded split; a pinned photo of
+    a known sender follows its sender; and no photo of the earlier version changes split."""
+    from fashionrec.data.subset import grouped_split
+
+    shares = {"train": 0.7, "validation": 0.15, "test": 0.15}
+    rows = [{"id": f"{s}-{i}", "sender_id": s, "category": "ab"[s % 2]}
+            for s in range(60) for i in range(1 + s % 3)]
+    base = pd.DataFrame(rows)
+    before = grouped_split(base, shares, seed=3)
+    known_sender = int(base["sender_id"].iloc[0])
+    added = pd.DataFrame([{"id": "new-1", "sender_id": 900, "category": "a"},
+                          {"id": "new-2", "sender_id": 900, "category": "b"},
+                          {"id": "new-3", "sender_id": 901, "category": "a"},
+                          {"id": "new-4", "sender_id": known_sender, "category": "b"}])
+    df = pd.concat([base, added], ignore_index=True)
+    pinned = {"new-1": "test", "new-2": "train", "new-3": "validation", "new-4": "test"}
+    after = grouped_split(df, shares, seed=3, pinned=pinned)
+    assert after.iloc[: len(base)].tolist() == before.tolist()
+    got = dict(zip(df["id"], after, strict=True))
+    assert got["new-1"] == got["new-2"] == "test"           # a new sender: its first pinned photo's split
+    assert got["new-3"] == "validation"
+    assert got["new-4"] == before.iloc[0]                   # a known sender keeps its split
+    assert (df.assign(split=after).groupby("sender_id")["split"].nunique() == 1).all()
+
+
 def test_bad_params_are_named(tiny_validated, tmp_path):
     tiny, manifest = tiny_validated.source, tiny_validated.manifest / "manifest.parquet"
     with pytest.raises(DataError, match=r"subset.classes: no images for \['hat'\]"):

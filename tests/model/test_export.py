@@ -184,11 +184,12 @@ def test_bad_quantize_choice_names_the_key(key: str, value) -> None:
 
 def test_int8_graph_follows_the_choices(cnn: EmbeddingModel, cnn_onnx: Path, tiny_validated,
                                         tmp_path: Path) -> None:
-    report, graph = run_quantize(cnn, cnn_onnx, tiny_validated, tmp_path / "default")
+    # 21 calibration images in batches of at most 8: the histogram calibrator gets equal batches (3 x 7)
+    report, graph = run_quantize(cnn, cnn_onnx, tiny_validated, tmp_path / "default", calibration_images=21)
     activations, weights, scales = zero_points(graph)
     assert activations == {"uint8"} and weights == {"int8"}
     assert len(scales) == 4 and min(scales) > 1  # per channel: two convolutions, the dense layer, the head
-    assert report["settings"]["calibration"] == "percentile"
+    assert report["settings"]["calibration"] == "percentile" and report["calibration_images"] == 21
 
     _, graph = run_quantize(cnn, cnn_onnx, tiny_validated, tmp_path / "s8", activation_type="int8",
                             per_channel=False, calibration="minmax")

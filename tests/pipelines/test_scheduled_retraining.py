@@ -16,7 +16,6 @@ The champion of run 1 is deliberately weak (a CNN at a negligible learning rate)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,8 +31,8 @@ from mlflow import MlflowClient
 
 from fashionrec.core.config import Params, set_dotted
 from fashionrec.core.errors import FashionrecError
-from fashionrec.data.intake import split_of
-from fashionrec.data.manifest import read_dataset, read_manifest
+from fashionrec.data.intake import sender_split
+from fashionrec.data.manifest import SPLITS, read_dataset, read_manifest
 from fashionrec.data.synthetic import draw_item
 from fashionrec.data.versions import DataVersion, init_project
 from fashionrec.kfp.client import LocalRun, run_local
@@ -56,12 +55,9 @@ class Project:
         self.tree = yaml.safe_load((ROOT / "params.yaml").read_text())
         overrides = {**self.tree["kfp"]["local"]["tiny"], "ingest.source": str(tiny_source.root),
                      "subset.subsets.benchmark.classes": list(tiny_source.classes), "register.name": NAME,
-                     # the published-split subset: add-photos draws each photo's split (the grouped catalog
-                     # would need sender-level splits for new photos: not built yet, see issue 12)
-                     "subset.product": "benchmark",
                      "index.model": f"models:/{NAME}@champion", "index.bundles": str(base / "bundles"),
                      "select.thresholds": {m: 0.0 for m in self.tree["select"]["thresholds"]},
-                     "select.groups": [], "select.group_floors": {}}   # benchmark: no kids to floor
+                     "select.group_floors": {m: 0.0 for m in self.tree["select"]["group_floors"]}}
         for key, value in overrides.items():
             set_dotted(self.tree, key, value)
         self.v1: DataVersion = init_project(self.repo, ROOT, self.tree, base / "dvc-remote")
@@ -201,28 +197,29 @@ def test_run2_same_revision_is_no_change(project: Project, run1: LocalRun):
 # --- 3. new photos: data v2, a fair gate ------------------------------------------------------------------
 
 
-def photo_folder(folder: Path, project: Project, n: int = 16, seed: int = 7) -> Path:
-    """n new labelled photos of the tiny classes in the upstream layout; at least two land in each of
-    train and test (the split is drawn from the content hash at the subset's shares)."""
+def photo_folder(folder: Path, project: Project, n: int = 16, seed: int = 7, first_sender: int = 500) -> Path:
+    """n new labelled photos of the tiny classes in the upstream layout, from new senders: one per split,
+    each found so that add-photos gives it that split (sender_split), holding about the subset's share of
+    the photos (at least two in train and in test)."""
     from fashionrec.data.synthetic import CLASSES
 
     product = project.tree["subset"]["product"]
     shares = read_dataset(project.repo / "data" / "subset" / product)["expected_shares"]
+    quota = {s: max(2, round(n * shares[s])) for s in SPLITS}
+    senders: dict[str, int] = {}
+    candidate = first_sender
+    while len(senders) < len(SPLITS):
+        senders.setdefault(sender_split(candidate, shares), candidate)
+        candidate += 1
     rng = np.random.default_rng(seed)
     (folder / "images").mkdir(parents=True)
-    rows, labels, count = [], list(CLASSES), {"train": 0, "validation": 0, "test": 0}
-    quota = {"train": n, "validation": max(2, n // 6), "test": max(2, n // 6)}  # shares within tolerance
-    while len(rows) < n or count["test"] < 2 or count["train"] < 2:
-        label = labels[len(rows) % len(labels)]
-        image_id = f"new-{seed}-{len(rows):03d}-{label.lower()}"
-        path = folder / "images" / f"{image_id}.jpg"
-        draw_item(label, rng, (80, 80)).save(path, quality=90)
-        split = split_of(hashlib.sha256(path.read_bytes()).hexdigest(), shares)
-        if count[split] >= quota[split]:
-            path.unlink()
-            continue
-        count[split] += 1
-        rows.append({"image": image_id, "sender_id": 500 + len(rows) % 3, "label": label, "kids": False})
+    rows, labels = [], list(CLASSES)
+    for split in SPLITS:
+        for _ in range(quota[split]):
+            label = labels[len(rows) % len(labels)]
+            image_id = f"new-{seed}-{len(rows):03d}-{label.lower()}"
+            draw_item(label, rng, (80, 80)).save(folder / "images" / f"{image_id}.jpg", quality=90)
+            rows.append({"image": image_id, "sender_id": senders[split], "label": label, "kids": False})
     pd.DataFrame(rows).to_csv(folder / "images.csv", index=False)
     return folder
 
@@ -239,14 +236,9 @@ def v2(project: Project, run1: LocalRun, tmp_path_factory) -> dict:
     return result
 
 
-PENDING = pytest.mark.xfail(
-    reason="after the catalog merge (issue 12): add-photos and the runs on data v2 are not yet "
-           "re-verified against the product subset; issue 15 stays open", strict=False)
-
-
-@PENDING
 def test_add_photos_records_a_new_data_version(project: Project, v2: dict):
     assert len(v2["added"]) >= 16 and v2["splits"]["test"] >= 2 and not v2["quarantined"]
+    assert v2["splits"]["train"] >= 2 and v2["splits"]["validation"] >= 2
     assert v2["version"]["md5"] != project.v1.md5
     assert git(project.repo, "log", "-1", "--format=%s").startswith("data: add")
     changed = git(project.repo, "show", "--name-only", "--format=", "HEAD").split()
@@ -254,6 +246,13 @@ def test_add_photos_records_a_new_data_version(project: Project, v2: dict):
     product = project.tree["subset"]["product"]
     subset = read_manifest(project.repo / "data" / "subset" / product)
     assert set(v2["added"]) <= set(subset["id"])
+    # each new sender in one split, and no photo of data v1 moved to another split
+    v1 = read_manifest(Path(project.runs["1"].run_dir) / "fetch-data" / "subset")
+    assert (subset.groupby("sender_id")["split"].nunique() == 1).all()
+    assert subset.set_index("id").loc[v1["id"], "split"].tolist() == v1["split"].tolist()
+    # the benchmark subset is the published split: new photos never enter it
+    bench = read_manifest(project.repo / "data" / "subset" / "benchmark")
+    assert not set(v2["added"]) & set(bench["id"])
     # pushed: a fresh clone at that commit gets the bytes from the remote alone
     clone = project.base / "clone"
     subprocess.run(["git", "clone", "-q", str(project.repo), str(clone)], check=True)
@@ -263,7 +262,6 @@ def test_add_photos_records_a_new_data_version(project: Project, v2: dict):
     assert len(read_manifest(clone / "data" / "subset" / product)) == len(subset)
 
 
-@PENDING
 def test_run3_no_improvement_is_no_change(project: Project, v2: dict):
     before = project.bundles()
     run3 = project.run("3a", **RETRAIN, select__min_improvement=1.0)   # no model can gain 1.0
@@ -279,6 +277,22 @@ def test_run3_no_improvement_is_no_change(project: Project, v2: dict):
     check_champion_rescored_on_v2(project, run3)
     report = (Path(run3.run_dir) / "record-rejection" / "report").read_text()
     assert report.startswith(f"## Gate refused: {run3.gate['winner']}") and "| no |" in report
+
+
+def test_run3_inputs_the_gate_refused_are_not_retrained(project: Project, v2: dict):
+    """Run 3a's data, code and params again, the champion unchanged: the gate's refusal stands, nothing is
+    trained (a weekly schedule would otherwise retrain and refuse the same thing every week)."""
+    if "3a" not in project.runs:
+        pytest.skip("needs run 3a (the refusal) first")
+    refused = json.loads(project.runs["3a"].lineage["lineage"])["lineage.pipeline_run_id"]
+    before = project.bundles()
+    again = project.run("3a-again", **RETRAIN, select__min_improvement=1.0)
+    assert again.lineage["changed"] is False
+    reason = again.lineage["reason"]
+    assert reason.startswith("no change:")
+    assert f"already refused by the gate against champion v1 (pipeline run {refused})" in reason
+    assert not TRAINING & set(again.tasks) and "record-no-change" in again.tasks, again.tasks
+    assert versions() == ["1"] and champion() == "1" and project.bundles() == before
 
 
 def check_champion_rescored_on_v2(project: Project, run: LocalRun) -> None:
@@ -297,7 +311,6 @@ def check_champion_rescored_on_v2(project: Project, run: LocalRun) -> None:
     assert tested == int((validated["split"] == "test").sum()) > v1_test
 
 
-@PENDING
 def test_run3_better_by_min_improvement_registers_v2(project: Project, v2: dict):
     run3_a = project.runs.get("3a")
     before = project.bundles()
@@ -327,7 +340,6 @@ def test_run3_better_by_min_improvement_registers_v2(project: Project, v2: dict)
 # --- 4. bad photos: refused or quarantined by name, no data version ---------------------------------------
 
 
-@PENDING
 def test_bad_photos_are_refused_by_name(project: Project, run1: LocalRun, tmp_path):
     folder = photo_folder(tmp_path / "bad", project, n=4, seed=11)
     rows = pd.read_csv(folder / "images.csv")
@@ -356,6 +368,10 @@ def test_bad_photos_are_refused_by_name(project: Project, run1: LocalRun, tmp_pa
     done = project.add_photos(folder, "--on-bad-file", "fail")      # now the broken file refuses too
     assert done.returncode == 1
     assert "broken" in done.stderr and str(folder / "images" / "broken.jpg") in done.stderr
+
+    # the benchmark keeps the published split: new photos are never added to it
+    done = project.add_photos(folder, "--set", "subset.product=benchmark")
+    assert done.returncode == 1 and "subset 'benchmark'" in done.stderr and "grouped" in done.stderr
 
     # nothing was added, no data version created
     assert project.head() == head and (project.repo / "dvc.lock").read_text() == lock

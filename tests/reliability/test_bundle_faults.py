@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from fashionrec.bundle.store import set_current
+from tests.reliability.utils import ADDRESS_SPACE_MIB, BUDGET_MIB
 from tests.serving.utils import (
     deploy_with,
     export_model,
@@ -34,9 +35,6 @@ from tests.serving.utils import (
     stop,
     write_params,
 )
-
-ADDRESS_SPACE_MIB = 3072
-BUDGET_MIB = 400 * 10**6 // 2**20
 
 
 @pytest.fixture(scope="module")

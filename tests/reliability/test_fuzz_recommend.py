@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from PIL import Image
 
 from fashionrec.data.manifest import read_manifest
 from tests.reliability.hostile import hostile_images
+from tests.reliability.utils import BUDGET_MIB, LEAK
 from tests.serving.utils import (
     deploy_with,
     export_model,
@@ -39,8 +39,6 @@ CASES = int(os.environ.get("FASHIONREC_FUZZ_CASES", "2000"))
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
 HOSTILE_EVERY = 40                   # one legal-but-hostile image every this many cases
 SECONDS_PER_REQUEST = 5.0            # the slowest answer allowed (2 loaded cores; refusals take ms)
-BUDGET_MIB = 400 * 10**6 // 2**20    # docs/BENCHMARKS.md: the server's RSS budget, 400 MB
-LEAK = re.compile(r"Traceback|[A-Z][a-zA-Z]+(Error|Exception)\b|(?<![\w.:/])/(tmp|work|home|usr|srv)/")
 
 
 @pytest.fixture(scope="module")

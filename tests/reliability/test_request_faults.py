@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import re
 import socket
 import threading
 import time
@@ -25,6 +24,7 @@ import httpx
 import pytest
 
 from tests.reliability.hostile import Hostile, hostile_images, png
+from tests.reliability.utils import ADDRESS_SPACE_MIB, BUDGET_MIB, LEAK
 from tests.serving.utils import (
     deploy_with,
     export_model,
@@ -34,10 +34,6 @@ from tests.serving.utils import (
     stop,
     write_params,
 )
-
-ADDRESS_SPACE_MIB = 3072        # a toy server maps ~2.0 GiB (VmSize) at rest
-BUDGET_MIB = 400 * 10**6 // 2**20
-LEAK = re.compile(r"Traceback|[A-Z][a-zA-Z]+(Error|Exception)\b|(?<![\w.:/])/(tmp|work|home|usr|srv)/")
 
 
 @pytest.fixture(scope="module")

@@ -62,22 +62,28 @@ class SmokeTestFailed(BundleError):
     """A new bundle did not pass its smoke test; serving was not switched."""
 
 
-class BadRequest(FashionrecError):
-    """The client's fault: answered with `status` and `{"error": kind, "message": ...}`."""
+class HttpError(FashionrecError):
+    """An error with its HTTP answer: `status` and a stable `kind` (`{"error": kind, "message": ...}`)."""
 
-    def __init__(self, message: str, status: int = 422, kind: str = "invalid_request") -> None:
+    def __init__(self, message: str, status: int, kind: str) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
 
 
-class ServiceUnavailable(FashionrecError):
+class BadRequest(HttpError):
+    """The client's fault: answered with `status` and `{"error": kind, "message": ...}`."""
+
+    def __init__(self, message: str, status: int = 422, kind: str = "invalid_request") -> None:
+        super().__init__(message, status, kind)
+
+
+class ServiceUnavailable(HttpError):
     """The server's trouble, not the client's (overloaded, out of memory, no bundle): a 503 with a stable
     `kind` and a `Retry-After` of `retry_after_s` seconds."""
 
     def __init__(self, message: str, kind: str = "unavailable", retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.kind = kind
+        super().__init__(message, 503, kind)
         self.retry_after_s = retry_after_s
 
 
@@ -89,10 +95,8 @@ class DataVersionError(FashionrecError):
     """A data version cannot be read or recorded (git revision, DVC lock entry, remote, commit)."""
 
 
-class WebhookRefused(FashionrecError):
+class WebhookRefused(HttpError):
     """A webhook delivery failed verification (signature, timestamp, replay, shape); nothing was done."""
 
     def __init__(self, message: str, status: int = 401, kind: str = "forged") -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
+        super().__init__(message, status, kind)

@@ -6,8 +6,9 @@ quarantines or refuses them by name. The source's CSV files are copied beside th
 so later stages never reach outside the project, and `source.json` records where the data came from.
 
 New labelled photos (`fashionrec add-photos`) live in the additions folder (`ingest.additions`, a
-DVC-tracked folder of the project in the same layout): its rows join the source's, and its
-`top10-splits.csv` rows join the published split, so the next `dvc repro` makes a new data version.
+DVC-tracked folder of the project in the same layout): its rows join the source's and its CSV files join
+the source's of the same name (`splits.csv`, the split each photo was given, is the additions' own), so the
+next `dvc repro` makes a new data version.
 """
 
 from __future__ import annotations

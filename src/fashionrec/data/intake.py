@@ -8,9 +8,16 @@ an image already in the dataset (a copy of a test image would leak it into train
 are quarantined (listed, copied aside, left out) or refuse the whole folder, per `intake.on_bad_file`;
 any other failure refuses it. Nothing is added from a refused folder and no data version is made.
 
-Accepted photos go into the additions folder (`ingest.additions`, DVC-tracked) with a split drawn from
-their content hash at the subset's shares; then `dvc add`, `dvc repro subset` (ingest -> subset), `dvc push`
-and a git commit record the new data version that the next scheduled run reads.
+New photos join the product subset, which must split by sender (`grouped`): a photo of a sender already
+in the subset takes that sender's split, a new sender's photos all take one split drawn from the sender id's
+hash at the subset's shares (stable, never two splits for one sender). The split is recorded in the
+additions' `splits.csv`, which the grouped subset pins (`subset.split.pinned_file`), so existing photos never
+move between splits and a champion is never re-scored on photos it was trained on. A `published` subset
+(the benchmark) stays as published: intake refuses to extend it.
+
+Accepted photos go into the additions folder (`ingest.additions`, DVC-tracked); then `dvc add`, `dvc repro
+subset` (ingest -> subset), `dvc push` and a git commit record the new data version that the next
+scheduled run reads.
 """
 
 from __future__ import annotations
@@ -35,11 +42,12 @@ from fashionrec.data.validate import (
     check_files,
     class_counts,
     describe_failure,
+    params_for,
     run_suite,
     split_shares,
     suites,
 )
-from fashionrec.data.versions import DataVersion, record_version
+from fashionrec.data.versions import SPLITS_FILE, DataVersion, record_version
 
 COPY_CHECK = "new photo is not a copy of a dataset image"
 
@@ -58,8 +66,7 @@ class IntakeResult:
 
 
 def split_of(sha256: str, shares: dict[str, float]) -> str:
-    """A split drawn from the photo's content hash at the subset's shares: stable, and the same photo can
-    never land in two splits."""
+    """A split drawn from a hash at the subset's shares: the same input always lands in the same split."""
     u = int(sha256[:12], 16) / float(1 << 48)
     total = sum(float(shares.get(s, 0.0)) for s in SPLITS) or 1.0
     edge = 0.0
@@ -70,7 +77,19 @@ def split_of(sha256: str, shares: dict[str, float]) -> str:
     return SPLITS[0]
 
 
-def new_rows(folder: Path, shares: dict[str, float]) -> pd.DataFrame:
+def sender_split(sender_id: int, shares: dict[str, float]) -> str:
+    """The split of a sender new to the subset, drawn from the hash of its id."""
+    return split_of(hashlib.sha256(f"sender:{int(sender_id)}".encode()).hexdigest(), shares)
+
+
+def assign_splits(new: pd.DataFrame, current: pd.DataFrame, shares: dict[str, float]) -> pd.DataFrame:
+    """Each new photo's split: its sender's split in the current subset, else the new sender's drawn split
+    (see the module docstring)."""
+    known = dict(zip(current["sender_id"].astype(int), current["split"], strict=False))
+    return new.assign(split=[known.get(int(s)) or sender_split(int(s), shares) for s in new["sender_id"]])
+
+
+def new_rows(folder: Path) -> pd.DataFrame:
     """The folder's rows as manifest rows (absolute paths), refusing malformed CSV rows and rows without
     a file by name."""
     check_layout(folder)
@@ -92,8 +111,7 @@ def new_rows(folder: Path, shares: dict[str, float]) -> pd.DataFrame:
         category = category_of(row.label)
         records.append({"id": row.image, "path": str(path), "abspath": str(path), "label": row.label,
                         "category": category, "labels": labels_of(category, {"kids": row.kids}),
-                        "kids": row.kids, "sender_id": row.sender_id, "bytes": len(data), "sha256": sha,
-                        "split": split_of(sha, shares)})
+                        "kids": row.kids, "sender_id": row.sender_id, "bytes": len(data), "sha256": sha})
     return pd.DataFrame(records)
 
 
@@ -119,6 +137,7 @@ def check_photos(new: pd.DataFrame, subset_dir: Path, reports: Path, on_bad_file
     if on_bad_file not in BAD_FILE_MODES:
         raise DataError(f"intake.on_bad_file: '{on_bad_file}' is not one of {list(BAD_FILE_MODES)}")
     info = read_dataset(subset_dir)
+    validate_params = params_for(validate_params, info)
     old = read_manifest(subset_dir)
     # the current version passed validate already: its files are taken as read (no re-decoding 5k images)
     old = old.assign(file_ok=True, file_error="", file_sha256=old["sha256"], new=False)
@@ -162,14 +181,14 @@ def append_csv(path: Path, header: list[str], rows: list[dict[str, Any]]) -> Non
 
 
 def add_to_additions(accepted: pd.DataFrame, additions: Path) -> None:
-    """Copy the photos into the additions folder and append their images.csv and published-split rows."""
+    """Copy the photos into the additions folder and append their images.csv and splits.csv rows."""
     (additions / "images").mkdir(parents=True, exist_ok=True)
     for rid, src in zip(accepted["id"], accepted["abspath"], strict=True):
         shutil.copyfile(src, additions / "images" / f"{rid}{Path(src).suffix.lower() or '.jpg'}")
     rows = [{"image": r.id, "sender_id": int(r.sender_id), "label": r.label, "kids": bool(r.kids),
              "split": r.split} for r in accepted.itertuples()]
     append_csv(additions / "images.csv", ["image", "sender_id", "label", "kids"], rows)
-    append_csv(additions / "top10-splits.csv", ["image", "label", "split"], rows)
+    append_csv(additions / SPLITS_FILE, ["image", "split"], rows)
 
 
 def quarantine_files(quarantined: list[dict[str, str]], folder: Path) -> None:
@@ -189,8 +208,11 @@ def add_photos(folder: Path, root: Path, params: dict[str, Any], validate_params
     `subset_dir` is the product subset `product` (subset.product), the one a run trains on."""
     folder, root = Path(folder).resolve(), Path(root).resolve()
     info = read_dataset(subset_dir)
-    shares = info.get("expected_shares") or {"train": 0.8, "validation": 0.1, "test": 0.1}
-    new = new_rows(folder, shares)
+    if info.get("split_policy") != "grouped":
+        raise DataError(f"add-photos: subset '{product}' ({subset_dir}) keeps a {info.get('split_policy')} "
+                        "split, which new photos must not change; set subset.product to a subset split by "
+                        "sender (split.policy: grouped, e.g. catalog)")
+    new = assign_splits(new_rows(folder), read_manifest(subset_dir), info["expected_shares"])
     mode = str(params.get("on_bad_file") or validate_params.get("on_bad_file") or "quarantine")
     accepted, quarantined = check_photos(new, subset_dir, reports, mode, validate_params)
     if accepted.empty:

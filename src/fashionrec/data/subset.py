@@ -7,7 +7,9 @@ or measured on. Split policies:
 - `grouped`: seeded and stratified by category and attributes (kids), grouped by `sender_id` so that one
   person's photos never straddle two splits (no near-duplicate leakage between train and test). With
   `split.keep_in_test` the test images of a published split file, and every photo of their senders, go
-  to test: a subset built this way never trains on a benchmark test image.
+  to test: a subset built this way never trains on a benchmark test image. With `split.pinned_file` (the
+  additions' `splits.csv`, written by `fashionrec add-photos`) the listed photos keep the split recorded
+  when they were added and stay out of the balancing, so adding photos never moves an existing one.
 What a subset leaves out (junk labels, categories under `min_per_class`, ...) is listed with its reason
 in `dropped.json` and `dropped.md` beside the manifest.
 """
@@ -65,6 +67,7 @@ class SubsetResult:
     relabelled: int = 0
     not_in_published: int = 0
     kept_in_test: int = 0
+    pinned: int = 0
     kids: dict[str, int] = field(default_factory=dict)
     published_missing: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
@@ -175,7 +178,10 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
         for attr in attributes:  # kids and adults photos of a category spread over the splits alike
             strata = strata + np.where(df[attr], f"/{attr}", "")
         forced = {s: "test" for s in df.loc[df["id"].isin(keep_in_test), "sender_id"].unique()}
-        df = df.assign(split=grouped_split(df, expected, seed, strata=strata, forced=forced))
+        pinned_file = split_params.get("pinned_file")
+        pinned = read_pinned(source_dir / pinned_file) if pinned_file else {}
+        df = df.assign(split=grouped_split(df, expected, seed, strata=strata, forced=forced, pinned=pinned))
+        notes["pinned"] = int(df["id"].isin(pinned).sum())
         notes["kept_in_test"] = int(df["id"].isin(keep_in_test).sum())
         if (df["id"].isin(keep_in_test) & (df["split"] != "test")).any():  # by construction never
             raise DataError("subset.split.keep_in_test: a published test image left the test split")
@@ -202,14 +208,14 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
                         kids=kids, missing_files=missing, **notes)
 
 
-def read_published(splits_csv: Path) -> pd.DataFrame:
+def read_published(splits_csv: Path, columns: tuple[str, ...] = ("image", "label", "split")) -> pd.DataFrame:
     """A published split file (`image, label, split`), checked, one row per image."""
     if not splits_csv.is_file():
         raise DataError(f"{splits_csv}: published split file not found (policy 'published' or "
                         "split.keep_in_test; use subset.split.policy=grouped without keep_in_test "
                         "for a source without one)")
     pub = pd.read_csv(splits_csv, dtype=str, keep_default_na=False)
-    missing_cols = [c for c in ("image", "label", "split") if c not in pub.columns]
+    missing_cols = [c for c in columns if c not in pub.columns]
     if missing_cols:
         raise DataError(f"{splits_csv}: missing columns {missing_cols}")
     bad = pub[~pub["split"].isin(SPLITS)]
@@ -217,6 +223,15 @@ def read_published(splits_csv: Path) -> pd.DataFrame:
         line, value = int(bad.index[0]) + 2, bad["split"].iloc[0]
         raise DataError(f"{splits_csv}: line {line}: split '{value}' is not one of {list(SPLITS)}")
     return pub.drop_duplicates("image")
+
+
+def read_pinned(splits_csv: Path) -> dict[str, str]:
+    """image id -> split of the pinned split file (`image, split`); none when the source has no such file
+    (no photo was ever added)."""
+    if not splits_csv.is_file():
+        return {}
+    pinned = read_published(splits_csv, ("image", "split"))
+    return dict(zip(pinned["image"], pinned["split"], strict=True))
 
 
 def relabel(df: pd.DataFrame, pub: pd.DataFrame, notes: dict[str, Any]) -> pd.DataFrame:
@@ -260,19 +275,38 @@ def cap_per_class(df: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
 
 
 def grouped_split(df: pd.DataFrame, shares: dict[str, float], seed: int, *, strata: pd.Series | None = None,
-                  forced: dict[Any, str] | None = None) -> pd.Series:
+                  forced: dict[Any, str] | None = None, pinned: dict[str, str] | None = None) -> pd.Series:
     """Assign whole sender groups to splits greedily, keeping each split's stratum counts near its target.
 
     Strata are the categories unless given (e.g. category x kids). `forced` senders go to their split
     first; the others go largest first (seeded order among equals), each to the split where it least
     raises the chi-square distance sum((filled - target)^2 / target) over (split, stratum), so every
-    split approaches its share of every stratum.
+    split approaches its share of every stratum. `pinned` photos (id -> split) take no part in that: a
+    pinned photo of a balanced sender follows its sender, a sender with only pinned photos takes the split
+    of its first one (by id); the balanced senders' splits are those of the subset without the pinned photos.
     """
+    pinned = pinned or {}
+    is_pinned = df["id"].isin(list(pinned)) if pinned else pd.Series(False, index=df.index)
+    assigned = balance_senders(df[~is_pinned], shares, seed,
+                               strata=None if strata is None else strata[~is_pinned], forced=forced)
+    if pinned:
+        for rid, sender in sorted(zip(df.loc[is_pinned, "id"], df.loc[is_pinned, "sender_id"], strict=True)):
+            assigned.setdefault(sender, pinned[rid])
+    return df["sender_id"].map(assigned)
+
+
+def balance_senders(df: pd.DataFrame, shares: dict[str, float], seed: int, *, strata: pd.Series | None,
+                    forced: dict[Any, str] | None) -> dict[Any, str]:
+    """sender -> split by the greedy chi-square rule of `grouped_split`."""
+    if df.empty:
+        return {}
     counts = pd.crosstab(df["sender_id"], df["category"] if strata is None else strata)
     target = np.outer([shares[s] for s in SPLITS], counts.sum(axis=0).to_numpy(dtype=float))
     filled = np.zeros_like(target)
     assigned: dict[Any, str] = {}
     for sender, split in (forced or {}).items():
+        if sender not in counts.index:
+            continue
         filled[SPLITS.index(split)] += counts.loc[sender].to_numpy(dtype=float)
         assigned[sender] = split
     rest = counts.index.to_numpy()[~counts.index.isin(list(assigned))]
@@ -287,7 +321,7 @@ def grouped_split(df: pd.DataFrame, shares: dict[str, float], seed: int, *, stra
         best = int(np.argmin(cost))
         filled[best] += c
         assigned[sender] = SPLITS[best]
-    return df["sender_id"].map(assigned)
+    return assigned
 
 
 def drop_report(gone: pd.DataFrame, kept: pd.DataFrame, name: str | None, minimum: Any) -> dict[str, Any]:

@@ -72,8 +72,7 @@ def validate(subset_dir: Path, out: Path, reports: Path, params: dict[str, Any])
     catalog of every category has fewer photos per class and split than the top-10 benchmark).
     """
     info = read_dataset(subset_dir)
-    own = (params.get("subsets") or {}).get(info.get("subset")) or {}
-    params = {**params, **own}
+    params = params_for(params, info)
     mode = params.get("on_bad_file", "quarantine")
     if mode not in BAD_FILE_MODES:
         raise DataError(f"validate.on_bad_file: '{mode}' is not one of {list(BAD_FILE_MODES)}")
@@ -107,6 +106,13 @@ def validate(subset_dir: Path, out: Path, reports: Path, params: dict[str, Any])
                           n_checked=n_checked, n_passed=len(df),
                           counts={s: int((df["split"] == s).sum()) for s in SPLITS},
                           quarantined=quarantined)
+
+
+def params_for(params: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """The validate keys for the subset `info` (its dataset.json) describes: `subsets.<name>` over the
+    shared ones."""
+    own = (params.get("subsets") or {}).get(info.get("subset")) or {}
+    return {**params, **own}
 
 
 def check_files(df: pd.DataFrame) -> pd.DataFrame:

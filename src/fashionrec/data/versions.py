@@ -120,12 +120,16 @@ def record_version(root: Path, tracked: str, message: str, product: str, *, repr
     return DataVersion(repo=str(root), rev="HEAD", commit=sha, md5=md5, path=subset_target(product)[1])
 
 
+SPLITS_FILE = "splits.csv"  # the additions' split of each photo (`subset.split.pinned_file` pins it)
+
+
 def new_additions(folder: Path) -> Path:
-    """An empty additions folder (`ingest.additions`): the CSV headers of the upstream layout, so that
-    `ingest`'s dependency exists before the first `fashionrec add-photos`."""
+    """An empty additions folder (`ingest.additions`): the headers of images.csv (the upstream layout) and
+    splits.csv (each added photo's split), so that `ingest`'s dependency exists before the first
+    `fashionrec add-photos`."""
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    headers = {"images.csv": "image,sender_id,label,kids", "top10-splits.csv": "image,label,split"}
+    headers = {"images.csv": "image,sender_id,label,kids", SPLITS_FILE: "image,split"}
     for name, header in headers.items():
         if not (folder / name).is_file():
             (folder / name).write_text(header + "\n")

@@ -37,6 +37,7 @@ HISTORY_TAG = "champion_history"
 HISTORY_LIMIT = 200            # entries kept in the tag (each ~150 bytes; the tag holds 100 kB)
 METRIC_PREFIX = "metric."      # model-version tags holding the flattened evaluation metrics
 GATE_TAG = "gate.passed"
+MODEL_TAG = "registered_model"   # on a select run: the registered model its gate judged for
 REFUSED_TAG = "deploy.refused"   # model-version tag: why the deployer would not serve this version
 LOCK_SUFFIX = ".champion-lock"
 LOCK_TTL_S = 60.0              # a lock older than this belongs to a dead holder and is broken

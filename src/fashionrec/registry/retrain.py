@@ -4,7 +4,9 @@ champion.
 - `lineage`: what a run is made from (data revision, commit and DVC md5, code version, params hash,
   pipeline run id), as the tags every registered version carries (`core.tracking.LINEAGE_KEYS`).
 - `check_lineage`: a run whose data md5, code version and params hash equal the champion's lineage has
-  nothing new; it ends as "no change" before any training (`record_no_change` logs that to MLflow).
+  nothing new; it ends as "no change" before any training (`record_no_change` logs that to MLflow). So
+  does a run whose inputs the gate already refused against the same champion (the `select` run in MLflow
+  with those lineage tags): training again on the same data, code and params would only repeat the refusal.
 - `rescore_champion`: the champion's PyTorch model (logged with its registered version) evaluated by the
   same `evaluate` function on this run's test split and inventory, so the gate compares like with like.
 """
@@ -24,7 +26,7 @@ from mlflow import MlflowClient
 from fashionrec.core.config import numeric_leaves
 from fashionrec.core.errors import RegistryError
 from fashionrec.core.tracking import LINEAGE_KEYS, code_version, params_hash
-from fashionrec.registry.mlflow_registry import CHAMPION, alias_version, model_exists
+from fashionrec.registry.mlflow_registry import CHAMPION, GATE_TAG, MODEL_TAG, alias_version, model_exists
 
 COMPARED = ("lineage.data_md5", "lineage.code_version", "lineage.params_hash")
 
@@ -65,12 +67,29 @@ def check_lineage(name: str, run_lineage: Mapping[str, str]) -> LineageCheck:
     if version is None:
         return LineageCheck(True, f"no champion of '{name}' yet: train", None, current, list(COMPARED))
     differs = [key for key in COMPARED if tags.get(key) != current.get(key)]
+    if differs and (refused := refused_before(MlflowClient(), name, version, current)):
+        reason = (f"no change: data {current.get('lineage.data_md5')}, code and params already refused by "
+                  f"the gate against champion v{version} (pipeline run {refused}); nothing trained")
+        return LineageCheck(False, reason, version, current, differs)
     if differs:
         what = ", ".join(f"{k.split('.', 1)[1]} {tags.get(k, 'none')} -> {current.get(k)}" for k in differs)
         return LineageCheck(True, f"changed since champion v{version}: {what}", version, current, differs)
     reason = (f"no change: data {current.get('lineage.data_md5')} (rev {current.get('lineage.data_rev')}), "
               f"code and params equal champion v{version}'s lineage; nothing trained")
     return LineageCheck(False, reason, version, current, [])
+
+
+def refused_before(client: MlflowClient, name: str, champion: str,
+                   run_lineage: Mapping[str, str]) -> str | None:
+    """The pipeline run id of an earlier run of model `name` whose gate refused these same inputs (data md5,
+    code version, params hash) against champion version `champion`; None when there is none."""
+    filters = ["tags.step = 'select'", f"tags.`{GATE_TAG}` = 'false'", f"tags.`{MODEL_TAG}` = '{name}'",
+               f"tags.champion_version = '{champion}'"]
+    filters += [f"tags.`{key}` = '{run_lineage.get(key, '')}'" for key in COMPARED]
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=" and ".join(filters), max_results=1,
+                              order_by=["attributes.start_time DESC"]) if experiments else []
+    return str(runs[0].data.tags.get("lineage.pipeline_run_id", runs[0].info.run_id)) if runs else None
 
 
 def record_no_change(reason: str, run_lineage: Mapping[str, str], champion: str | None) -> str:

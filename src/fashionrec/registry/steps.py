@@ -30,6 +30,7 @@ from fashionrec.registry.mlflow_registry import (
     CHALLENGER,
     GATE_TAG,
     METRIC_PREFIX,
+    MODEL_TAG,
     AliasChange,
     aliases_of,
     get_champion,
@@ -74,6 +75,7 @@ def select(metrics_dir: Path, candidates: Sequence[str], out: Path, params: Mapp
     write_decision(decision, out)
     with mlflow.start_run(run_name=f"select-{decision.winner}"):
         mlflow.set_tags({"step": "select", "winner": decision.winner, GATE_TAG: str(decision.passed).lower(),
+                         MODEL_TAG: name,
                          "champion_version": champion.version if champion else "none",
                          "outcome": "register" if decision.passed else "no change", **(tags or {})})
         mlflow.log_metric("gate_passed", float(decision.passed))

@@ -52,9 +52,14 @@ CALIBRATIONS = ("minmax", "percentile", "entropy")
 
 
 class _Calibration:
-    """onnxruntime.quantization.CalibrationDataReader over preprocessed images, one batch at a time."""
+    """onnxruntime.quantization.CalibrationDataReader over preprocessed images, one batch at a time.
+
+    Every batch has the same size (the largest divisor of the image count up to `batch_size`): the
+    histogram calibrators (percentile, entropy) stack the batches' activations and refuse ragged ones.
+    """
 
     def __init__(self, batch: np.ndarray, input_name: str, batch_size: int) -> None:
+        batch_size = max(d for d in range(1, max(1, min(batch_size, len(batch))) + 1) if len(batch) % d == 0)
         starts = range(0, len(batch), batch_size)
         self._batches = iter([{input_name: batch[i:i + batch_size]} for i in starts])
 
@@ -137,7 +142,8 @@ def quantize(onnx_path: Path, manifest: Path, model: EmbeddingModel, queries: Im
         names = {n.name for n in onnx.load(str(pre)).graph.node}
         if unknown := sorted(set(chosen["nodes_to_exclude"]) - names):
             raise FashionrecError(f"export.quantize.nodes_to_exclude: no node named {', '.join(unknown)}")
-        quantize_static(str(pre), str(int8), _Calibration(calib.batch, "image", 16), **static_options(chosen))
+        reader = _Calibration(calib.batch, "image", int(q.get("batch_size", 16)))
+        quantize_static(str(pre), str(int8), reader, **static_options(chosen))
     finally:
         pre.unlink(missing_ok=True)
     mark_int8(onnx_path, int8)
