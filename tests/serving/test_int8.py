@@ -19,6 +19,7 @@ from fashionrec.core.files import sha256_file
 from fashionrec.data.images import Preprocessing, open_image
 from fashionrec.deploy.model import choose_precision, read_preprocessing, resolve_model
 from fashionrec.index import build_index
+from fashionrec.registry.steps import int8_files
 from fashionrec.runtime.embed import OnnxRunner
 from fashionrec.runtime.metadata import read_precision
 from fashionrec.runtime.quantize import mark_int8
@@ -123,5 +124,13 @@ def test_precision_choice_follows_the_int8_check(assets, int8_model: Path, tmp_p
     assert path.name == "model.onnx" and used == "fp32" and "accuracy drops 0.050" in why
     with pytest.raises(ModelSourceError, match=r"int8 asked for, but int8 refused by export"):
         choose_precision(Path(fp32), folder, "int8")
+    # what register ships: the report of a refused copy travels without the copy, so deploy names the cause
+    export_dir = tmp_path / "export"
+    export_dir.mkdir()
+    shutil.copy(report, export_dir / "quantization.json")
+    shutil.copy(int8_model, export_dir / "model.int8.onnx")
+    assert int8_files(export_dir) == [export_dir / "quantization.json"]
+    (folder / "extra_files" / "model.int8.onnx").unlink()
+    assert "int8 refused by export: accuracy drops 0.050" in choose_precision(Path(fp32), folder, "auto")[2]
     with pytest.raises(ModelSourceError, match=r"is fp32, but index.precision asks for int8"):
         resolve_model(str(assets.model_a), tmp_path, precision="int8")

@@ -137,12 +137,14 @@ def version_tags(decision: Mapping[str, Any], parity: Mapping[str, Any],
 
 
 def int8_files(export_dir: Path) -> list[Path]:
-    """`model.int8.onnx` and `quantization.json` when export's int8 check accepted the copy, else none:
-    they travel with the registered version so that deploy serves int8 where it holds."""
+    """What travels with the registered version so that deploy serves int8 where it holds and says why
+    not elsewhere: export's `quantization.json` whenever it ran, `model.int8.onnx` only when accepted."""
     quant = export_dir / "quantization.json"
-    if quant.is_file() and json.loads(quant.read_text()).get("accepted"):
+    if not quant.is_file():
+        return []
+    if json.loads(quant.read_text()).get("accepted"):
         return [export_dir / "model.int8.onnx", quant]
-    return []
+    return [quant]
 
 
 def serving_tags(export_dir: Path) -> dict[str, str]:
