@@ -130,15 +130,14 @@ def with_sizes(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(width=list(width), height=list(height), mode=list(mode))
 
 
-def check_photos(new: pd.DataFrame, subset_dir: Path, reports: Path, on_bad_file: str,
+def check_photos(new: pd.DataFrame, info: dict[str, Any], old: pd.DataFrame, reports: Path, on_bad_file: str,
                  validate_params: dict[str, Any]) -> tuple[pd.DataFrame, list[dict[str, str]]]:
-    """Run the validate suite over the current subset + the new rows (and the copy rule); return the new
-    rows that pass and the quarantined ones, or raise ValidationFailed naming every bad file."""
+    """Run the validate suite over the current subset (`info`: its dataset.json, `old`: its manifest) + the
+    new rows (and the copy rule); return the new rows that pass and the quarantined ones, or raise
+    ValidationFailed naming every bad file."""
     if on_bad_file not in BAD_FILE_MODES:
         raise DataError(f"intake.on_bad_file: '{on_bad_file}' is not one of {list(BAD_FILE_MODES)}")
-    info = read_dataset(subset_dir)
     validate_params = params_for(validate_params, info)
-    old = read_manifest(subset_dir)
     # the current version passed validate already: its files are taken as read (no re-decoding 5k images)
     old = old.assign(file_ok=True, file_error="", file_sha256=old["sha256"], new=False)
     new = with_sizes(check_files(new)).assign(new=True)
@@ -212,9 +211,10 @@ def add_photos(folder: Path, root: Path, params: dict[str, Any], validate_params
         raise DataError(f"add-photos: subset '{product}' ({subset_dir}) keeps a {info.get('split_policy')} "
                         "split, which new photos must not change; set subset.product to a subset split by "
                         "sender (split.policy: grouped, e.g. catalog)")
-    new = assign_splits(new_rows(folder), read_manifest(subset_dir), info["expected_shares"])
+    current = read_manifest(subset_dir)
+    new = assign_splits(new_rows(folder), current, info["expected_shares"])
     mode = str(params.get("on_bad_file") or validate_params.get("on_bad_file") or "quarantine")
-    accepted, quarantined = check_photos(new, subset_dir, reports, mode, validate_params)
+    accepted, quarantined = check_photos(new, info, current, reports, mode, validate_params)
     if accepted.empty:
         raise ValidationFailed(f"add-photos refused: no photo of {folder} is usable (quarantined: "
                                + "; ".join(f"{q['path']}: {q['reason']}" for q in quarantined) + ")")

@@ -285,13 +285,13 @@ def grouped_split(df: pd.DataFrame, shares: dict[str, float], seed: int, *, stra
     pinned photo of a balanced sender follows its sender, a sender with only pinned photos takes the split
     of its first one (by id); the balanced senders' splits are those of the subset without the pinned photos.
     """
-    pinned = pinned or {}
-    is_pinned = df["id"].isin(list(pinned)) if pinned else pd.Series(False, index=df.index)
+    if not pinned:
+        return df["sender_id"].map(balance_senders(df, shares, seed, strata=strata, forced=forced))
+    is_pinned = df["id"].isin(list(pinned))
     assigned = balance_senders(df[~is_pinned], shares, seed,
                                strata=None if strata is None else strata[~is_pinned], forced=forced)
-    if pinned:
-        for rid, sender in sorted(zip(df.loc[is_pinned, "id"], df.loc[is_pinned, "sender_id"], strict=True)):
-            assigned.setdefault(sender, pinned[rid])
+    for rid, sender in sorted(zip(df.loc[is_pinned, "id"], df.loc[is_pinned, "sender_id"], strict=True)):
+        assigned.setdefault(sender, pinned[rid])
     return df["sender_id"].map(assigned)
 
 

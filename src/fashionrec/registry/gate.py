@@ -73,11 +73,7 @@ def check_params(params: Mapping[str, Any]) -> tuple[str, dict[str, float], floa
     thresholds = params.get("thresholds")
     if not isinstance(thresholds, Mapping) or not thresholds:
         raise FashionrecError("params select.thresholds: must map metric names to minimum values")
-    clean: dict[str, float] = {}
-    for metric, minimum in thresholds.items():
-        if isinstance(minimum, bool) or not isinstance(minimum, int | float) or math.isnan(minimum):
-            raise FashionrecError(f"params select.thresholds.{metric}: must be a number, got {minimum!r}")
-        clean[str(metric)] = float(minimum)
+    clean = metric_numbers(thresholds, "thresholds")
     delta = params.get("max_regression", 0.0)
     if isinstance(delta, bool) or not isinstance(delta, int | float) or delta < 0:
         raise FashionrecError(f"params select.max_regression: must be a number >= 0, got {delta!r}")
@@ -93,12 +89,17 @@ def check_floors(params: Mapping[str, Any]) -> tuple[list[str], dict[str, float]
     floors = params.get("group_floors") or {}
     if not isinstance(floors, Mapping):
         raise FashionrecError("params select.group_floors: must map metric names to minimum values")
+    return list(groups), metric_numbers(floors, "group_floors")
+
+
+def metric_numbers(values: Mapping[str, Any], key: str) -> dict[str, float]:
+    """{metric: minimum} of `select.<key>`, naming the entry that is not a number."""
     clean: dict[str, float] = {}
-    for metric, floor in floors.items():
-        if isinstance(floor, bool) or not isinstance(floor, int | float) or math.isnan(floor):
-            raise FashionrecError(f"params select.group_floors.{metric}: must be a number, got {floor!r}")
-        clean[str(metric)] = float(floor)
-    return list(groups), clean
+    for metric, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise FashionrecError(f"params select.{key}.{metric}: must be a number, got {value!r}")
+        clean[str(metric)] = float(value)
+    return clean
 
 
 def decide(metrics: Mapping[str, Mapping[str, float]], params: Mapping[str, Any],

@@ -135,6 +135,7 @@ def quantize(onnx_path: Path, manifest: Path, model: EmbeddingModel, queries: Im
                         "int8 calibration")
     evaluation = load_images(sample_split(manifest, "test", q.get("eval_images", 200), seed), prep,
                              "int8 evaluation")
+    batch_size = int(q.get("batch_size", 16))
     pre = out_dir / "model.pre.onnx"
     int8 = out_dir / "model.int8.onnx"
     quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
@@ -142,7 +143,7 @@ def quantize(onnx_path: Path, manifest: Path, model: EmbeddingModel, queries: Im
         names = {n.name for n in onnx.load(str(pre)).graph.node}
         if unknown := sorted(set(chosen["nodes_to_exclude"]) - names):
             raise FashionrecError(f"export.quantize.nodes_to_exclude: no node named {', '.join(unknown)}")
-        reader = _Calibration(calib.batch, "image", int(q.get("batch_size", 16)))
+        reader = _Calibration(calib.batch, "image", batch_size)
         quantize_static(str(pre), str(int8), reader, **static_options(chosen))
     finally:
         pre.unlink(missing_ok=True)
@@ -150,7 +151,6 @@ def quantize(onnx_path: Path, manifest: Path, model: EmbeddingModel, queries: Im
 
     fp32 = OnnxRunner(create_session(onnx_path, providers))
     i8 = OnnxRunner(create_session(int8, providers))
-    batch_size = int(q.get("batch_size", 16))
     f_emb, f_logits = run_batched(fp32, evaluation.batch, batch_size)
     q_emb, q_logits = run_batched(i8, evaluation.batch, batch_size)
     f_inv, _ = run_batched(fp32, inventory.batch, batch_size)
