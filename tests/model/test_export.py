@@ -21,7 +21,7 @@ from fashionrec.models.base import EmbeddingModel
 from fashionrec.registry.export import export, parity_images, verify
 from fashionrec.runtime.export import export_onnx
 from fashionrec.runtime.metadata import METADATA_KEY, read_metadata, read_precision
-from fashionrec.runtime.quantize import DEFAULTS, quantize, settings, static_options
+from fashionrec.runtime.quantize import DEFAULTS, front_nodes, quantize, settings, static_options
 from fashionrec.runtime.session import create_session
 from tests.model.utils import export_params, real_model, save_candidate, tamper
 
@@ -176,7 +176,8 @@ def test_quantize_options_reach_onnxruntime() -> None:
 
 @pytest.mark.parametrize(("key", "value"), [("format", "qdx"), ("activation_type", "int4"),
                                             ("weight_type", "float8"), ("calibration", "mse"),
-                                            ("percentile", 0)])
+                                            ("percentile", 0), ("fp32_front", 1.5),
+                                            ("fp32_front", -0.1)])
 def test_bad_quantize_choice_names_the_key(key: str, value) -> None:
     with pytest.raises(FashionrecError, match=f"export.quantize.{key}: "):
         settings({key: value})
@@ -212,6 +213,27 @@ def test_excluded_node_stays_float(cnn: EmbeddingModel, cnn_onnx: Path, tiny_val
     with pytest.raises(FashionrecError, match="nodes_to_exclude: no node named /no/such/Conv"):
         run_quantize(cnn, cnn_onnx, tiny_validated, tmp_path / "bad", nodes_to_exclude=["/no/such/Conv"])
     assert not (tmp_path / "bad" / "model.pre.onnx").exists()
+
+
+def test_fp32_front_is_a_prefix_up_to_the_next_convolution() -> None:
+    ops = ["Pad", "Conv", "Clip", "Conv", "Add", "Pad", "Conv", "Conv", "ReduceMean", "Gemm"]
+    nodes = [onnx.helper.make_node(op, [], [], name=f"n{i}") for i, op in enumerate(ops)]
+    assert front_nodes(nodes, 0.0) == [] and front_nodes(nodes, 0.2) == []   # a quarter of 4 convs: 1
+    assert front_nodes(nodes, 0.25) == ["n0", "n1", "n2"]
+    assert front_nodes(nodes, 0.5) == ["n0", "n1", "n2", "n3", "n4", "n5"]   # the Add and Pad before conv 3
+    assert front_nodes(nodes, 1.0) == [n.name for n in nodes]
+
+
+def test_fp32_front_keeps_the_first_convolution_float(cnn: EmbeddingModel, cnn_onnx: Path, tiny_validated,
+                                                      tmp_path: Path) -> None:
+    report, graph = run_quantize(cnn, cnn_onnx, tiny_validated, tmp_path / "front", fp32_front=0.5)
+    init = {i.name: i for i in graph.graph.initializer}
+    first, second = [n for n in graph.graph.node if n.op_type == "Conv"]
+    assert first.input[1] in init and init[first.input[1]].data_type == onnx.TensorProto.FLOAT
+    assert second.input[1] not in init   # its weight comes through a DequantizeLinear
+    assert report["fp32_nodes"] >= 1 and report["settings"]["fp32_front"] == 0.5
+    _, weights, scales = zero_points(graph)
+    assert weights == {"int8"} and len(scales) == 3   # the second convolution, the dense layer, the head
 
 
 def test_export_refuses_a_failed_decision(tmp_path: Path) -> None:

@@ -13,10 +13,14 @@ efficientnet_lite0 with onnxruntime 1.31 on an AVX512-VNNI/AMX Xeon:
 - Per-channel weights: per-tensor scales cost 3 accuracy points on the depthwise convolutions.
 - Percentile calibration clips the rare activation outliers MinMax stretches the uint8 range for
   (accuracy drop 0-0.3 point instead of 0.3-0.8).
-- Keeping convolutions fp32 does not pay: every fp32 island between int8 layers adds Q/DQ, layout
-  transposes and NCHWc reorders (depthwise kept fp32: no faster than fp32 at batch 1, slower at 32).
+- Keeping convolutions fp32 here and there does not pay: every fp32 island between int8 layers adds Q/DQ,
+  layout transposes and NCHWc reorders (depthwise kept fp32: no faster than fp32 at batch 1, slower at 32).
   Note that ORT re-quantizes (per tensor) at load a float convolution left between Q/DQ pairs, so
   `nodes_to_exclude` keeps a node fp32 only where its neighbours are not quantized either.
+- Keeping the *front* fp32 does pay (`fp32_front`, a share of the convolutions counted from the input):
+  one fp32 -> int8 boundary, and the first layers (high resolution, few channels) carry most of the
+  embedding's int8 error while costing a small part of the compute; the fine-tuned last blocks quantize
+  well (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from fashionrec.runtime.session import DEFAULT_PROVIDERS, create_session
 DEFAULTS: dict[str, Any] = {
     "format": "qdq", "activation_type": "uint8", "weight_type": "int8", "per_channel": True,
     "reduce_range": False, "calibration": "percentile", "percentile": 99.999, "calibration_images": 64,
-    "nodes_to_exclude": [],
+    "nodes_to_exclude": [], "fp32_front": 0.25,
 }
 FORMATS = ("qdq", "qoperator")
 TYPES = ("uint8", "int8")
@@ -83,7 +87,21 @@ def settings(q: dict[str, Any]) -> dict[str, Any]:
             raise FashionrecError(f"export.quantize.{key}: '{s[key]}' is not one of {', '.join(allowed)}")
     if not 0 < float(s["percentile"]) <= 100:
         raise FashionrecError(f"export.quantize.percentile: {s['percentile']} is not in (0, 100]")
+    if not 0 <= float(s["fp32_front"]) <= 1:
+        raise FashionrecError(f"export.quantize.fp32_front: {s['fp32_front']} is not a share in [0, 1]")
     return s
+
+
+def front_nodes(nodes: list[Any], share: float) -> list[str]:
+    """Names of the nodes before the first quantized convolution: the first `share` of the graph's
+    convolutions (rounded down) and whatever follows them up to the next one. ONNX lists nodes in
+    topological order, so this is one contiguous fp32 front with a single boundary into int8."""
+    convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"]
+    keep = int(share * len(convs))
+    if keep == 0:
+        return []
+    cut = convs[keep] if keep < len(convs) else len(nodes)
+    return [node.name for node in nodes[:cut]]
 
 
 def static_options(s: dict[str, Any]) -> dict[str, Any]:
@@ -140,11 +158,13 @@ def quantize(onnx_path: Path, manifest: Path, model: EmbeddingModel, queries: Im
     int8 = out_dir / "model.int8.onnx"
     quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
     try:
-        names = {n.name for n in onnx.load(str(pre)).graph.node}
-        if unknown := sorted(set(chosen["nodes_to_exclude"]) - names):
+        nodes = list(onnx.load(str(pre)).graph.node)
+        if unknown := sorted(set(chosen["nodes_to_exclude"]) - {n.name for n in nodes}):
             raise FashionrecError(f"export.quantize.nodes_to_exclude: no node named {', '.join(unknown)}")
+        kept = list(dict.fromkeys([*front_nodes(nodes, float(chosen["fp32_front"])),
+                                   *chosen["nodes_to_exclude"]]))
         reader = _Calibration(calib.batch, "image", batch_size)
-        quantize_static(str(pre), str(int8), reader, **static_options(chosen))
+        quantize_static(str(pre), str(int8), reader, **{**static_options(chosen), "nodes_to_exclude": kept})
     finally:
         pre.unlink(missing_ok=True)
     mark_int8(onnx_path, int8)
@@ -179,7 +199,7 @@ def quantize(onnx_path: Path, manifest: Path, model: EmbeddingModel, queries: Im
         "neighbour_overlap": nn["mean_overlap"], "neighbours_identical": nn["identical"],
         "images_per_s_fp32": fp32_ips, "images_per_s_int8": int8_ips, "speedup": int8_ips / fp32_ips,
         "size_mb_fp32": onnx_path.stat().st_size / 1e6, "size_mb_int8": int8.stat().st_size / 1e6,
-        "provider": i8.session.provider,
+        "provider": i8.session.provider, "fp32_nodes": len(kept),
         "settings": chosen,
     }
     (out_dir / "quantization.json").write_text(json.dumps(report, indent=2) + "\n")

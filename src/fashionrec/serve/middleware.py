@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import Response
+from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fashionrec.serve.handlers import error_response
@@ -92,6 +90,36 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+class Measure:
+    """Latency and count of every HTTP request by route template, method and status. Plain ASGI, not
+    `BaseHTTPMiddleware`, which costs every request a task group and a memory stream; an exception the
+    app lets out counts as the 500 the server answers with."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def noting_status(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, noting_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")   # the router sets it in this scope
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+
+
 def add_middleware(app: FastAPI, metrics: Metrics, max_upload_bytes: int, body_timeout_s: float,
                    csp_by_path: dict[str, str]) -> None:
     """The stack, innermost first: body limits, metrics, security headers (outermost: on every answer).
@@ -99,14 +127,5 @@ def add_middleware(app: FastAPI, metrics: Metrics, max_upload_bytes: int, body_t
     unwrapped."""
     app.add_middleware(RequestBody, max_bytes=max_upload_bytes + MULTIPART_SLACK, timeout_s=body_timeout_s,
                        metrics=metrics)
-
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        return response
-
+    app.add_middleware(Measure, metrics=metrics)
     app.add_middleware(SecurityHeaders, csp_by_path=csp_by_path)
