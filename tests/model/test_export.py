@@ -176,8 +176,8 @@ def test_quantize_options_reach_onnxruntime() -> None:
 
 @pytest.mark.parametrize(("key", "value"), [("format", "qdx"), ("activation_type", "int4"),
                                             ("weight_type", "float8"), ("calibration", "mse"),
-                                            ("percentile", 0), ("fp32_front", 1.5),
-                                            ("fp32_front", -0.1)])
+                                            ("percentile", 0), ("percentile", "high"), ("fp32_front", 1.5),
+                                            ("fp32_front", -0.1), ("fp32_front", "a quarter")])
 def test_bad_quantize_choice_names_the_key(key: str, value) -> None:
     with pytest.raises(FashionrecError, match=f"export.quantize.{key}: "):
         settings({key: value})

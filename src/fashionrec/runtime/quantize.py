@@ -85,10 +85,11 @@ def settings(q: dict[str, Any]) -> dict[str, Any]:
                          ("calibration", CALIBRATIONS)):
         if s[key] not in allowed:
             raise FashionrecError(f"export.quantize.{key}: '{s[key]}' is not one of {', '.join(allowed)}")
-    if not 0 < float(s["percentile"]) <= 100:
-        raise FashionrecError(f"export.quantize.percentile: {s['percentile']} is not in (0, 100]")
-    if not 0 <= float(s["fp32_front"]) <= 1:
-        raise FashionrecError(f"export.quantize.fp32_front: {s['fp32_front']} is not a share in [0, 1]")
+    for key, within, span in (("percentile", lambda x: 0 < x <= 100, "(0, 100]"),
+                              ("fp32_front", lambda x: 0 <= x <= 1, "[0, 1]")):
+        value = s[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not within(value):
+            raise FashionrecError(f"export.quantize.{key}: {value!r} is not a number in {span}")
     return s
 
 
