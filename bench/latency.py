@@ -16,16 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pandas as pd
 from common import ROOT, Run, table
 from serve import load
 
+from fashionrec.runtime.parity import sample_split
+
 
 def test_photos(manifest: Path, n: int, seed: int) -> list[bytes]:
-    table_ = pd.read_parquet(manifest)
-    test = table_[table_["split"] == "test"]
-    rows = test.sample(min(n, len(test)), random_state=seed)
-    return [(manifest.parent / p).read_bytes() for p in rows["path"]]   # an absolute path stays absolute
+    return [Path(row["abspath"]).read_bytes() for row in sample_split(manifest, "test", n, seed)]
 
 
 def main() -> None:

@@ -3,8 +3,8 @@
 Loads a bundle as the server does (`load_state`) and times, per photo, the stages of the server's own
 request path: header probe, bounded decode, resize + normalise, the model, the index search, and the
 whole `answer()`. No HTTP: the difference between `answer` here and a client's p50 (`bench/serve.py`)
-is the round trip, the event loop and the thread hop. Photos: the bundle's own inventory images (its
-`inventory_root`), a seeded sample, or --photos.
+is the round trip, the event loop and the thread hop. Photos: a seeded sample of --photos of the
+bundle's own inventory images (under its `inventory_root`, or --inventory-root).
 
     nice -n 10 .venv/bin/python bench/request.py --bundle bundles/current --photos 100
 """
@@ -17,25 +17,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from common import ROOT, Run, table
 
 from fashionrec.data.images import DecodeLimits, decode_bounded
 from fashionrec.serve.recommend import Query, answer, inspect_upload
-from fashionrec.serve.state import load_state
+from fashionrec.serve.state import ServingState, load_state
 
 STAGES = ("probe", "decode", "preprocess", "model", "search", "answer")
 
 
-def photos(state: Any, folder: Path, n: int, seed: int) -> list[bytes]:
-    items = pd.read_parquet(folder / "items.parquet")
-    if state.inventory_root is None:
-        raise SystemExit(f"{folder}: the bundle records no inventory_root; pass --inventory-root")
-    rows = np.random.default_rng(seed).choice(len(items), size=min(n, len(items)), replace=False)
-    return [(state.inventory_root / items["image"].iloc[int(i)]).read_bytes() for i in rows]
+def photos(state: ServingState, n: int, seed: int) -> list[bytes]:
+    """A seeded sample of the inventory's own image files (where the state finds them, as `/items` does)."""
+    rows = np.random.default_rng(seed).choice(state.size, size=min(n, state.size), replace=False)
+    sources = [state.image_source(int(row)) for row in rows]
+    if not all(isinstance(src, Path) for src in sources):
+        raise SystemExit(f"{state.folder}: item images are not files under an inventory root; "
+                         "pass --inventory-root")
+    return [src.read_bytes() for src in sources]
 
 
-def time_stages(state: Any, data: bytes, limits: DecodeLimits, k: int) -> dict[str, float]:
+def time_stages(state: ServingState, data: bytes, limits: DecodeLimits, k: int) -> dict[str, float]:
     query = Query(k=k)
     t = [time.perf_counter()]
     inspect_upload(data, query, limits, len(data) + 1)
@@ -70,7 +71,7 @@ def main() -> None:
     folder = args.bundle.resolve()
     state = load_state(folder, args.inventory_root, intra_op_threads=args.threads,
                        allow_spinning=args.spinning)
-    payloads = photos(state, folder, args.photos, args.seed)
+    payloads = photos(state, args.photos, args.seed)
     limits = DecodeLimits()
     for data in payloads[:args.warmup]:
         answer(state, data, Query(k=args.k), limits)
