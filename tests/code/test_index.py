@@ -74,3 +74,42 @@ def test_unknown_kind_or_parameter_names_it() -> None:
         build_index(normalised(5, 4, 0), "annoy")
     with pytest.raises(DataError, match="leaf_sise"):
         build_index(normalised(5, 4, 0), "balltree", leaf_sise=10)
+
+
+@pytest.mark.parametrize("dims", [1, 3, 16])
+@pytest.mark.parametrize("k", [1, 7, 120])
+def test_balltree_on_principal_coordinates_finds_exactly_what_brute_force_finds(dims: int, k: int) -> None:
+    """The tree on a few principal coordinates (+ the residual) only bounds distances; the answer must
+    still be the exhaustive one, on clustered data, spread-out data, exact duplicates and far queries."""
+    rng = np.random.default_rng(dims * 100 + k)
+    centres = rng.normal(size=(6, 48))
+    clustered = centres[rng.integers(0, 6, 240)] + 0.3 * rng.normal(size=(240, 48))
+    data = np.vstack([clustered, rng.normal(size=(60, 48)), clustered[:20]]).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    queries = np.vstack([normalised(30, 48, 9), data[:5], -data[5:10]])
+    tree = build_index(data, "balltree", dims=dims, leaf_size=8)
+    assert tree.dims == dims
+    d_tree, i_tree = tree.query(queries, k)
+    d_brute, i_brute = build_index(data, "brute").query(queries, k)
+    # The same neighbours up to the order of exact ties (the duplicates: float rounding decides those,
+    # in brute force too): each rank's true distance, in float64, is the exhaustive search's.
+    data64, queries64 = data.astype(np.float64), queries.astype(np.float64)
+    true = np.linalg.norm(queries64[:, None, :] - data64[None], axis=2)
+    np.testing.assert_allclose(np.take_along_axis(true, i_tree, 1), np.take_along_axis(true, i_brute, 1),
+                               atol=1e-6)
+    assert all(len(set(row)) == k for row in i_tree.tolist())
+    np.testing.assert_allclose(d_tree, d_brute, atol=1e-3)
+    assert np.all(np.diff(d_tree, axis=1) >= 0)
+
+
+def test_balltree_uses_the_full_embeddings_when_reduction_would_not_help() -> None:
+    assert build_index(normalised(30, 8, 0), "balltree", dims=8).dims is None     # dims >= dimension
+    assert build_index(normalised(5, 32, 0), "balltree", dims=16).dims is None    # more dims than items
+    assert build_index(normalised(30, 8, 0), "balltree", dims=None).dims is None
+    assert build_index(normalised(30, 8, 0), "balltree", dims=3).dims == 3
+
+
+@pytest.mark.parametrize("dims", [0, -4, 2.5, "64", True])
+def test_bad_balltree_dims_is_refused_naming_the_key(dims: object) -> None:
+    with pytest.raises(DataError, match="index.balltree.dims must be a positive integer"):
+        build_index(normalised(30, 8, 0), "balltree", dims=dims)

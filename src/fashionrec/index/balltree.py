@@ -1,29 +1,86 @@
-"""scikit-learn BallTree, the index the reference systems used (Euclidean on normalised embeddings)."""
+"""scikit-learn BallTree, the index the reference systems used (Euclidean on normalised embeddings).
+
+A BallTree prunes nothing at the embedding's full dimension (1,280 for EfficientNet): every query visits
+every leaf, at the speed of a scalar distance loop. So by default the tree is built on a lower bound of
+the distance instead, and the search stays exact:
+
+- each vector x is lifted to z(x) = (P'(x - m), |r(x)|): its first `dims` principal coordinates and the
+  length of the residual r(x) they leave out (P orthonormal, m the mean). For any pair,
+  |z(x) - z(q)| <= |x - q| (Pythagoras on the two orthogonal parts, then the reverse triangle inequality
+  on the residuals), whatever P is: the principal components only make the bound tight;
+- a query takes a shortlist of its nearest items in z, measures them exactly, and the k-th of those exact
+  distances, D, is a radius no true top-k item can lie beyond; every item whose z-distance is within D
+  (a radius query on the same tree) is measured exactly, and the k nearest of those are the answer:
+  the same neighbours as an exhaustive search.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.decomposition import PCA
 from sklearn.neighbors import BallTree
 
 from fashionrec.core.errors import DataError
 from fashionrec.index.base import NeighbourIndex, as_matrix
 
+SHORTLIST_PER_NEIGHBOUR = 4   # shortlist = this x k items nearest in z, before the radius query
+FIT_SAMPLE = 20_000           # rows the principal components are fitted on (exactness needs no fit at all)
+SLACK = 1e-5                  # added to the squared radius: float32 rounding never drops a true neighbour
+
 
 class BallTreeIndex(NeighbourIndex):
-    """Exact search in O(log n)-ish per query for low intrinsic dimension; build is O(n log n)."""
+    """Exact k-nearest-neighbour search through a BallTree on `dims` principal coordinates (+ the residual
+    length), or on the full embeddings when `dims` is None or not below their dimension and count."""
 
     kind = "balltree"
 
-    def __init__(self, embeddings: np.ndarray, leaf_size: int = 40) -> None:
+    def __init__(self, embeddings: np.ndarray, leaf_size: int = 40, dims: int | None = 64) -> None:
         super().__init__(embeddings)
-        if isinstance(leaf_size, bool) or not isinstance(leaf_size, int) or leaf_size < 1:
-            raise DataError(f"index.leaf_size must be a positive integer, got {leaf_size!r}")
+        for name, value in (("leaf_size", leaf_size), ("dims", dims)):
+            if value is None and name == "dims":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DataError(f"index.balltree.{name} must be a positive integer, got {value!r}")
         self.leaf_size = leaf_size
-        # float64: BallTree computes in double anyway; converting once here avoids a copy per query.
-        self._tree = BallTree(as_matrix(embeddings, "index embeddings").astype(np.float64),
-                              leaf_size=leaf_size, metric="euclidean")
+        data = as_matrix(embeddings, "index embeddings")
+        self.dims = dims if dims is not None and dims < min(self.dim, self.size) else None
+        if self.dims is None:
+            # float64: BallTree computes in double anyway; converting once here avoids a copy per query.
+            self._tree = BallTree(data.astype(np.float64), leaf_size=leaf_size, metric="euclidean")
+            return
+        self._data = data
+        self._sq_norms = np.einsum("ij,ij->i", data, data).astype(np.float64)
+        sample = data
+        if self.size > FIT_SAMPLE:
+            sample = data[np.random.default_rng(0).choice(self.size, FIT_SAMPLE, replace=False)]
+        pca = PCA(self.dims, svd_solver="randomized", random_state=0).fit(sample)
+        self._mean = pca.mean_.astype(np.float64)
+        self._basis = pca.components_.T.astype(np.float64)   # (D, dims), orthonormal columns
+        self._tree = BallTree(self._lift(data), leaf_size=leaf_size, metric="euclidean")
+
+    def _lift(self, x: np.ndarray) -> np.ndarray:
+        """(n, D) -> (n, dims + 1): principal coordinates and the residual's length."""
+        centred = x.astype(np.float64) - self._mean
+        coords = centred @ self._basis
+        residual = np.linalg.norm(centred - coords @ self._basis.T, axis=1)
+        return np.hstack([coords, residual[:, None]])
+
+    def _exact_sq(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        sq = self._sq_norms[rows] + float(query @ query) - 2.0 * (self._data[rows] @ query).astype(np.float64)
+        return np.maximum(sq, 0.0)
 
     def _query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        distances, indices = self._tree.query(queries.astype(np.float64), k=k, return_distance=True,
-                                              sort_results=True)
+        if self.dims is None:
+            return self._tree.query(queries.astype(np.float64), k=k, return_distance=True, sort_results=True)
+        lifted = self._lift(queries)
+        _, shortlists = self._tree.query(lifted, k=min(self.size, SHORTLIST_PER_NEIGHBOUR * k),
+                                         return_distance=True, sort_results=False)
+        radii = np.empty(len(queries))
+        for i, rows in enumerate(shortlists):
+            radii[i] = np.sqrt(np.partition(self._exact_sq(queries[i], rows), k - 1)[k - 1] + SLACK)
+        distances, indices = np.empty((len(queries), k)), np.empty((len(queries), k), np.int64)
+        for i, rows in enumerate(self._tree.query_radius(lifted, r=radii)):
+            sq = self._exact_sq(queries[i], rows)
+            best = np.lexsort((rows, sq))[:k]   # (distance, index): ties resolve as brute force's do
+            indices[i], distances[i] = rows[best], np.sqrt(sq[best])
         return distances, indices
