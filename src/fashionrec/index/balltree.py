@@ -26,6 +26,7 @@ from fashionrec.index.base import NeighbourIndex, as_matrix
 SHORTLIST_PER_NEIGHBOUR = 4   # shortlist = this x k items nearest in z, before the radius query
 FIT_SAMPLE = 20_000           # rows the principal components are fitted on (exactness needs no fit at all)
 SLACK = 1e-5                  # added to the squared radius: float32 rounding never drops a true neighbour
+GATHER_SHARE = 8              # more than 1/8 of the rows to measure: one product with all of them instead
 
 
 class BallTreeIndex(NeighbourIndex):
@@ -66,8 +67,11 @@ class BallTreeIndex(NeighbourIndex):
         return np.hstack([coords, residual[:, None]])
 
     def _exact_sq(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        sq = self._sq_norms[rows] + float(query @ query) - 2.0 * (self._data[rows] @ query).astype(np.float64)
-        return np.maximum(sq, 0.0)
+        # Where the bound rules out little (embeddings without a few dominant directions), one product
+        # with every row is cheaper than gathering most of them first.
+        many = len(rows) > self.size // GATHER_SHARE
+        dots = (self._data @ query)[rows] if many else self._data[rows] @ query
+        return np.maximum(self._sq_norms[rows] + float(query @ query) - 2.0 * dots.astype(np.float64), 0.0)
 
     def _query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.dims is None:
