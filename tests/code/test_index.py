@@ -113,3 +113,15 @@ def test_balltree_uses_the_full_embeddings_when_reduction_would_not_help() -> No
 def test_bad_balltree_dims_is_refused_naming_the_key(dims: object) -> None:
     with pytest.raises(DataError, match="index.balltree.dims must be a positive integer"):
         build_index(normalised(30, 8, 0), "balltree", dims=dims)
+
+
+def test_balltree_lifts_rows_block_by_block_with_the_same_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fashionrec.index import balltree
+
+    data, queries = normalised(300, 24, 11), normalised(25, 24, 12)
+    whole = build_index(data, "balltree", dims=4).query(queries, 6)
+    monkeypatch.setattr(balltree, "LIFT_BLOCK", 7)   # 43 blocks, the last one short
+    blocks = build_index(data, "balltree", dims=4).query(queries, 6)
+    assert np.array_equal(whole[1], blocks[1])
+    np.testing.assert_allclose(whole[0], blocks[0], atol=1e-6)
+    assert np.array_equal(blocks[1], build_index(data, "brute").query(queries, 6)[1])

@@ -26,6 +26,7 @@ from fashionrec.index.base import NeighbourIndex, as_matrix
 SHORTLIST_PER_NEIGHBOUR = 4   # shortlist = this x k items nearest in z, before the radius query
 FIT_SAMPLE = 20_000           # rows the principal components are fitted on (exactness needs no fit at all)
 SLACK = 1e-5                  # added to the squared radius: float32 rounding never drops a true neighbour
+LIFT_BLOCK = 8192             # rows lifted at once (bounds the float64 temporaries)
 GATHER_SHARE = 8              # more than 1/8 of the rows to measure: one product with all of them instead
 
 
@@ -60,11 +61,15 @@ class BallTreeIndex(NeighbourIndex):
         self._tree = BallTree(self._lift(data), leaf_size=leaf_size, metric="euclidean")
 
     def _lift(self, x: np.ndarray) -> np.ndarray:
-        """(n, D) -> (n, dims + 1): principal coordinates and the residual's length."""
-        centred = x.astype(np.float64) - self._mean
-        coords = centred @ self._basis
-        residual = np.linalg.norm(centred - coords @ self._basis.T, axis=1)
-        return np.hstack([coords, residual[:, None]])
+        """(n, D) -> (n, dims + 1): principal coordinates and the residual's length, a block of rows at a
+        time (float64 copies of a million 1,280-d rows would take 10 GB each)."""
+        out = np.empty((len(x), self.dims + 1))
+        for start in range(0, len(x), LIFT_BLOCK):
+            centred = x[start:start + LIFT_BLOCK].astype(np.float64) - self._mean
+            coords = centred @ self._basis
+            out[start:start + len(centred), :-1] = coords
+            out[start:start + len(centred), -1] = np.linalg.norm(centred - coords @ self._basis.T, axis=1)
+        return out
 
     def _exact_sq(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         # Where the bound rules out little (embeddings without a few dominant directions), one product
