@@ -20,8 +20,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import BallTree
 
-from fashionrec.core.errors import DataError
-from fashionrec.index.base import NeighbourIndex, as_matrix
+from fashionrec.index.base import NeighbourIndex, as_matrix, positive_int
 
 SHORTLIST_PER_NEIGHBOUR = 4   # shortlist = this x k items nearest in z, before the radius query
 FIT_SAMPLE = 20_000           # rows the principal components are fitted on (exactness needs no fit at all)
@@ -38,14 +37,10 @@ class BallTreeIndex(NeighbourIndex):
 
     def __init__(self, embeddings: np.ndarray, leaf_size: int = 40, dims: int | None = 64) -> None:
         super().__init__(embeddings)
-        for name, value in (("leaf_size", leaf_size), ("dims", dims)):
-            if value is None and name == "dims":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DataError(f"index.balltree.{name} must be a positive integer, got {value!r}")
-        self.leaf_size = leaf_size
+        self.leaf_size = positive_int("index.balltree.leaf_size", leaf_size)
+        wanted = None if dims is None else positive_int("index.balltree.dims", dims)
         data = as_matrix(embeddings, "index embeddings")
-        self.dims = dims if dims is not None and dims < min(self.dim, self.size) else None
+        self.dims = wanted if wanted is not None and wanted < min(self.dim, self.size) else None
         if self.dims is None:
             # float64: BallTree computes in double anyway; converting once here avoids a copy per query.
             self._tree = BallTree(data.astype(np.float64), leaf_size=leaf_size, metric="euclidean")

@@ -26,6 +26,13 @@ def as_matrix(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
     return arr
 
 
+def positive_int(key: str, value: object) -> int:
+    """An index parameter that must be a positive integer (not a bool), refused naming its `key`."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or int(value) < 1:
+        raise DataError(f"{key} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 class NeighbourIndex(ABC):
     """Exact k-nearest-neighbour search by Euclidean distance.
 

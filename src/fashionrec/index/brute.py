@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fashionrec.core.errors import DataError
-from fashionrec.index.base import NeighbourIndex, as_matrix
+from fashionrec.index.base import NeighbourIndex, as_matrix, positive_int
 
 
 class BruteIndex(NeighbourIndex):
@@ -15,9 +14,8 @@ class BruteIndex(NeighbourIndex):
 
     def __init__(self, embeddings: np.ndarray, block_size: int = 1024) -> None:
         super().__init__(embeddings)
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise DataError(f"index.block_size must be a positive integer, got {block_size!r}")
-        self.block_size = block_size  # queries per product, bounding memory at block_size x size floats
+        # queries per product, bounding memory at block_size x size floats
+        self.block_size = positive_int("index.brute.block_size", block_size)
         self._data = as_matrix(embeddings, "index embeddings")
         self._sq_norms = np.einsum("ij,ij->i", self._data, self._data)
 

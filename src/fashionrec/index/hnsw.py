@@ -16,13 +16,7 @@ import numpy as np
 
 from fashionrec.core.config import DEFAULT_SEED
 from fashionrec.core.errors import DataError
-from fashionrec.index.base import NeighbourIndex, as_matrix
-
-
-def positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or int(value) < 1:
-        raise DataError(f"index.hnsw.{name} must be a positive integer, got {value!r}")
-    return int(value)
+from fashionrec.index.base import NeighbourIndex, as_matrix, positive_int
 
 
 def build_thread_count(value: object) -> int:
@@ -52,9 +46,9 @@ class HnswIndex(NeighbourIndex):
         import hnswlib
 
         super().__init__(embeddings)
-        self.M = positive_int("M", M)
-        self.ef_construction = positive_int("ef_construction", ef_construction)
-        self.ef_search = positive_int("ef_search", ef_search)
+        self.M = positive_int("index.hnsw.M", M)
+        self.ef_construction = positive_int("index.hnsw.ef_construction", ef_construction)
+        self.ef_search = positive_int("index.hnsw.ef_search", ef_search)
         self.seed = int(seed)
         self.build_threads = build_thread_count(build_threads)
         data = as_matrix(embeddings, "index embeddings")
@@ -86,7 +80,7 @@ class HnswIndex(NeighbourIndex):
 
     @ef_search.setter
     def ef_search(self, value: int) -> None:
-        self._ef_search = positive_int("ef_search", value)
+        self._ef_search = positive_int("index.hnsw.ef_search", value)
         if hasattr(self, "_index"):
             with self._lock:
                 self._index.set_ef(self._ef_search)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fashionrec.index.base import NeighbourIndex
-from fashionrec.index.hnsw import HnswIndex, positive_int
+from fashionrec.index.base import NeighbourIndex, positive_int
+from fashionrec.index.hnsw import HnswIndex
 
 
 def overlap(got: np.ndarray, want: np.ndarray) -> float:
@@ -30,7 +30,7 @@ def tune_ef_search(index: HnswIndex, exact: NeighbourIndex, queries: np.ndarray,
     recall of new photos where distances crowd together (synthetic 100k: 1.0 probed, 0.94 fresh at ef
     64), hence a configured ef of 128 and this as the guard for larger stores.
     """
-    max_ef = positive_int("max_ef_search", max_ef)
+    max_ef = positive_int("index.hnsw.max_ef_search", max_ef)
     want = exact.query(queries, k)[1]
     ef = index.ef_search
     while True:
