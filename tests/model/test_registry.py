@@ -251,3 +251,34 @@ def test_cli_promote_and_rollback(pipeline: Pipeline, mlflow_server: str, tmp_pa
     assert "promote   v1 (was vNone)  by dana: reviewed" in shown.stdout
     refused = run("rollback", "--by", "dana")
     assert refused.returncode == 1 and "error: reg-cli v1 is the first recorded champion" in refused.stderr
+
+
+def test_champion_lock_is_taken_when_its_holder_lets_go_during_the_create(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's create, on a name that exists, reads that model back to word its error; a holder that
+    releases the lock in between turns the expected RESOURCE_ALREADY_EXISTS into RESOURCE_DOES_NOT_EXIST
+    (two concurrent CLI promotions hit this). The lock is free then: the waiter takes it, not crash."""
+    import socket
+    import time
+
+    from fashionrec.registry.mlflow_registry import LOCK_SUFFIX, history_lock
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    lock = f"race{LOCK_SUFFIX}"
+    client.create_registered_model(lock, tags={"holder": "other-host:1", "since": repr(time.time())})
+    store_type = type(client._get_registry_client().store)
+    read_back = store_type.get_registered_model
+    released: list[str] = []
+
+    def holder_releases_first(self, name: str):
+        if name == lock and not released:
+            released.append(name)
+            client.delete_registered_model(lock)     # the other holder lets go at this very moment
+        return read_back(self, name)
+
+    monkeypatch.setattr(store_type, "get_registered_model", holder_releases_first)
+    with history_lock(client, "race", wait_s=10):
+        assert client.get_registered_model(lock).tags["holder"] == f"{socket.gethostname()}:{os.getpid()}"
+    assert released == [lock]
+    assert not [m for m in client.search_registered_models() if m.name == lock]   # released after use

@@ -119,6 +119,8 @@ def history_lock(client: MlflowClient, name: str, wait_s: float = LOCK_WAIT_S) -
                                            description="fashionrec: champion history lock (transient)")
             break
         except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                continue      # taken, then released while MLflow read it back to word the refusal: free now
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         try:
