@@ -9,7 +9,9 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,7 +59,10 @@ def bundles_lock(bundles_dir: Path) -> Iterator[None]:
 def deploy_lock(bundles_dir: Path, wait_s: float = 0.0) -> Iterator[None]:
     """One deploy at a time per bundles folder. Without `wait_s` a second concurrent deploy fails at once,
     cleanly; a reconcile waits (it reads what to deploy only once it holds the lock, so queueing cannot
-    activate a stale model). The lock dies with its process (flock), so a killed deploy never blocks."""
+    activate a stale model). The lock dies with its process (flock), so a killed deploy never blocks.
+
+    Whoever holds it is the only writer of the folder, so every temporary file there is abandoned: they are
+    removed on taking it (PIDs would not tell, pods sharing a ReadWriteMany volume do not share PIDs)."""
     bundles_dir.mkdir(parents=True, exist_ok=True)
     with open(bundles_dir / ".deploy.lock", "a+") as fh:
         deadline = time.monotonic() + wait_s
@@ -75,8 +80,10 @@ def deploy_lock(bundles_dir: Path, wait_s: float = 0.0) -> Iterator[None]:
                                   "nothing was changed, try again when it has finished") from None
         try:
             fh.truncate(0)
-            fh.write(f"pid {os.getpid()}")
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
             fh.flush()
+            for name in remove_abandoned(bundles_dir):
+                log.warning("removed %s: left by a deploy that died mid-way", name)
             yield
         finally:
             fh.truncate(0)
@@ -116,24 +123,22 @@ class BundleContent:
     precision_reason: str = ""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # alive, but another user's
-        return True
-    return True
+# what deploys write under a temporary name (older versions suffixed a PID, these a random token)
+TEMP_NAMES = re.compile(r"\.(?:tmp-v\d+-\d{8}T\d{6}Z-|current-|history\.json\.)[0-9a-f]+")
+
+
+def temp_name(prefix: str, sep: str = "-") -> str:
+    """`.<prefix><sep><random>`: unique across pods sharing the folder (a PID is not)."""
+    return f".{prefix}{sep}{secrets.token_hex(6)}"
 
 
 def remove_abandoned(bundles_dir: Path) -> list[str]:
-    """Delete what a deploy killed mid-way leaves: its `.tmp-<version>-<pid>` folder and `.current-<pid>`
-    pointer, when that pid is dead, so they neither pile up nor keep reserving version numbers. Call under
-    `bundles_lock`."""
+    """Delete every temporary file a deploy leaves while writing (`.tmp-<version>-*` folders, `.current-*`
+    pointers, `.history.json.*`): only call it holding `deploy_lock` (`deploy_lock` does, on taking it), when
+    no other deploy can be writing, so whatever is there was left by one that died."""
     removed = []
-    for path in [*bundles_dir.glob(".tmp-v*"), *bundles_dir.glob(".current-*")]:
-        m = re.fullmatch(r"\.(?:tmp-v\d+-\d{8}T\d{6}Z|current)-(\d+)", path.name)
-        if not m or _pid_alive(int(m.group(1))):
+    for path in bundles_dir.iterdir():
+        if not TEMP_NAMES.fullmatch(path.name):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -155,17 +160,10 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
     n = len(content.items)
     if content.embeddings.shape[0] != n:
         raise BundleError(f"{n} items but {content.embeddings.shape[0]} embeddings")
-    model_sha = sha256_file(content.model_file)
-    if content.embedded_with is not None and content.embedded_with != model_sha:
-        raise BundleError(f"the embeddings were made by model sha256 {content.embedded_with[:12]}… but the "
-                          f"bundle's model {content.model_file} is {model_sha[:12]}…: inventory and queries "
-                          "must come from one model (never fp32 embeddings with int8 queries)")
     now = datetime.now(UTC)
     with bundles_lock(bundles_dir):
-        for name in remove_abandoned(bundles_dir):
-            log.warning("removed %s: left by a deploy that died while writing it", name)
         version = _next_version(bundles_dir, now)
-        tmp = bundles_dir / f".tmp-{version}-{os.getpid()}"
+        tmp = bundles_dir / temp_name(f"tmp-{version}")
         tmp.mkdir()
     try:
         shutil.copyfile(content.model_file, tmp / MODEL)
@@ -176,9 +174,14 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
         items.to_parquet(tmp / ITEMS, index=False)
         if content.index_kind == "hnsw":
             content.index.save(tmp / GRAPH)  # type: ignore[attr-defined]
-        files = sorted(p.name for p in tmp.iterdir())
+        # every file hashed once, here: the manifest, SHA256SUMS and the model check reuse these digests
         checksums = {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-                     for name in files}
+                     for name in sorted(p.name for p in tmp.iterdir())}
+        model_sha = checksums[MODEL]["sha256"]
+        if content.embedded_with is not None and content.embedded_with != model_sha:
+            raise BundleError(f"the embeddings were made by model sha256 {content.embedded_with[:12]}… but "
+                              f"the bundle's model {content.model_file} is {model_sha[:12]}…: inventory and "
+                              "queries must come from one model (never fp32 embeddings with int8 queries)")
         categories = content.items["category"].value_counts().sort_index()
         manifest = {
             "format": FORMAT, "version": version, "created_at": now.isoformat(timespec="seconds"),
@@ -195,7 +198,9 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
             "files": checksums,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        sums = [f"{sha256_file(tmp / name)}  {name}" for name in sorted(p.name for p in tmp.iterdir())]
+        digests = {name: c["sha256"] for name, c in checksums.items()}
+        digests[MANIFEST] = sha256_file(tmp / MANIFEST)
+        sums = [f"{digests[name]}  {name}" for name in sorted(digests)]
         (tmp / SUMS).write_text("\n".join(sums) + "\n")
         for p in tmp.iterdir():
             p.chmod(0o444)
@@ -214,10 +219,13 @@ def current_version(bundles_dir: Path) -> str | None:
 
 def set_current(bundles_dir: Path, version: str) -> None:
     """Point `current` at version by renaming a fresh symlink over it: readers see old or new, never none."""
-    tmp = bundles_dir / f".current-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
+    tmp = bundles_dir / temp_name("current")
     os.symlink(version, tmp)
-    os.replace(tmp, bundles_dir / CURRENT)
+    try:
+        os.replace(tmp, bundles_dir / CURRENT)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -279,10 +287,14 @@ def write_activations(bundles_dir: Path, history: dict[str, Any]) -> None:
     """Durable replace: temp file, fsync, rename over, fsync the folder (a crash leaves old or new)."""
     path = bundles_dir / HISTORY
     _valid_activations(history, path)
-    tmp = bundles_dir / f".{HISTORY}.{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(json.dumps(history, indent=2))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = bundles_dir / temp_name(HISTORY, ".")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(history, indent=2))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)   # a full disk leaves nothing behind
+        raise
     _fsync_dir(bundles_dir)

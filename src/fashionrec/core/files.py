@@ -21,10 +21,7 @@ def read_json(path: Path, missing: str, error: type[FashionrecError] = DataError
         raise error(f"{path}: not valid JSON ({exc})") from exc
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (model files and embeddings can be large)."""
-    digest = hashlib.sha256()
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed (model files and embeddings can be large); the one helper for it."""
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()

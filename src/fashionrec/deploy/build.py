@@ -169,7 +169,8 @@ def build_bundle(cfg: DeployConfig, source: ModelSource, catalog: Path | None = 
                             index=index, index_report=report, embedded=len(kept), skipped=skipped,
                             source={"inventory": inventory_version(cfg, catalog),
                                     "settings": cfg.index.fingerprint()},
-                            embedded_with=sha256_file(source.onnx_path), precision=source.precision,
+                            embedded_with=None,   # the very file the bundle holds: hashed once there
+                            precision=source.precision,
                             precision_reason=source.precision_reason)
     folder = write_bundle(cfg.bundles, content)
     return Built(folder=folder, model_version=source.version, items=len(kept), embedded=len(kept),

@@ -126,6 +126,13 @@ class DeployerConfig:
     max_clock_skew_s: float = 300.0           # webhook timestamps older or newer than this are refused
     replay_memory: int = 10_000               # delivery ids remembered to refuse replays
     log_level: str = "info"
+    max_body_bytes: int = 65_536              # webhook bodies above this: 413, from Content-Length unread
+    max_json_depth: int = 32                  # a signed body nested deeper: 400
+    header_timeout_s: float = 10.0            # a request's headers must arrive within this
+    body_timeout_s: float = 10.0              # and its body within this: 408
+    limit_concurrency: int = 32               # connections + tasks at once; more: 503
+    timeout_keep_alive_s: float = 5.0         # idle keep-alive connections closed after this
+    refused_memory: int = 20                  # refused deliveries listed in /status (apart from the events)
 
     @property
     def webhook_secret(self) -> str | None:
@@ -143,4 +150,23 @@ class DeployerConfig:
                    poll_interval_s=float(sec.get("poll_interval_s", 30.0)),
                    max_clock_skew_s=float(sec.get("max_clock_skew_s", 300.0)),
                    replay_memory=int(sec.get("replay_memory", 10_000)),
-                   log_level=str(sec.get("log_level", "info")))
+                   log_level=str(sec.get("log_level", "info")), **_limits(sec))
+
+
+def _limits(sec: dict[str, Any]) -> dict[str, Any]:
+    """The deployer's HTTP limits from params (`deployer.*`), each a positive number (the key named)."""
+    out: dict[str, Any] = {}
+    for name, kind in (("max_body_bytes", int), ("max_json_depth", int), ("header_timeout_s", float),
+                       ("body_timeout_s", float), ("limit_concurrency", int),
+                       ("timeout_keep_alive_s", float), ("refused_memory", int)):
+        if name not in sec:
+            continue
+        try:
+            value = kind(sec[name])
+        except (TypeError, ValueError):
+            value = None
+        if value is None or isinstance(sec[name], bool) or value <= 0:
+            raise ParamsError(f"params deployer.{name}: expected a positive {kind.__name__}, "
+                              f"got {sec[name]!r}")
+        out[name] = value
+    return out

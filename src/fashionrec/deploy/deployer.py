@@ -10,18 +10,25 @@ until the alias is set again.
 
 Webhook checks (MLflow signs `<delivery id>.<timestamp>.<body>` with HMAC-SHA256, header
 `X-MLflow-Signature: v1,<base64>`): a bad or missing signature is refused (401), a timestamp outside
-`max_clock_skew_s` too (401), a delivery id seen before is a replay (409). Each refusal logs one line.
+`max_clock_skew_s` too (401), a delivery id seen before is a replay (409). Each refusal logs one line
+(delivery ids cut to 64 characters), is counted in `/metrics` and listed apart from the deploy events, so a
+flood of forged deliveries cannot push the real history out of `/status`.
+
+The HTTP face is bounded like the server's: a body over `max_body_bytes` is refused (413) from its
+Content-Length before a byte is read (while streaming, when chunked), headers and body have deadlines, the
+connections a limit, and a signed body nested deeper than `max_json_depth` is a 400, not a RecursionError.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import logging
-import os
-import shutil
+import re
 import threading
 import time
 from collections import OrderedDict, deque
@@ -40,9 +47,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.requests import ClientDisconnect
 
-from fashionrec.bundle.store import bundles_lock, current_version
-from fashionrec.core.errors import FashionrecError, WebhookRefused
+from fashionrec.bundle.store import current_version, deploy_lock
+from fashionrec.core.errors import BundleError, FashionrecError, WebhookRefused
 from fashionrec.deploy.config import DeployConfig, DeployerConfig
 from fashionrec.deploy.reconcile import mark_unservable, reconcile
 
@@ -51,6 +59,21 @@ SIGNATURE_HEADER = "X-MLflow-Signature"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
 DELIVERY_HEADER = "X-MLflow-Delivery-Id"
 ALIAS_EVENTS = {("model_version_alias", "created"), ("model_version_alias", "deleted")}
+ID_CHARS = 64        # a delivery id (and any header) is cut to this in logs, messages and /status
+STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def short(value: str, limit: int = ID_CHARS) -> str:
+    """A client-chosen string as it may appear in a log line: at most `limit` characters, marked when cut."""
+    return value if len(value) <= limit else f"{value[:limit]}…(+{len(value) - limit} chars)"
+
+
+def json_depth(body: bytes) -> int:
+    """How deeply a JSON text nests arrays and objects (strings skipped), without parsing it: Python's
+    parser recurses, so a deep body must be refused before it reaches `json.loads`."""
+    steps = (1 if b in b"[{" else -1 for b in BRACKETS.findall(STRINGS.sub(b"", body)))
+    return max(itertools.accumulate(steps, initial=0))
 
 
 def sign(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
@@ -78,8 +101,9 @@ class ReplayGuard:
 
 
 def verify_delivery(headers: dict[str, str], body: bytes, secret: str | None, max_skew_s: float,
-                    guard: ReplayGuard, now: float | None = None) -> dict[str, Any]:
-    """The parsed payload of an authentic, fresh, first-seen delivery; WebhookRefused otherwise."""
+                    guard: ReplayGuard, now: float | None = None, max_depth: int = 32) -> dict[str, Any]:
+    """The parsed payload of an authentic, fresh, first-seen delivery; WebhookRefused otherwise (its
+    message quotes the delivery id cut to `ID_CHARS`)."""
     if not secret:
         raise WebhookRefused("webhooks are off: no secret configured (deployer.webhook_secret_env)",
                              status=503, kind="disabled")
@@ -88,26 +112,31 @@ def verify_delivery(headers: dict[str, str], body: bytes, secret: str | None, ma
     if not (delivery and stamp and signature):
         raise WebhookRefused(f"missing header(s): need {DELIVERY_HEADER}, {TIMESTAMP_HEADER}, "
                              f"{SIGNATURE_HEADER}", kind="unsigned")
+    named = short(delivery)
     if not hmac.compare_digest(sign(secret, delivery, stamp, body), signature):
-        raise WebhookRefused(f"delivery {delivery}: signature does not match (forged, or another secret)",
+        raise WebhookRefused(f"delivery {named}: signature does not match (forged, or another secret)",
                              kind="forged")
     try:
         age = (now or time.time()) - int(stamp)
     except ValueError:
-        raise WebhookRefused(f"delivery {delivery}: timestamp {stamp!r} is not unix seconds",
+        raise WebhookRefused(f"delivery {named}: timestamp {short(stamp, 20)!r} is not unix seconds",
                              kind="stale") from None
     if abs(age) > max_skew_s:
-        raise WebhookRefused(f"delivery {delivery}: timestamp {stamp} is {age:.0f} s off (window "
+        raise WebhookRefused(f"delivery {named}: timestamp {stamp} is {age:.0f} s off (window "
                              f"{max_skew_s:.0f} s): stale or replayed", kind="stale")
     if not guard.first_time(delivery):
-        raise WebhookRefused(f"delivery {delivery}: already received (replay)", status=409, kind="replay")
+        raise WebhookRefused(f"delivery {named}: already received (replay)", status=409, kind="replay")
+    depth = json_depth(body)
+    if depth > max_depth:
+        raise WebhookRefused(f"delivery {named}: payload nests {depth} levels deep (deployer.max_json_depth "
+                             f"{max_depth}); an MLflow event nests 2", status=400, kind="malformed")
     try:
         payload = json.loads(body)
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
             raise ValueError("no 'data' object")
-    except ValueError as exc:
-        raise WebhookRefused(f"delivery {delivery}: payload is not an MLflow event ({exc})", status=400,
-                             kind="malformed") from None
+    except (ValueError, RecursionError) as exc:
+        raise WebhookRefused(f"delivery {named}: payload is not an MLflow event ({short(str(exc), 200)})",
+                             status=400, kind="malformed") from None
     return payload
 
 
@@ -128,6 +157,8 @@ class Status:
     last: dict[str, Any] | None = None
     refused: dict[str, str] = field(default_factory=dict)
     events: deque = field(default_factory=lambda: deque(maxlen=50))
+    refused_deliveries: deque = field(default_factory=lambda: deque(maxlen=20))   # apart from `events`
+    refusals: dict[str, int] = field(default_factory=dict)                        # by kind, ever
 
 
 class Deployer:
@@ -139,7 +170,7 @@ class Deployer:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.pending: deque[Trigger] = deque(maxlen=100)
-        self.status = Status(started_at=_now())
+        self.status = Status(started_at=_now(), refused_deliveries=deque(maxlen=dcfg.refused_memory))
         self.registry = CollectorRegistry()
         self.reconciles = Counter("fashionrec_deployer_reconciles", "Reconciles by outcome",
                                   ["outcome"], registry=self.registry)
@@ -160,14 +191,19 @@ class Deployer:
         self.pending.append(trig)
         self.wake.set()
 
+    def refuse(self, exc: WebhookRefused) -> None:
+        """Count and list a refused delivery (apart from the deploy events: a flood cannot push those out)."""
+        self.webhooks.labels(exc.kind).inc()
+        self.status.refusals[exc.kind] = self.status.refusals.get(exc.kind, 0) + 1
+        self.status.refused_deliveries.append({"at": _now(), "refusal": exc.kind, "reason": str(exc)})
+        log.warning("webhook refused (%s): %s", exc.kind, exc)
+
     def webhook(self, headers: dict[str, str], body: bytes) -> dict[str, Any]:
         try:
             payload = verify_delivery(headers, body, self.dcfg.webhook_secret, self.dcfg.max_clock_skew_s,
-                                      self.guard)
+                                      self.guard, max_depth=self.dcfg.max_json_depth)
         except WebhookRefused as exc:
-            self.webhooks.labels(exc.kind).inc()
-            self._event("webhook-refused", refusal=exc.kind, reason=str(exc))
-            log.warning("webhook refused (%s): %s", exc.kind, exc)
+            self.refuse(exc)
             raise
         data = payload["data"]
         key = (payload.get("entity"), payload.get("action"))
@@ -178,7 +214,7 @@ class Deployer:
         self.webhooks.labels("accepted").inc()
         created = key[1] == "created" and data.get("version") is not None
         version = str(data.get("version")) if created else None
-        delivery = headers.get(DELIVERY_HEADER.lower())
+        delivery = short(headers.get(DELIVERY_HEADER.lower(), ""))
         self._event("webhook", action=key[1], version=version, delivery=delivery)
         log.info("webhook %s: %s@%s -> %s", delivery, data.get("name"), data.get("alias"), version)
         if version is not None:
@@ -189,9 +225,11 @@ class Deployer:
     # --- the worker -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        with bundles_lock(self.cfg.bundles):
-            for tmp in self.cfg.bundles.glob(f".tmp-v*-{os.getpid()}"):   # a previous life with our pid
-                shutil.rmtree(tmp, ignore_errors=True)
+        try:   # taking the deploy lock removes what a deploy that died left (no other writer is active)
+            with deploy_lock(self.cfg.bundles):
+                pass
+        except BundleError as exc:   # a deploy is running (the CLI, a pipeline): it cleaned up on taking it
+            log.info("start-up clean-up skipped: %s", exc)
         self._refresh_live()
         self.trigger(Trigger("startup", _now()))
         self.thread.start()
@@ -307,7 +345,8 @@ class Deployer:
                 "started_at": s.started_at, "webhooks": bool(self.dcfg.webhook_secret),
                 "poll_interval_s": self.dcfg.poll_interval_s, "bundles": str(self.cfg.bundles),
                 "live": s.live, "desired": s.desired, "in_progress": s.in_progress.__dict__ if s.in_progress
-                else None, "last": s.last, "refused": s.refused, "events": list(s.events)}
+                else None, "last": s.last, "refused": s.refused, "events": list(s.events),
+                "webhooks_refused": {"counts": dict(s.refusals), "recent": list(s.refused_deliveries)}}
 
 
 def _labels(gauge: Gauge) -> set[str]:
@@ -316,6 +355,28 @@ def _labels(gauge: Gauge) -> set[str]:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The request body, at most `max_bytes` (a larger Content-Length is refused before a byte is read;
+    a chunked body when it grows past the limit) within `timeout_s`: WebhookRefused 413 / 408."""
+    length = request.headers.get("content-length")
+    too_large = WebhookRefused(f"request body of over {max_bytes} bytes (deployer.max_body_bytes); an MLflow "
+                               "event is under 1 KB", status=413, kind="too_large")
+    if length is not None and (not length.isdigit() or int(length) > max_bytes):
+        raise too_large
+    chunks, seen = [], 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen > max_bytes:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        raise WebhookRefused(f"the request body did not arrive within {timeout_s:g} s "
+                             "(deployer.body_timeout_s)", status=408, kind="body_timeout") from None
+    return b"".join(chunks)
 
 
 def create_deployer_app(deployer: Deployer) -> FastAPI:
@@ -331,8 +392,15 @@ def create_deployer_app(deployer: Deployer) -> FastAPI:
     app = FastAPI(title="fashionrec deployer", lifespan=lifespan, docs_url=None, redoc_url=None)
 
     @app.post("/webhooks/mlflow")
-    async def mlflow_webhook(request: Request) -> JSONResponse:
-        body = await request.body()
+    async def mlflow_webhook(request: Request) -> Response:
+        try:
+            body = await read_body(request, deployer.dcfg.max_body_bytes, deployer.dcfg.body_timeout_s)
+        except WebhookRefused as exc:
+            deployer.refuse(exc)
+            return JSONResponse({"error": exc.kind, "message": str(exc)}, status_code=exc.status,
+                                headers={"Connection": "close"})
+        except ClientDisconnect:
+            return Response(status_code=400)   # nobody to answer
         try:
             return JSONResponse(deployer.webhook({k.lower(): v for k, v in request.headers.items()}, body))
         except WebhookRefused as exc:
@@ -365,5 +433,19 @@ def run_deployer(cfg: DeployConfig, dcfg: DeployerConfig) -> None:
         log.warning("no webhook secret in $%s: webhooks refused, the poll (every %.0f s) alone converges",
                     dcfg.webhook_secret_env, dcfg.poll_interval_s)
     Path(cfg.bundles).mkdir(parents=True, exist_ok=True)
-    uvicorn.run(create_deployer_app(Deployer(cfg, dcfg)), host=dcfg.host, port=dcfg.port,
-                log_level=dcfg.log_level, access_log=False)
+    uvicorn.Server(server_config(Deployer(cfg, dcfg))).run()
+
+
+def server_config(deployer: Deployer, port: int | None = None) -> Any:
+    """uvicorn's settings for the controller: the server's header deadline (`serve.protocol`), a
+    connection limit and a keep-alive timeout from `deployer.*`."""
+    import uvicorn
+
+    from fashionrec.serve.protocol import protocol_with_deadline
+
+    d = deployer.dcfg
+    return uvicorn.Config(create_deployer_app(deployer), host=d.host, port=d.port if port is None else port,
+                          log_level=d.log_level, access_log=False,
+                          http=protocol_with_deadline(d.header_timeout_s),
+                          limit_concurrency=d.limit_concurrency,
+                          timeout_keep_alive=max(1, int(d.timeout_keep_alive_s)))

@@ -10,6 +10,7 @@ once with `POST /admin/reload` (token from the environment variable named in par
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import urllib.request
@@ -22,6 +23,7 @@ import numpy as np
 
 from fashionrec.bundle.format import verify_bundle
 from fashionrec.bundle.store import (
+    HISTORY,
     bundles_lock,
     current_version,
     list_versions,
@@ -29,9 +31,11 @@ from fashionrec.bundle.store import (
     set_current,
     write_activations,
 )
-from fashionrec.core.errors import DataError, SmokeTestFailed
+from fashionrec.core.errors import BundleError, DataError, SmokeTestFailed
 from fashionrec.data.images import open_image
 from fashionrec.deploy.config import DeployConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,13 +99,17 @@ def smoke_test(bundle_dir: Path, cfg: DeployConfig) -> dict[str, Any]:
             "min_self_similarity": round(min(similarities), 5) if similarities else None}
 
 
-def prune(bundles_dir: Path, keep: int, protect: set[str]) -> list[str]:
-    """Delete all but the newest `keep` bundles, never one in `protect` (current and rollback targets)."""
-    versions = list_versions(bundles_dir)
-    doomed = [v for v in versions[: max(0, len(versions) - max(1, keep))] if v not in protect]
-    for version in doomed:
-        shutil.rmtree(bundles_dir / version)
-    return doomed
+def prune_order(versions: list[str], keep: int, protect: set[str], live: set[str]) -> list[str]:
+    """Which bundles to delete so that at most `keep` remain (never one in `protect`): bundles that never
+    went live first (a build-only bundle, or one left by a deploy killed during its smoke test), oldest
+    first, then previously live ones, oldest first. A bundle that served is never deleted while one that
+    never did is kept."""
+    excess = len(versions) - max(1, keep)
+    if excess <= 0:
+        return []
+    candidates = [v for v in versions if v not in protect]
+    ranked = [v for v in candidates if v not in live] + [v for v in candidates if v in live]
+    return ranked[:excess]
 
 
 def notify_servers(urls: list[str], token_env: str) -> list[dict[str, Any]]:
@@ -133,9 +141,19 @@ def was_live(bundles_dir: Path, version: str) -> bool:
                                                ("activate", "restore") for e in history["log"])
 
 
+def ever_live(history: dict[str, Any]) -> set[str]:
+    """Bundles the activation history says served at some point."""
+    return set(history["stack"]) | {e["version"] for e in history["log"]
+                                    if e.get("action") in ("activate", "restore") and e.get("version")}
+
+
 def go_live(cfg: DeployConfig, version: str, smoke: bool, reason: str = "") -> RolloutResult:
     """Make `version` current: smoke-tested first when it never served, checksums verified when it did
-    (a kept bundle goes back live in well under a second). Call under the deploy lock (reconcile does)."""
+    (a kept bundle goes back live in well under a second). Call under the deploy lock (reconcile does).
+
+    The order cannot lie: the history is written first, then `current` switched, then old bundles
+    pruned. A history that cannot be written (disk full) leaves `current` untouched and the command
+    failing; a switch that fails puts the previous history back. Either way what serves is recorded."""
     bundles_dir = cfg.bundles
     folder = bundles_dir / version
     report = smoke_test(folder, cfg) if smoke else None
@@ -144,19 +162,41 @@ def go_live(cfg: DeployConfig, version: str, smoke: bool, reason: str = "") -> R
     with bundles_lock(bundles_dir):
         previous = current_version(bundles_dir)
         history = read_activations(bundles_dir)
+        before = {"stack": list(history["stack"]), "log": list(history["log"])}
         stack = [v for v in history["stack"] if (bundles_dir / v).is_dir()]
         if previous is not None and (not stack or stack[-1] != previous):
             stack.append(previous)   # a pointer set by hand joins the stack
-        set_current(bundles_dir, version)
         if version in stack[-2:-1]:
             stack.pop()              # back to the one below: a rollback pops rather than pushes
         elif not stack or stack[-1] != version:
             stack.append(version)
+        live = ever_live(history) | set(stack)
+        doomed = prune_order(list_versions(bundles_dir), cfg.keep, {version, *stack[-2:]}, live)
         history["log"].append({"action": "activate" if smoke else "restore", "version": version,
                                "previous": previous, "at": datetime.now(UTC).isoformat(timespec="seconds"),
-                               **({"reason": reason} if reason else {})})
-        pruned = prune(bundles_dir, cfg.keep, protect={version, *stack[-2:]})
-        history["stack"] = [v for v in stack if v not in pruned]
-        write_activations(bundles_dir, history)
+                               **({"reason": reason} if reason else {}),
+                               **({"pruned": doomed} if doomed else {})})
+        history["stack"] = [v for v in stack if v not in doomed]
+        try:
+            write_activations(bundles_dir, history)
+        except OSError as exc:
+            raise BundleError(f"{bundles_dir / HISTORY}: cannot record the switch to {version} ({exc}); "
+                              f"nothing was switched, {previous} still serves") from exc
+        try:
+            set_current(bundles_dir, version)
+        except OSError as exc:
+            try:
+                write_activations(bundles_dir, before)
+            except OSError as undo:
+                log.error("could not put the history back after a failed switch: %s", undo)
+            raise BundleError(f"{bundles_dir}: cannot switch `current` to {version} ({exc}); "
+                              f"{previous} still serves") from exc
+        pruned = []
+        for old in doomed:
+            try:
+                shutil.rmtree(bundles_dir / old)
+                pruned.append(old)
+            except OSError as exc:   # left for the next prune: recorded as no longer in the stack
+                log.warning("could not prune bundle %s: %s", old, exc)
     notified = notify_servers(list(cfg.notify), cfg.admin_token_env) if cfg.notify else []
     return RolloutResult("activate" if smoke else "restore", version, previous, report, pruned, notified)
