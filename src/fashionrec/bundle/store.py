@@ -192,7 +192,8 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
             "index": {"kind": content.index_kind, "params": content.index_params, **content.index_report},
             "items": {"count": n, "dim": int(content.embeddings.shape[1]),
                       "categories": {str(k): int(v) for k, v in categories.items()},
-                      "inventory_root": content.inventory_root},
+                      "inventory_root": content.inventory_root,
+                      "missing": len(content.skipped)},   # catalog items left out: listed in `skipped`
             "source": content.source, "parent": content.parent, "embedded": content.embedded,
             "skipped": content.skipped,
             "files": checksums,

@@ -8,6 +8,8 @@ of the chosen index against exact search. Neither activates anything: `deploy.re
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,13 +20,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fashionrec.bundle.format import GRAPH, is_url
+from fashionrec.bundle.format import GRAPH, MANIFEST, is_url
 from fashionrec.bundle.load import LoadedBundle, load_bundle
 from fashionrec.bundle.store import BundleContent, current_version, write_bundle
 from fashionrec.core.errors import BundleError, DataError
 from fashionrec.core.files import sha256_file
 from fashionrec.data.images import Preprocessing
-from fashionrec.deploy.catalog import catalog_from_manifest, fetch_image, read_catalog
+from fashionrec.deploy.catalog import ImageFetcher, catalog_from_manifest, normalise, read_catalog
 from fashionrec.deploy.config import DeployConfig, IndexSettings
 from fashionrec.deploy.model import ModelSource
 from fashionrec.index import build_index, resolve_kind
@@ -32,6 +34,7 @@ from fashionrec.index.brute import BruteIndex
 from fashionrec.index.recall import recall_at_k, tune_ef_search
 
 CHUNK = 256   # images decoded at a time (bounded memory whatever the inventory size)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,30 +56,45 @@ class Built:
         return asdict(self)
 
 
+def fetcher(cfg: DeployConfig) -> ImageFetcher:
+    return ImageFetcher(cfg.max_image_bytes, retries=cfg.fetch_retries, backoff_s=cfg.fetch_backoff_s,
+                        timeout_s=cfg.fetch_timeout_s)
+
+
+def missing_entry(row: Any, reason: str) -> dict[str, str]:
+    """A skipped item as the manifest lists it: its catalog row (so a later deploy can retry it without the
+    catalog it came from) and why it is missing."""
+    return {"item_id": str(row.item_id), "image": str(row.image), "title": str(row.title),
+            "category": str(row.category), "attributes": ";".join(row.attributes), "reason": reason}
+
+
 def embed_catalog(catalog: pd.DataFrame, model_file: Path, prep: Preprocessing, batch_size: int,
-                  max_bytes: int, device: str = "cpu"
-                  ) -> tuple[np.ndarray, pd.DataFrame, list[dict[str, str]]]:
+                  cfg: DeployConfig) -> tuple[np.ndarray, pd.DataFrame, list[dict[str, str]]]:
     """Embed every item's image; items whose image cannot be read are skipped (and listed), not fatal."""
     from fashionrec.runtime.embed import OnnxRunner, embed_images, load_pixels
 
-    runner = OnnxRunner(model_file, device=device)
+    runner = OnnxRunner(model_file, device=cfg.device)
     keep: list[int] = []
     skipped: list[dict[str, str]] = []
     parts: list[np.ndarray] = []
-    rows = list(zip(catalog.index, catalog["item_id"], catalog["image"], strict=True))
-    with tqdm(total=len(rows), desc="inventory", unit="img") as bar:
-        for start in range(0, len(rows), CHUNK):
-            pixels = []
-            for i, item_id, image in rows[start:start + CHUNK]:
-                try:
-                    pixels.append(load_pixels(fetch_image(image, max_bytes), prep))
-                    keep.append(i)
-                except DataError as exc:
-                    skipped.append({"item_id": str(item_id), "image": str(image), "reason": str(exc)})
-                bar.update(1)
-            if pixels:
-                done = embed_images(runner, pixels, batch_size=batch_size, prep=prep, progress=False)
-                parts.append(done.embeddings)
+    rows = list(catalog.itertuples())
+    fetch = fetcher(cfg)
+    try:
+        with tqdm(total=len(rows), desc="inventory", unit="img") as bar:
+            for start in range(0, len(rows), CHUNK):
+                pixels = []
+                for row in rows[start:start + CHUNK]:
+                    try:
+                        pixels.append(load_pixels(fetch.fetch(row.image), prep))
+                        keep.append(row.Index)
+                    except DataError as exc:
+                        skipped.append(missing_entry(row, str(exc)))
+                    bar.update(1)
+                if pixels:
+                    done = embed_images(runner, pixels, batch_size=batch_size, prep=prep, progress=False)
+                    parts.append(done.embeddings)
+    finally:
+        fetch.close()
     if not keep:
         raise DataError(f"none of the {len(rows)} inventory images could be read; first problem: "
                         f"{skipped[0]['reason'] if skipped else 'no items'}")
@@ -157,8 +175,7 @@ def build_bundle(cfg: DeployConfig, source: ModelSource, catalog: Path | None = 
     """Embed the inventory with `source` into a new bundle (written whole or not at all)."""
     table = read_inventory(cfg, catalog)
     started = time.perf_counter()
-    embeddings, kept, skipped = embed_catalog(table, source.onnx_path, source.prep, cfg.batch_size,
-                                              cfg.max_image_bytes, cfg.device)
+    embeddings, kept, skipped = embed_catalog(table, source.onnx_path, source.prep, cfg.batch_size, cfg)
     embed_seconds = time.perf_counter() - started
     images, root = relative_images(kept["image"].tolist())
     kept = kept.assign(image=images)
@@ -182,19 +199,42 @@ def extend_bundle(cfg: DeployConfig, catalog: Path) -> Built:
     """A new bundle = the current one + the catalog's items, embedding only those (same model, same index
     kind; an HNSW graph is extended rather than rebuilt). It keeps its parent's source, so the deployer
     sees it as the same inventory version with items added."""
-    bundles = cfg.bundles
-    current = current_version(bundles)
+    current = current_version(cfg.bundles)
     if current is None:
-        raise BundleError(f"{bundles}: no current bundle to add items to; run `fashionrec deploy` first")
-    base = load_bundle(bundles / current)
-    new = read_catalog(catalog)
+        raise BundleError(f"{cfg.bundles}: no current bundle to add items to; run `fashionrec deploy` first")
+    return _extend(cfg, current, read_catalog(catalog), str(catalog), added=sha256_file(catalog)[:16])
+
+
+def missing_items(manifest: dict[str, Any]) -> list[dict[str, str]]:
+    """The items a bundle lists as skipped (their images could not be read when it was built)."""
+    return list(manifest.get("skipped") or [])
+
+
+def recover_missing(cfg: DeployConfig, version: str) -> Built | None:
+    """A new bundle = `version` + those of its missing items whose images can be read now (embedded with its
+    own model; the rest stay listed as missing), or None when none can: nothing is written then."""
+    base = cfg.bundles / version
+    entries = missing_items(json.loads((base / MANIFEST).read_text()))
+    if not entries:
+        return None
+    table = normalise(pd.DataFrame(entries), f"{version}/{MANIFEST} skipped", Path("/"))
+    try:
+        return _extend(cfg, version, table, f"{version}'s missing items", added=None)
+    except DataError as exc:   # none of them readable yet
+        log.info("the %d missing item(s) of %s are still missing: %s", len(entries), version, exc)
+        return None
+
+
+def _extend(cfg: DeployConfig, parent: str, new: pd.DataFrame, origin: str, added: str | None) -> Built:
+    """Bundle `parent` + the items of `new` (embedded with the parent's model); the parent's missing items
+    stay listed unless `new` holds them. `added`: the catalog's hash, recorded in the source."""
+    base = load_bundle(cfg.bundles / parent)
     clash = sorted(set(new["item_id"]) & set(base.items["item_id"].astype(str)))
     if clash:
-        raise DataError(f"{catalog}: {len(clash)} item_id(s) already in bundle {current}: {clash[:10]}")
+        raise DataError(f"{origin}: {len(clash)} item_id(s) already in bundle {parent}: {clash[:10]}")
     prep = Preprocessing.from_dict(base.preprocessing)
     started = time.perf_counter()
-    new_emb, kept, skipped = embed_catalog(new, base.model_file, prep, cfg.batch_size, cfg.max_image_bytes,
-                                           cfg.device)
+    new_emb, kept, skipped = embed_catalog(new, base.model_file, prep, cfg.batch_size, cfg)
     embed_seconds = time.perf_counter() - started
     old_items = base.items.assign(image=absolute_images(base))[kept.columns.intersection(base.items.columns)]
     items = pd.concat([old_items, kept[old_items.columns]], ignore_index=True)
@@ -206,15 +246,18 @@ def extend_bundle(cfg: DeployConfig, catalog: Path) -> Built:
     index, kind, kparams, report = index_with_report(embeddings, cfg.index, cfg.seed, graph_file=graph,
                                                      kind=kind, kind_params=base.manifest["index"]["params"])
     source = dict(base.manifest.get("source") or {})
-    source["added"] = [*source.get("added", []), sha256_file(catalog)[:16]]
+    if added is not None:
+        source["added"] = [*source.get("added", []), added]
+    retried = set(new["item_id"])
+    still = [e for e in missing_items(base.manifest) if e.get("item_id") not in retried] + skipped
     content = BundleContent(model_file=base.model_file, preprocessing=base.preprocessing,
                             model_version=base.model_version, model_uri=base.manifest["model"]["uri"],
                             embeddings=embeddings, items=items, inventory_root=root, index_kind=kind,
-                            index_params=kparams, index=index, index_report=report, parent=current,
-                            embedded=len(kept), skipped=skipped, source=source,
+                            index_params=kparams, index=index, index_report=report, parent=parent,
+                            embedded=len(kept), skipped=still, source=source,
                             embedded_with=base.embedded_with, precision=base.precision,
                             precision_reason=base.manifest["model"].get("precision_reason", ""))
-    folder = write_bundle(bundles, content)
+    folder = write_bundle(cfg.bundles, content)
     return Built(folder=folder, model_version=base.model_version, items=len(items), embedded=len(kept),
-                 precision=base.precision, precision_reason=content.precision_reason, skipped=skipped,
-                 embed_seconds=round(embed_seconds, 2), parent=current)
+                 precision=base.precision, precision_reason=content.precision_reason, skipped=still,
+                 embed_seconds=round(embed_seconds, 2), parent=parent)

@@ -7,7 +7,6 @@ turned into the same table by `catalog_from_manifest`.
 
 from __future__ import annotations
 
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -98,15 +97,42 @@ def write_catalog(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def fetch_image(source: str, max_bytes: int, timeout: float = 20.0) -> bytes | str:
-    """A local path is returned as is (open_image reads it); a URL is downloaded, at most max_bytes."""
-    if not is_url(source):
-        return source
-    try:
-        with urllib.request.urlopen(source, timeout=timeout) as resp:  # noqa: S310 - http(s) only
-            data = resp.read(max_bytes + 1)
-    except OSError as exc:
-        raise DataError(f"{source}: download failed ({exc})") from exc
-    if len(data) > max_bytes:
-        raise DataError(f"{source}: larger than {max_bytes} bytes")
-    return data
+class ImageFetcher:
+    """Downloads inventory images over pooled connections (one urllib3 PoolManager per build), with retries
+    and exponential backoff on connection errors, timeouts and 429/5xx answers, bounded timeouts, and at
+    most `max_bytes` per image. A local path is returned as is (open_image reads it)."""
+
+    RETRY_STATUS = (429, 500, 502, 503, 504)
+
+    def __init__(self, max_bytes: int, retries: int = 3, backoff_s: float = 0.5, timeout_s: float = 10.0,
+                 pool_size: int = 4) -> None:
+        import urllib3
+
+        self.max_bytes = max_bytes
+        retry = urllib3.Retry(total=retries, connect=retries, read=retries, status=retries, redirect=3,
+                              backoff_factor=backoff_s, backoff_max=30.0, status_forcelist=self.RETRY_STATUS,
+                              allowed_methods={"GET"}, respect_retry_after_header=False)
+        self.pool = urllib3.PoolManager(num_pools=pool_size, maxsize=pool_size, retries=retry,
+                                        timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s))
+        self.errors = (urllib3.exceptions.HTTPError, OSError)
+
+    def fetch(self, source: str) -> bytes | str:
+        if not is_url(source):
+            return source
+        try:
+            resp = self.pool.request("GET", source, preload_content=False)
+            try:
+                if resp.status != 200:
+                    raise DataError(f"{source}: download failed (HTTP {resp.status})")
+                data = resp.read(self.max_bytes + 1)
+            finally:
+                resp.release_conn()
+        except self.errors as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise DataError(f"{source}: download failed ({type(reason).__name__}: {reason})") from exc
+        if len(data) > self.max_bytes:
+            raise DataError(f"{source}: larger than {self.max_bytes} bytes")
+        return data
+
+    def close(self) -> None:
+        self.pool.clear()

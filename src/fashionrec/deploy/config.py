@@ -65,6 +65,9 @@ class DeployConfig:
     batch_size: int = 32
     device: str = "cpu"
     max_image_bytes: int = 20_000_000
+    fetch_retries: int = 3                    # URL images: retries with exponential backoff
+    fetch_backoff_s: float = 0.5
+    fetch_timeout_s: float = 10.0             # connect and read timeout of each attempt
     activate: bool = True
     keep: int = 5
     notify: tuple[str, ...] = ()
@@ -103,6 +106,9 @@ class DeployConfig:
             min_self_similarity=float(sec.get("min_self_similarity", 0.99)),
             smoke_queries=int(sec.get("smoke_queries", 5)), batch_size=int(sec.get("batch_size", 32)),
             device=str(sec.get("device", "cpu")), max_image_bytes=int(sec.get("max_image_bytes", 20_000_000)),
+            fetch_retries=int(sec.get("fetch_retries", 3)),
+            fetch_backoff_s=float(sec.get("fetch_backoff_s", 0.5)),
+            fetch_timeout_s=float(sec.get("fetch_timeout_s", 10.0)),
             activate=bool(sec.get("activate", True)), keep=int(sec.get("keep", 5)),
             notify=tuple(str(u) for u in (sec.get("notify") or [])),
             admin_token_env=str(serve.get("admin_token_env") or DEFAULT_ADMIN_TOKEN_ENV),

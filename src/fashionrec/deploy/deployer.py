@@ -289,9 +289,15 @@ class Deployer:
                 self.refused_gauge.remove(desired)
             self.status.last = {"outcome": outcome, "trigger": trig.source, "at": _now(),
                                 "version": result.version, "model_version": result.model_version,
-                                "embedded": result.embedded, "seconds": result.seconds}
+                                "embedded": result.embedded, "seconds": result.seconds,
+                                "missing": result.missing,
+                                "missing_reasons": [f"{m['item_id']}: {m['reason']}"
+                                                    for m in result.skipped[:5]]}
             self._refresh_live()
-            if outcome != "unchanged":
+            if outcome == "incomplete":
+                log.info("%s serves %s; %d catalog item(s) still missing (images unreadable), retried at the "
+                         "next event or poll", result.version, result.model_version, result.missing)
+            elif outcome != "unchanged":
                 log.info("reconciled (%s): %s now serves %s (%s, embedded %d, %.2f s)", trig.source,
                          result.version, result.model_version, outcome, result.embedded, result.seconds)
                 mark_unservable(self.cfg, self.dcfg.registered_model, version, None)

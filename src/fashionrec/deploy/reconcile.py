@@ -23,7 +23,14 @@ from typing import Any
 from fashionrec.bundle.format import verify_bundle
 from fashionrec.bundle.store import current_version, deploy_lock, list_versions, read_activations
 from fashionrec.core.errors import BundleError, FashionrecError, ModelSourceError
-from fashionrec.deploy.build import Built, build_bundle, extend_bundle, inventory_version
+from fashionrec.deploy.build import (
+    Built,
+    build_bundle,
+    extend_bundle,
+    inventory_version,
+    missing_items,
+    recover_missing,
+)
 from fashionrec.deploy.config import DeployConfig
 from fashionrec.deploy.model import MODELS_URI, pin_model, resolve_model
 from fashionrec.deploy.rollout import RolloutResult, go_live, was_live
@@ -50,13 +57,13 @@ class Want:
 class DeployResult:
     """What a reconcile did; printed as JSON by the CLI and written to the step's summary."""
 
-    action: str                    # built | restored | unchanged | built-only (not activated)
+    action: str                    # built | restored | recovered | unchanged | incomplete | built-only
     bundle: str
     version: str
     model_version: str
     items: int
     embedded: int                  # items embedded by this call (0 for a kept bundle)
-    skipped: list[dict[str, str]]
+    skipped: list[dict[str, str]]  # catalog items the bundle lacks (image unreadable), each with its reason
     index: dict[str, Any]
     embed_seconds: float
     seconds: float
@@ -66,6 +73,7 @@ class DeployResult:
     want: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"        # fp32 | int8: the bundle's model, for the inventory and the queries
     precision_reason: str = ""
+    missing: int = 0               # len(skipped): retried by every reconcile until none is left
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,10 +105,11 @@ def _result(cfg: DeployConfig, action: str, version: str, started: float, want: 
             built: Built | None = None, rollout: RolloutResult | None = None,
             previous: str | None = None) -> DeployResult:
     manifest = _manifest(cfg, version)
+    missing = missing_items(manifest)
     result = DeployResult(
         action=action, bundle=str(cfg.bundles / version), version=version,
         model_version=str(manifest["model"]["version"]), items=int(manifest["items"]["count"]),
-        embedded=built.embedded if built else 0, skipped=built.skipped if built else [],
+        embedded=built.embedded if built else 0, skipped=missing, missing=len(missing),
         index=manifest["index"], embed_seconds=built.embed_seconds if built else 0.0,
         seconds=round(time.perf_counter() - started, 3), previous=previous,
         parent=manifest.get("parent"), rollout=rollout.to_dict() if rollout else None,
@@ -141,16 +150,34 @@ def reconcile(cfg: DeployConfig, model: str | None = None, catalog: Path | None 
         current = current_version(cfg.bundles)
         if current is not None and not rebuild:
             try:
-                if want.matches(_manifest(cfg, current)):
-                    return _result(cfg, "unchanged", current, started, want, previous=current)
+                live = _manifest(cfg, current)
             except (OSError, ValueError):
-                pass
+                live = {}
+            if want.matches(live):
+                if not missing_items(live):
+                    return _result(cfg, "unchanged", current, started, want, previous=current)
+                return _recover(cfg, current, want, started, reason)
         kept = None if rebuild else kept_bundle(cfg, want)
         if kept is not None:
             rollout = go_live(cfg, kept, smoke=not was_live(cfg.bundles, kept), reason=reason)
             return _result(cfg, "restored", kept, started, want, rollout=rollout, previous=current)
         built, rollout = _build_and_go_live(cfg, want, catalog, reason)
         return _result(cfg, "built", built.folder.name, started, want, built, rollout, previous=current)
+
+
+def _recover(cfg: DeployConfig, current: str, want: Want, started: float, reason: str) -> DeployResult:
+    """The live bundle is what is wanted but lacks items whose images could not be read: retry them.
+    Those that can be read now are added (a new bundle, smoke-tested, live: `recovered`); when none can,
+    the live bundle stays (`incomplete`, never `unchanged`, while items are missing)."""
+    built = recover_missing(cfg, current)
+    if built is None:
+        return _result(cfg, "incomplete", current, started, want, previous=current)
+    try:
+        rollout = go_live(cfg, built.folder.name, smoke=True, reason=f"{reason}: missing items recovered")
+    except FashionrecError:
+        shutil.rmtree(built.folder, ignore_errors=True)
+        raise
+    return _result(cfg, "recovered", built.folder.name, started, want, built, rollout, previous=current)
 
 
 def deploy(cfg: DeployConfig, model: str | None = None, catalog: Path | None = None,

@@ -22,7 +22,8 @@ def router(ctx: ServeContext) -> APIRouter:
         state = ctx.current()
         return {"model_version": state.model_version, "index_version": state.version,
                 "model_precision": state.precision,
-                "categories": state.categories, "items": state.size, "max_k": config.max_k,
+                "categories": state.categories, "items": state.size,
+                "items_missing": state.manifest["items"].get("missing", 0), "max_k": config.max_k,
                 "default_k": config.default_k, "max_upload_bytes": config.max_upload_bytes}
 
     @api.get("/healthz")
