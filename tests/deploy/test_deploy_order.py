@@ -97,6 +97,27 @@ def test_a_switch_that_fails_puts_the_previous_history_back(tmp_path: Path, asse
     assert leftovers(bundles) == []
 
 
+def test_a_deploy_killed_between_record_and_switch_leaves_a_history_that_says_so(
+        tmp_path: Path, assets, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = project(tmp_path, assets)
+    bundles = params.path("bundles")
+    first = deploy_with(params)
+    with monkeypatch.context() as m:
+        def killed(*_: object) -> None:
+            raise KeyboardInterrupt("killed after the record, before the switch")
+
+        m.setattr(rollout, "set_current", killed)
+        with pytest.raises(KeyboardInterrupt):
+            deploy_with(params, model=str(assets["b"]))
+    history = read_activations(bundles)
+    assert current_version(bundles) == first.version and history["stack"] == [first.version]
+    assert history["log"][-1]["switched"] is False
+    assert not rollout.was_live(bundles, history["log"][-1]["version"])
+    again = deploy_with(params, model=str(assets["b"]))           # the kept bundle, smoke-tested, goes live
+    assert again.action == "restored" and again.rollout["smoke"] is not None
+    assert read_activations(bundles)["stack"] == [first.version, again.version]
+
+
 def test_pruning_deletes_a_bundle_that_never_served_before_one_that_did(
         tmp_path: Path, assets, monkeypatch: pytest.MonkeyPatch) -> None:
     params = project(tmp_path, assets, index__keep=3)

@@ -281,7 +281,27 @@ def read_activations(bundles_dir: Path) -> dict[str, Any]:
                           "the bundles' manifests") from exc
     if data == [] or data == {}:
         return rebuild_activations(bundles_dir)
-    return _valid_activations(data, path)
+    return _settle(_valid_activations(data, path), current_version(bundles_dir))
+
+
+def _settle(history: dict[str, Any], current: str | None) -> dict[str, Any]:
+    """The history as it really went: a switch is recorded before `current` moves, so a deploy killed in
+    between leaves a last entry whose bundle never served (`current` still its `previous`). That entry is
+    marked `"switched": false` and the stack put back as it was."""
+    if not history["log"]:
+        return history
+    last, stack = history["log"][-1], history["stack"]
+    version = last.get("version")
+    if (last.get("action") not in ("activate", "restore") or version is None or current == version
+            or last.get("previous") != current or last.get("switched") is False):
+        return history
+    last["switched"] = False
+    if stack and stack[-1] == version:
+        if current is None or (len(stack) >= 2 and stack[-2] == current):
+            stack.pop()                      # it had pushed
+        else:
+            stack.append(current)            # it had popped back (a rollback): the one serving returns
+    return history
 
 
 def write_activations(bundles_dir: Path, history: dict[str, Any]) -> None:

@@ -136,15 +136,14 @@ def notify_servers(urls: list[str], token_env: str) -> list[dict[str, Any]]:
 
 def was_live(bundles_dir: Path, version: str) -> bool:
     """Whether this bundle went live before (so it passed its smoke test then)."""
-    history = read_activations(bundles_dir)
-    return version in history["stack"] or any(e.get("version") == version and e.get("action") in
-                                               ("activate", "restore") for e in history["log"])
+    return version in ever_live(read_activations(bundles_dir))
 
 
 def ever_live(history: dict[str, Any]) -> set[str]:
     """Bundles the activation history says served at some point."""
-    return set(history["stack"]) | {e["version"] for e in history["log"]
-                                    if e.get("action") in ("activate", "restore") and e.get("version")}
+    switched = [e for e in history["log"] if e.get("action") in ("activate", "restore")
+                and e.get("switched", True)]
+    return set(history["stack"]) | {e["version"] for e in switched if e.get("version")}
 
 
 def go_live(cfg: DeployConfig, version: str, smoke: bool, reason: str = "") -> RolloutResult:
