@@ -91,10 +91,11 @@ class ReplayGuard:
         self.lock = threading.Lock()
 
     def first_time(self, delivery_id: str) -> bool:
+        key = hashlib.sha256(delivery_id.encode()).hexdigest()   # 64 bytes whatever the id's length
         with self.lock:
-            if delivery_id in self.seen:
+            if key in self.seen:
                 return False
-            self.seen[delivery_id] = time.time()
+            self.seen[key] = time.time()
             while len(self.seen) > self.size:
                 self.seen.popitem(last=False)
             return True
