@@ -20,7 +20,7 @@ from fashionrec.bundle.format import verify_bundle
 from fashionrec.bundle.load import load_bundle
 from fashionrec.bundle.store import current_version
 from fashionrec.core.errors import DataError
-from fashionrec.deploy.catalog import ImageFetcher
+from fashionrec.deploy.catalog import ImageFetcher, fetch_image
 from fashionrec.serve.app import ServeConfig, create_app
 from tests.serving.utils import deploy_with, draw_item, export_model, make_catalog, write_params
 
@@ -130,6 +130,7 @@ def test_the_fetcher_reuses_its_connection_and_bounds_the_size(tmp_path: Path, f
         assert pool.num_connections == 1 and pool.num_requests == 2   # one connection, reused
     finally:
         fetcher.close()
-    small = ImageFetcher(max_bytes=100, retries=0)
+    assert fetch_image(flaky.url, len(flaky.image)) == flaky.image      # one-off, the deploy defaults
+    small = ImageFetcher(max_bytes=100, retries=0, backoff_s=0.01, timeout_s=10)
     with pytest.raises(DataError, match="larger than 100 bytes"):
         small.fetch(flaky.url)

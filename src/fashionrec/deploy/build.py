@@ -26,7 +26,7 @@ from fashionrec.bundle.store import BundleContent, current_version, write_bundle
 from fashionrec.core.errors import BundleError, DataError
 from fashionrec.core.files import sha256_file
 from fashionrec.data.images import Preprocessing
-from fashionrec.deploy.catalog import ImageFetcher, catalog_from_manifest, normalise, read_catalog
+from fashionrec.deploy.catalog import catalog_from_manifest, fetcher_for, normalise, read_catalog
 from fashionrec.deploy.config import DeployConfig, IndexSettings
 from fashionrec.deploy.model import ModelSource
 from fashionrec.index import build_index, resolve_kind
@@ -56,11 +56,6 @@ class Built:
         return asdict(self)
 
 
-def fetcher(cfg: DeployConfig) -> ImageFetcher:
-    return ImageFetcher(cfg.max_image_bytes, retries=cfg.fetch_retries, backoff_s=cfg.fetch_backoff_s,
-                        timeout_s=cfg.fetch_timeout_s)
-
-
 def missing_entry(row: Any, reason: str) -> dict[str, str]:
     """A skipped item as the manifest lists it: its catalog row (so a later deploy can retry it without the
     catalog it came from) and why it is missing."""
@@ -78,7 +73,7 @@ def embed_catalog(catalog: pd.DataFrame, model_file: Path, prep: Preprocessing, 
     skipped: list[dict[str, str]] = []
     parts: list[np.ndarray] = []
     rows = list(catalog.itertuples())
-    fetch = fetcher(cfg)
+    fetch = fetcher_for(cfg)
     try:
         with tqdm(total=len(rows), desc="inventory", unit="img") as bar:
             for start in range(0, len(rows), CHUNK):

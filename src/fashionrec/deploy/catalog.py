@@ -13,6 +13,7 @@ import pandas as pd
 
 from fashionrec.bundle.format import is_url
 from fashionrec.core.errors import DataError
+from fashionrec.deploy.config import DeployConfig
 
 COLUMNS = ["item_id", "image", "title", "category", "attributes"]
 REQUIRED = ["item_id", "image"]
@@ -104,7 +105,7 @@ class ImageFetcher:
 
     RETRY_STATUS = (429, 500, 502, 503, 504)
 
-    def __init__(self, max_bytes: int, retries: int = 3, backoff_s: float = 0.5, timeout_s: float = 10.0,
+    def __init__(self, max_bytes: int, retries: int, backoff_s: float, timeout_s: float,
                  pool_size: int = 4) -> None:
         import urllib3
 
@@ -136,3 +137,21 @@ class ImageFetcher:
 
     def close(self) -> None:
         self.pool.clear()
+
+
+def fetcher_for(cfg: DeployConfig) -> ImageFetcher:
+    """The fetcher a deploy uses: `index.max_image_bytes`, `index.fetch_retries`, `fetch_backoff_s`,
+    `fetch_timeout_s`."""
+    return ImageFetcher(cfg.max_image_bytes, retries=cfg.fetch_retries, backoff_s=cfg.fetch_backoff_s,
+                        timeout_s=cfg.fetch_timeout_s)
+
+
+def fetch_image(source: str, max_bytes: int) -> bytes | str:
+    """One image (a path is returned as is), with the deploy defaults' retries: for a single fetch; a build
+    keeps one `fetcher_for(cfg)` for all its images (connections reused)."""
+    one = ImageFetcher(max_bytes, retries=DeployConfig.fetch_retries, backoff_s=DeployConfig.fetch_backoff_s,
+                       timeout_s=DeployConfig.fetch_timeout_s)
+    try:
+        return one.fetch(source)
+    finally:
+        one.close()
