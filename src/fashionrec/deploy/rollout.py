@@ -33,7 +33,7 @@ from fashionrec.bundle.store import (
 )
 from fashionrec.core.errors import BundleError, DataError, SmokeTestFailed
 from fashionrec.data.images import open_image
-from fashionrec.deploy.catalog import fetch_image
+from fashionrec.deploy.catalog import fetcher_for
 from fashionrec.deploy.config import DeployConfig
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,11 @@ def smoke_test(bundle_dir: Path, cfg: DeployConfig) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)
     rows = rng.permutation(state.size)[: cfg.smoke_queries]
     answered, similarities = 0, []
+    fetch = fetcher_for(cfg)   # one pool for the URL images among the samples
     for row in rows.tolist():
         source = state.image_source(row)
         try:
-            image = source if isinstance(source, Path) else fetch_image(str(source), cfg.max_image_bytes)
+            image = source if isinstance(source, Path) else fetch.fetch(str(source))
             vector = state.embed([open_image(image)])[0]
         except DataError as exc:
             raise SmokeTestFailed(f"{bundle_dir.name}: item {state.item_ids[row]}: {exc}") from exc
@@ -86,6 +87,7 @@ def smoke_test(bundle_dir: Path, cfg: DeployConfig) -> dict[str, Any]:
             raise SmokeTestFailed(f"{bundle_dir.name}: item {state.item_ids[row]} is not among its own "
                                   f"top-{k}")
         answered += 1
+    fetch.close()
     for row in rows.tolist():  # the stored vectors too: the index answers for them
         if not state.search(stored[row], k):
             raise SmokeTestFailed(f"{bundle_dir.name}: empty answer for item {state.item_ids[row]}")
