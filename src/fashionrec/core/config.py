@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from fashionrec.core.errors import ParamsError
+from fashionrec.core.settings import ParamsTree, check
 
 DEFAULT_SEED = 42   # `seed` in params.yaml; what a step uses when its params carry none
 
@@ -95,7 +96,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
-    """Read a params file and apply overrides in order."""
+    """Read a params file, apply overrides in order and check the result (`fashionrec.core.settings`)."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
@@ -108,4 +109,11 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(tree, key, value)
+    check_tree(tree)
     return Params(tree=tree, root=path.parent)
+
+
+def check_tree(tree: Mapping[str, Any]) -> None:
+    """Refuse a params tree with an unknown key, a wrongly typed value or one out of range, before any work
+    starts (one `ParamsError` line naming the dotted key)."""
+    check(ParamsTree, tree)

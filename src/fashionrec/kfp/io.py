@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fashionrec.core.config import DEFAULT_SEED, Params
+from fashionrec.core.config import DEFAULT_SEED, Params, check_tree
 from fashionrec.core.files import read_json
 
 SERVER_SCHEMES = ("http://", "https://", "databricks")
@@ -49,7 +49,8 @@ def without_nulls(value: Any) -> Any:
 def component_params(sections: Mapping[str, Any], mlflow: Mapping[str, Any] | None = None,
                      seed: int | float = DEFAULT_SEED) -> Params:
     """A `Params` tree for a component: the given sections plus `mlflow` and `seed`, rooted in a fresh
-    working folder (paths inside the sections are not used: artifacts give them).
+    working folder (paths inside the sections are not used: artifacts give them). The sections are checked
+    as `load_params` checks params.yaml: a bad key fails the task at once, in one line.
 
     A tracking server URI in `mlflow.tracking_uri` is exported as MLFLOW_TRACKING_URI (the variable every
     step honours); a SQLite store stays in the tree with its absolute artifact root (local runs). Empty:
@@ -64,6 +65,7 @@ def component_params(sections: Mapping[str, Any], mlflow: Mapping[str, Any] | No
     elif uri:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    check_tree(tree)
     return Params(tree=tree, root=Path(tempfile.mkdtemp(prefix="fashionrec-kfp-")))
 
 
