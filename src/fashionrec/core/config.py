@@ -95,8 +95,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
-    """Read a params file, apply overrides in order and check the result (`fashionrec.core.settings`)."""
+def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = (),
+                values: Mapping[str, Any] | None = None) -> Params:
+    """Read a params file, apply overrides (`key=yaml` texts, then `{key: value}`) in order and check the
+    result (`fashionrec.core.settings`)."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
@@ -108,6 +110,8 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
         raise ParamsError(f"{path}: top level must be a mapping of stages")
     for text in overrides:
         key, value = parse_override(text)
+        set_dotted(tree, key, value)
+    for key, value in (values or {}).items():   # typed values (CLI flags): no round trip through text
         set_dotted(tree, key, value)
     check_tree(tree)
     return Params(tree=tree, root=path.parent)

@@ -79,10 +79,8 @@ class ServeConfig:
 def _coerce(name: str, raw: Any, default: Any) -> Any:
     if default is None:
         return raw
-    if isinstance(default, bool):
-        if isinstance(raw, str):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        return bool(raw)
+    if isinstance(default, bool):   # checked a real boolean (ServeSection): never a string
+        return raw
     try:
         return type(default)(raw)
     except (TypeError, ValueError) as exc:
