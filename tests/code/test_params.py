@@ -174,3 +174,14 @@ def test_dvc_repro_stage_fails_with_the_one_line(key: str, value: object, expect
     named = [line for line in out.splitlines() if expected in line]
     assert len(named) == 1 and named[0].startswith("error: params: "), out
     assert not (repo / "data" / "manifest").exists()   # refused before any work
+
+
+def test_kfp_task_reports_one_line(tmp_path: Path) -> None:
+    """A component's process (KFP's executor loaded) ends on a bad section with the one line, exit 1."""
+    code = ("import kfp.dsl.executor_main\n"
+            "from fashionrec.kfp.io import component_params\n"
+            "component_params({'serve': {'compute_threads': 2.7}}, None)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == "error: params: serve.compute_threads: expected an integer, got 2.7"
