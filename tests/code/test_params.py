@@ -4,6 +4,7 @@ work starts, in-process, through the CLI and through `dvc repro`; params.yaml it
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import shutil
 import subprocess
@@ -15,8 +16,22 @@ import yaml
 
 from fashionrec.core.config import Params, load_params, set_dotted
 from fashionrec.core.errors import ParamsError
-from fashionrec.core.settings import DeployerSection, IndexSection, ServeSection
+from fashionrec.core.settings import (
+    BallTreeParams,
+    BruteParams,
+    DeployerSection,
+    EvaluateIndex,
+    HnswParams,
+    IndexSection,
+    InstanceSection,
+    ServeSection,
+)
 from fashionrec.deploy.config import DeployConfig, DeployerConfig
+from fashionrec.evaluate.instance import Augmentation
+from fashionrec.index import AUTO_EXACT_MAX
+from fashionrec.index.balltree import BallTreeIndex
+from fashionrec.index.brute import BruteIndex
+from fashionrec.index.hnsw import HnswIndex
 from fashionrec.kfp.io import component_params
 from fashionrec.serve.config import ServeConfig
 
@@ -117,6 +132,19 @@ def test_section_defaults_equal_the_config_defaults(model: type, config: type, s
             continue
         assert f.name in model.model_fields, f"{model.__name__} lacks {f.name}"
         assert model.model_fields[f.name].default == f.default, f.name
+
+
+def test_index_and_augmentation_defaults_equal_the_sections() -> None:
+    """The index classes and the evaluation's augmentation default what a section leaves unset: the same
+    values as the typed sections' fields."""
+    for cls, model in ((BallTreeIndex, BallTreeParams), (BruteIndex, BruteParams), (HnswIndex, HnswParams)):
+        for name, field in model.model_fields.items():
+            assert inspect.signature(cls).parameters[name].default == field.default, (cls.__name__, name)
+    assert IndexSection.model_fields["auto_exact_max"].default == AUTO_EXACT_MAX
+    assert EvaluateIndex.model_fields["auto_exact_max"].default == AUTO_EXACT_MAX
+    for f in dataclasses.fields(Augmentation):
+        default = InstanceSection.model_fields[f.name].default
+        assert (tuple(default) if isinstance(default, list) else default) == f.default, f.name
 
 
 # --- through the CLI (a subprocess, as a user or a DVC stage runs it) ---------------------------------

@@ -10,11 +10,11 @@ tests/code/test_params.py).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fashionrec.core.errors import ParamsError
+from fashionrec.core.errors import FashionrecError, ParamsError
 
 PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -32,6 +32,9 @@ class Section(BaseModel):
     """A params mapping: unknown keys refused, strict types, read-only once checked."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+S = TypeVar("S", bound=BaseModel)
 
 
 # --- data stages -------------------------------------------------------------------------------------
@@ -186,7 +189,7 @@ class RegisterSection(Section):
 
 class BallTreeParams(Section):
     leaf_size: PosInt = 40
-    dims: PosInt | None = None
+    dims: PosInt | None = 64                 # null: the full embeddings
 
 
 class BruteParams(Section):
@@ -502,13 +505,13 @@ def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
     return f"{key}: {what}, got {error.get('input')!r}"
 
 
-def check(model: type[Section], data: Any, prefix: str = "") -> Any:
-    """`data` validated as `model`, or a `ParamsError` naming the first bad key (`params: key: why`);
-    further errors are counted on the same line."""
+def check(model: type[S], data: Any, prefix: str = "", error: type[FashionrecError] = ParamsError) -> S:
+    """`data` validated as `model`, or `error` (a `ParamsError` unless a step has its own) naming the first
+    bad key (`params: key: why`); further errors are counted on the same line."""
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ParamsError(f"params: {describe_error(errors[0], prefix)}{more}") from None
+        raise error(f"params: {describe_error(errors[0], prefix)}{more}") from None
 
