@@ -21,9 +21,11 @@ from fashionrec.core.settings import (
     BruteParams,
     DeployerSection,
     EvaluateIndex,
+    ExportSection,
     HnswParams,
     IndexSection,
     InstanceSection,
+    RegisterSection,
     ServeSection,
 )
 from fashionrec.deploy.config import DeployConfig, DeployerConfig
@@ -33,6 +35,8 @@ from fashionrec.index.balltree import BallTreeIndex
 from fashionrec.index.brute import BruteIndex
 from fashionrec.index.hnsw import HnswIndex
 from fashionrec.kfp.io import component_params
+from fashionrec.runtime.metadata import MIN_OPSET
+from fashionrec.runtime.session import DEFAULT_PROVIDERS
 from fashionrec.serve.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,6 +149,11 @@ def test_index_and_augmentation_defaults_equal_the_sections() -> None:
     for f in dataclasses.fields(Augmentation):
         default = InstanceSection.model_fields[f.name].default
         assert (tuple(default) if isinstance(default, list) else default) == f.default, f.name
+
+
+def test_export_and_register_defaults_equal_the_runtime_ones() -> None:
+    assert ExportSection().providers == list(DEFAULT_PROVIDERS) == RegisterSection().execution_providers
+    assert ExportSection().opset == MIN_OPSET
 
 
 # --- through the CLI (a subprocess, as a user or a DVC stage runs it) ---------------------------------

@@ -171,7 +171,7 @@ class ExportSection(Section):
     manifest: str | None = None
     out: str = "models/export"
     opset: PosInt = 17
-    providers: list[str] | None = None
+    providers: list[str] = Field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     parity: ParitySection = Field(default_factory=ParitySection)
     quantize: QuantizeSection = Field(default_factory=QuantizeSection)
 
@@ -183,8 +183,9 @@ class RegisterSection(Section):
     models_dir: str = "models"
     out: str = "models/registered.json"
     promotion: Literal["auto", "manual"] = "manual"
-    execution_providers: list[str] | None = None
-    pip_requirements: list[str] | None = None
+    execution_providers: list[str] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    pip_requirements: list[str] = Field(default_factory=lambda: ["onnxruntime-gpu"])
 
 
 class BallTreeParams(Section):
