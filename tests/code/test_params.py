@@ -3,6 +3,7 @@ work starts, in-process, through the CLI and through `dvc repro`; params.yaml it
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fashionrec.core import settings
 from fashionrec.core.config import Params, load_params, set_dotted
 from fashionrec.core.errors import ParamsError
 from fashionrec.core.settings import (
@@ -222,3 +224,40 @@ def test_kfp_task_reports_one_line(tmp_path: Path) -> None:
                           text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip() == "error: params: serve.compute_threads: expected an integer, got 2.7"
+
+
+READERS = ("cli.py", "core/tracking.py", "data/describe.py", "data/ingest.py", "data/intake.py",
+           "data/subset.py", "data/validate.py", "deploy/config.py", "evaluate/evaluate.py", "kfp/client.py",
+           "registry/export.py", "registry/gate.py", "registry/steps.py", "runtime/quantize.py",
+           "serve/config.py")   # the modules reading params sections
+
+
+def section_defaults() -> dict[str, list[object]]:
+    """{field name: its defaults in every section model that has it}."""
+    found: dict[str, list[object]] = {}
+    for model in vars(settings).values():
+        if isinstance(model, type) and issubclass(model, settings.Section) and model is not settings.Section:
+            for name, field in model.model_fields.items():
+                if not field.is_required():
+                    found.setdefault(field.alias or name, []).append(
+                        field.get_default(call_default_factory=True))
+    return found
+
+
+def test_readers_fall_back_to_the_section_defaults() -> None:
+    """A reader's `.get("key", literal)` fallback (a key params.yaml may omit) is the typed section's
+    default, so the defaults stay one set: a literal that differs from every section's default fails."""
+    defaults = section_defaults()
+    stray = []
+    for path in sorted(ROOT / "src" / "fashionrec" / name for name in READERS):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "get" and len(node.args) == 2
+                    and isinstance(node.args[0], ast.Constant) and node.args[0].value in defaults):
+                try:
+                    literal = ast.literal_eval(node.args[1])
+                except ValueError:
+                    continue   # a named constant (DEFAULT_SEED, ...)
+                if literal not in defaults[node.args[0].value] and literal not in ({}, None):
+                    stray.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.args[0].value}={literal!r}")
+    assert not stray, stray
