@@ -261,3 +261,15 @@ def test_readers_fall_back_to_the_section_defaults() -> None:
                 if literal not in defaults[node.args[0].value] and literal not in ({}, None):
                     stray.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.args[0].value}={literal!r}")
     assert not stray, stray
+
+
+def test_image_build_reports_one_line(tmp_path: Path) -> None:
+    """`make images` (deploy/build_images.py) reads the images section through the same check."""
+    tree = yaml.safe_load((ROOT / "params.yaml").read_text())
+    set_dotted(tree, "images.max_serve_mb", "400")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    proc = subprocess.run([sys.executable, str(ROOT / "deploy" / "build_images.py"), "--params",
+                           str(tmp_path / "params.yaml")], env=env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == "error: params: images.max_serve_mb: expected an integer, got '400'"
