@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from fashionrec.core.errors import ParamsError
-from fashionrec.core.settings import ParamsTree, check
+from fashionrec.core.settings import ParamsTree, check, section_defaults
 
 DEFAULT_SEED = 42   # `seed` in params.yaml; what a step uses when its params carry none
 
@@ -28,10 +28,11 @@ class Params:
     root: Path
 
     def section(self, name: str) -> dict[str, Any]:
-        """One stage's parameters (a copy, so callers may not mutate the tree)."""
+        """One stage's parameters (a copy, so callers may not mutate the tree); a key the file omits takes
+        the typed section's default (`fashionrec.core.settings`, the one set of defaults)."""
         if name not in self.tree or not isinstance(self.tree[name], Mapping):
             raise ParamsError(f"params: missing section '{name}'")
-        return copy.deepcopy(dict(self.tree[name]))
+        return {**section_defaults(name), **copy.deepcopy(dict(self.tree[name]))}
 
     def get(self, dotted: str, default: Any = None) -> Any:
         node: Any = self.tree

@@ -41,17 +41,17 @@ S = TypeVar("S", bound=BaseModel)
 
 
 class MlflowSection(Section):
-    tracking_uri: str | None = None
-    artifact_root: str | None = None
+    tracking_uri: str | None = "sqlite:///mlflow/mlflow.db"   # MLFLOW_TRACKING_URI overrides
+    artifact_root: str | None = "mlflow/artifacts"
     experiment: str = "fashionrec"
 
 
 class IngestSection(Section):
     source: str = "auto"
-    shared_path: str | None = None
-    download_url: str | None = None
+    shared_path: str | None = "../shared/datasets/clothing-dataset"
+    download_url: str | None = "https://github.com/alexeygrigorev/clothing-dataset/archive/refs/heads/master.zip"
     download_dir: str = "data/raw"
-    additions: str | None = None
+    additions: str | None = "data/additions"
     out: str = "data/manifest"
 
 
@@ -168,7 +168,7 @@ class QuantizeSection(Section):
 class ExportSection(Section):
     decision: str = "reports/select/decision.json"
     models_dir: str = "models"
-    manifest: str | None = None
+    manifest: str = "data/validated/catalog/manifest.parquet"
     out: str = "models/export"
     opset: PosInt = 17
     providers: list[str] = Field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -265,7 +265,7 @@ class IndexSection(Section):
     brute: BruteParams | None = None
     hnsw: HnswParams | None = None
     recall_k: PosInt = 10
-    target_recall: Share | None = 0.95
+    target_recall: PosFloat | None = 0.95     # above 1: unreachable, ef_search goes to max_ef_search
     max_ef_search: PosInt = 1024
     recall_queries: PosInt = 200
     min_recall: Share = 0.9
@@ -338,12 +338,12 @@ class CandidateBlock(BaseModel):
 
 
 class TrainSection(Section):
-    manifest: str | None = None
+    manifest: str = "data/validated/catalog/manifest.parquet"
     models_dir: str = "models"
-    cache_dir: str | None = None
-    checkpoints_dir: str | None = None
+    cache_dir: str = ".cache/features"
+    checkpoints_dir: str = ".cache/checkpoints"
     device: Device = "auto"
-    candidates: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["pixels"])
+    candidates: Annotated[list[str], Field(min_length=1)] | None = None   # null: every block of `models`
     models: dict[str, CandidateBlock] = Field(default_factory=dict)
 
 
@@ -466,6 +466,14 @@ class ParamsTree(Section):
     images: ImagesSection = Field(default_factory=ImagesSection)
     k8s: K8sSection = Field(default_factory=K8sSection)
     kfp: KfpSection = Field(default_factory=KfpSection)
+
+
+def section_defaults(name: str) -> dict[str, Any]:
+    """The top-level defaults of section `name` that are values (a null default is the key's absence)."""
+    field = next((f for key, f in ParamsTree.model_fields.items() if (f.alias or key) == name), None)
+    if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        return {}
+    return {k: v for k, v in field.annotation().model_dump(by_alias=True).items() if v is not None}
 
 
 # --- one line per error --------------------------------------------------------------------------------
