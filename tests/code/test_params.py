@@ -106,11 +106,34 @@ def test_every_section_has_a_bad_case() -> None:
     assert sections <= covered, sorted(sections - covered)
 
 
+def test_an_omitted_key_takes_the_section_default() -> None:
+    params = Params(tree={"export": {"opset": 18}, "train": {"models": {}}}, root=ROOT)
+    export = params.section("export")
+    assert export["opset"] == 18 and export["manifest"] == ExportSection().manifest
+    assert export["parity"] == ExportSection().parity.model_dump()
+    assert params.section("train")["cache_dir"] == ".cache/features"
+    assert "benchmark" not in Params(tree={"evaluate": {}}, root=ROOT).section("evaluate")   # null: absent
+    with pytest.raises(ParamsError, match="missing section 'serve'"):
+        params.section("serve")
+    full = load_params(ROOT / "params.yaml")
+    assert all(full.section(name) == value for name, value in full.tree.items() if isinstance(value, dict))
+
+
 def test_ints_are_numbers_and_nulls_where_allowed() -> None:
     params = load_params(ROOT / "params.yaml", ["serve.max_aspect_ratio=20", "index.target_recall=null",
                                                 "subset.classes=null", "serve.watch_interval_s=0"])
     assert ServeConfig.from_params(params).max_aspect_ratio == 20.0
     assert DeployConfig.from_params(params).index.target_recall is None
+
+
+def test_candidate_list_items_are_typed() -> None:
+    """`crop_scale: [0.35, "1"]` is refused by name (it crashed inside the range check)."""
+    from fashionrec.core.errors import TrainingError
+    from fashionrec.train.config import train_config
+
+    with pytest.raises(TrainingError, match=r"^train\.models\.g\.crop_scale: expected a list of float"):
+        train_config("g", {"arch": "efficientnet", "crop_scale": [0.35, "1"]})
+    assert train_config("g", {"arch": "efficientnet", "crop_scale": [0.35, 1]}).crop_scale == (0.35, 1.0)
 
 
 def test_configs_built_outside_load_params_are_checked_too() -> None:

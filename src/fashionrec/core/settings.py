@@ -484,19 +484,21 @@ EXPECTED = {
     "float_parsing": "expected a number", "bool_type": "expected true or false (unquoted)",
     "bool_parsing": "expected true or false (unquoted)", "string_type": "expected a string",
     "list_type": "expected a list", "dict_type": "expected a mapping", "model_type": "expected a mapping",
-    "model_attributes_type": "expected a mapping", "missing": "required key missing",
+    "model_attributes_type": "expected a mapping",
 }
+MAX_SHOWN = 80   # characters of a bad value shown in the message
 
 
 def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
     """One pydantic error as `dotted.key: what was expected, got VALUE`."""
-    # field names only: aliased fields end in "_" (`validate_`), validator steps are named "function-..."
-    loc = [str(part).rstrip("_") for part in error["loc"] if not str(part).startswith("function-")]
+    loc = [str(part) for part in error["loc"] if not str(part).startswith("function-")]   # keys only
     key = ".".join(([prefix] if prefix else []) + loc)
     kind = error["type"]
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
         return f"{key}: unknown key"
+    if kind == "missing":
+        return f"{key}: required key missing"
     if kind in EXPECTED:
         what = EXPECTED[kind]
     elif kind == "literal_error":
@@ -511,7 +513,8 @@ def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
         what = f"expected at most {ctx.get('max_length')} item(s)"
     else:
         what = str(error.get("msg", kind)).lower()
-    return f"{key}: {what}, got {error.get('input')!r}"
+    shown = repr(error.get("input"))
+    return f"{key}: {what}, got {shown if len(shown) <= MAX_SHOWN else shown[:MAX_SHOWN] + '...'}"
 
 
 def check(model: type[S], data: Any, prefix: str = "", error: type[FashionrecError] = ParamsError) -> S:

@@ -80,7 +80,7 @@ class DeployConfig:
         """Read `index` (+ `serve.inventory_root`, `serve.admin_token_env`, `seed`, the tracking URI)."""
         from fashionrec.core.tracking import tracking_uri
 
-        sec = check(IndexSection, params.get("index"), "index").model_dump(exclude_unset=True)
+        sec = check(IndexSection, params.section("index"), "index").model_dump(exclude_unset=True)
 
         def path(value: Any) -> Path | None:
             return params.path(value) if value else None

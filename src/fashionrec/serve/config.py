@@ -56,7 +56,7 @@ class ServeConfig:
         """Every field from `serve.<field>` when set, else the default above; the admin token from the
         environment variable `serve.admin_token_env` names. The section is checked first (one line naming
         a bad key: unknown, wrongly typed or out of range), whoever built `params`."""
-        sec = check(ServeSection, params.get("serve"), "serve").model_dump()
+        sec = check(ServeSection, params.section("serve"), "serve").model_dump()
         values: dict[str, Any] = {"bundles": None}
         for f in fields(cls):
             raw = sec.get(f.name)
