@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
+from fashionrec.core.config import load_params
+from fashionrec.core.errors import ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = {"serve": "serving/Dockerfile", "pipeline": "components/Dockerfile"}
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", default=None,
                         help="comma-separated names (serve, pipeline) or `all` (default: images.build)")
     args = parser.parse_args(argv)
-    cfg = yaml.safe_load(args.params.read_text())["images"]
+    cfg = load_params(args.params).section("images")   # the whole file checked: a bad key is one line
     names = (list(DOCKERFILES) if args.images == "all"
              else args.images.split(",") if args.images else list(cfg["build"]))
     if unknown := sorted(set(names) - set(DOCKERFILES)):
@@ -203,6 +204,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except BuildError as exc:
+    except (BuildError, ParamsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -25,10 +25,11 @@ SetOpt = Annotated[list[str] | None,
 
 
 def load(params_file: Path, sets: list[str] | None, **flags: Any) -> Params:
-    """Params with overrides: `--set` first, then non-None flags given as {'stage.key': value}."""
-    extra = [f"{key.replace('__', '.')}={json.dumps(str(v) if isinstance(v, Path) else v)}"
-             for key, v in flags.items() if v is not None]
-    return load_params(params_file, [*(sets or []), *extra])
+    """Params with overrides, checked: `--set` first, then non-None flags given as {'stage__key': value}
+    (set as they are, not through YAML text: a path keeps every character)."""
+    values = {key.replace("__", "."): str(v) if isinstance(v, Path) else v
+              for key, v in flags.items() if v is not None}
+    return load_params(params_file, sets or [], values)
 
 
 def report(result: Any) -> None:

@@ -184,4 +184,5 @@ def test_cli_exit_codes(project, tiny_validated, monkeypatch, capsys):
     err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
     assert err.startswith("error: expectation 'file exists and decodes'") and victim["id"] in err
     assert main("benchmark", "-s", "validate.on_bad_file=maybe") == 1
-    assert "validate.on_bad_file: 'maybe'" in capsys.readouterr().err
+    assert "params: validate.on_bad_file: expected one of 'fail' or 'quarantine', got 'maybe'" in \
+        capsys.readouterr().err

@@ -178,8 +178,8 @@ def test_pipeline_values_round_trip():
 
 def test_component_params_tracking_uri(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://inherited:5000")
-    p = component_params({"train": {"epochs": 2.0}}, {"tracking_uri": ""}, 7.0)
-    assert p.get("train.epochs") == 2 and p.get("seed") == 7
+    p = component_params({"evaluate": {"batch_size": 2.0}}, {"tracking_uri": ""}, 7.0)
+    assert p.get("evaluate.batch_size") == 2 and p.get("seed") == 7
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://inherited:5000"      # empty: the environment decides
     component_params({}, {"tracking_uri": "http://mlflow.cluster:5000"})
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://mlflow.cluster:5000"  # a server: exported

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from fashionrec.core.errors import ParamsError
+from fashionrec.core.settings import ParamsTree, check, section_defaults
 
 DEFAULT_SEED = 42   # `seed` in params.yaml; what a step uses when its params carry none
 
@@ -27,10 +28,11 @@ class Params:
     root: Path
 
     def section(self, name: str) -> dict[str, Any]:
-        """One stage's parameters (a copy, so callers may not mutate the tree)."""
+        """One stage's parameters (a copy, so callers may not mutate the tree); a key the file omits takes
+        the typed section's default (`fashionrec.core.settings`, the one set of defaults)."""
         if name not in self.tree or not isinstance(self.tree[name], Mapping):
             raise ParamsError(f"params: missing section '{name}'")
-        return copy.deepcopy(dict(self.tree[name]))
+        return {**section_defaults(name), **copy.deepcopy(dict(self.tree[name]))}
 
     def get(self, dotted: str, default: Any = None) -> Any:
         node: Any = self.tree
@@ -94,8 +96,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
-    """Read a params file and apply overrides in order."""
+def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = (),
+                values: Mapping[str, Any] | None = None) -> Params:
+    """Read a params file, apply overrides (`key=yaml` texts, then `{key: value}`) in order and check the
+    result (`fashionrec.core.settings`)."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
@@ -108,4 +112,13 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(tree, key, value)
+    for key, value in (values or {}).items():   # typed values (CLI flags): no round trip through text
+        set_dotted(tree, key, value)
+    check_tree(tree)
     return Params(tree=tree, root=path.parent)
+
+
+def check_tree(tree: Mapping[str, Any]) -> None:
+    """Refuse a params tree with an unknown key, a wrongly typed value or one out of range, before any work
+    starts (one `ParamsError` line naming the dotted key)."""
+    check(ParamsTree, tree)

@@ -16,6 +16,7 @@ from typing import Any
 
 from fashionrec.core.config import DEFAULT_SEED, Params
 from fashionrec.core.errors import ParamsError
+from fashionrec.core.settings import DeployerSection, IndexSection, ServeSection, check
 from fashionrec.index import AUTO_EXACT_MAX, KINDS, RECALL_K
 
 DEFAULT_MODEL = "models:/fashionrec@champion"
@@ -82,14 +83,14 @@ class DeployConfig:
         """Read `index` (+ `serve.inventory_root`, `serve.admin_token_env`, `seed`, the tracking URI)."""
         from fashionrec.core.tracking import tracking_uri
 
-        sec = params.section("index")
+        sec = check(IndexSection, params.section("index"), "index").model_dump(exclude_unset=True)
 
         def path(value: Any) -> Path | None:
             return params.path(value) if value else None
 
         if not sec.get("bundles"):
             raise ParamsError("params index.bundles: the bundles folder is required")
-        serve = params.get("serve") or {}
+        serve = check(ServeSection, params.get("serve"), "serve").model_dump()
         index = IndexSettings(
             kind=str(sec.get("kind", "balltree")),
             auto_exact_max=int(sec.get("auto_exact_max", AUTO_EXACT_MAX)),
@@ -146,7 +147,7 @@ class DeployerConfig:
 
     @classmethod
     def from_params(cls, params: Params) -> DeployerConfig:
-        sec = params.get("deployer") or {}
+        sec = check(DeployerSection, params.get("deployer"), "deployer").model_dump()
         alias_spec = str(params.get("index.model") or DEFAULT_MODEL)
         has_alias = alias_spec.startswith("models:/") and "@" in alias_spec
         alias = alias_spec.split("@", 1)[1] if has_alias else "champion"

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fashionrec.core.config import DEFAULT_SEED, dotted_leaves
+from fashionrec.core.config import dotted_leaves
 from fashionrec.core.errors import EvaluationError, FashionrecError
+from fashionrec.core.settings import EvaluateSection, check
 from fashionrec.core.tracking import RUN_REF, read_run_ref
 from fashionrec.data.images import open_image
 from fashionrec.data.manifest import read_manifest
@@ -39,10 +41,10 @@ from fashionrec.evaluate.retrieval import (
     instance_retrieval,
     query_latency,
 )
-from fashionrec.index import AUTO, AUTO_EXACT_MAX, KINDS, build_index, resolve_kind
+from fashionrec.index import KINDS, build_index, resolve_kind
 from fashionrec.models.base import EmbeddingModel, ModelCard
 from fashionrec.models.store import load_model
-from fashionrec.runtime.embed import BACKENDS, embed_images
+from fashionrec.runtime.embed import embed_images
 from fashionrec.runtime.torch_runner import make_runner
 
 THRESHOLD = 0.5          # multi-label decision: sigmoid(logit) >= 0.5, as the model contract says
@@ -90,46 +92,18 @@ class EvalConfig:
     mlflow: bool
 
 
-def _positive_int(params: dict[str, Any], key: str, default: int) -> int:
-    node: Any = params
-    for part in key.split("."):
-        node = node.get(part, {}) if isinstance(node, dict) else {}
-    value = default if node == {} else node
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise EvaluationError(f"params evaluate.{key}: expected a positive integer, got {value!r}")
-    return value
-
-
-def read_config(params: dict[str, Any]) -> EvalConfig:
-    """Check the `evaluate` section; every error names its parameter."""
-    backend = params.get("backend", "auto")
-    if backend not in BACKENDS:
-        raise EvaluationError(f"params evaluate.backend: '{backend}' is not one of {', '.join(BACKENDS)}")
-    flip = params.get("flip_tta", False)
-    if not isinstance(flip, bool):
-        raise EvaluationError(f"params evaluate.flip_tta: expected true or false, got {flip!r}")
-    index = dict(params.get("index") or {})
-    kind = index.get("kind", "balltree")
-    if kind != AUTO and kind not in KINDS:
-        raise EvaluationError(f"params evaluate.index.kind: '{kind}' is not one of "
-                              f"{', '.join([*KINDS, AUTO])}")
-    kind_params = {name: index.get(name) or {} for name in KINDS}
-    for name, value in kind_params.items():
-        if not isinstance(value, dict):
-            raise EvaluationError(f"params evaluate.index.{name}: expected a mapping of the index's "
-                                  "parameters")
-    instance = dict(params.get("instance") or {})
+def read_config(params: Mapping[str, Any]) -> EvalConfig:
+    """The `evaluate` section, checked (`EvaluateSection`: every error names its parameter; its fields are
+    the defaults). An index kind's parameters are those set (the index classes default the rest)."""
+    s = check(EvaluateSection, params, "evaluate", error=EvaluationError)
+    kinds = {name: getattr(s.index, name) for name in KINDS}
+    kind_params = {name: kind.model_dump(exclude_unset=True) if kind else {} for name, kind in kinds.items()}
     return EvalConfig(
-        backend=backend, device=str(params.get("device", "cpu")),
-        batch_size=_positive_int(params, "batch_size", 32), flip_tta=flip,
-        index_kind=kind, index_params=kind_params,
-        auto_exact_max=_positive_int(params, "index.auto_exact_max", AUTO_EXACT_MAX),
-        latency_queries=_positive_int(params, "latency_queries", 200),
-        instance_queries=_positive_int(params, "instance.n_queries", 300),
-        augmentation=Augmentation.from_params(instance),
-        grid_queries=_positive_int(params, "grid.n_queries", 8),
-        thumb=_positive_int(params, "grid.thumb", 128),
-        seed=int(params.get("seed", DEFAULT_SEED)), mlflow=bool(params.get("mlflow", True)))
+        backend=s.backend, device=s.device, batch_size=s.batch_size, flip_tta=s.flip_tta,
+        index_kind=s.index.kind, index_params=kind_params, auto_exact_max=s.index.auto_exact_max,
+        latency_queries=s.latency_queries, instance_queries=s.instance.n_queries,
+        augmentation=Augmentation.from_params(s.instance.model_dump(exclude={"n_queries"})),
+        grid_queries=s.grid.n_queries, thumb=s.grid.thumb, seed=s.seed, mlflow=s.mlflow)
 
 
 # --- data ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fashionrec.core.config import DEFAULT_SEED, Params, set_dotted
+from fashionrec.core.config import DEFAULT_SEED, Params, check_tree, set_dotted
 from fashionrec.core.errors import KfpError
 from fashionrec.core.files import sha256_file
 from fashionrec.core.tracking import configure, tracking_uri
@@ -34,10 +34,12 @@ PIPELINE_MODULE = "pipelines.training_pipeline"
 
 
 def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
-    """A copy of params with `{dotted.key: value}` applied (the `kfp.local.tiny` block, a source)."""
+    """A copy of params with `{dotted.key: value}` applied (the `kfp.local.tiny` block, a source), checked
+    as params.yaml is."""
     tree = json.loads(json.dumps(params.tree))
     for key, value in overrides.items():
         set_dotted(tree, key, value)
+    check_tree(tree)
     return Params(tree=tree, root=params.root)
 
 

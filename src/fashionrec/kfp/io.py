@@ -14,12 +14,14 @@ from __future__ import annotations
 import base64
 import html
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fashionrec.core.config import DEFAULT_SEED, Params
+from fashionrec.core.config import DEFAULT_SEED, Params, check_tree
+from fashionrec.core.errors import FashionrecError
 from fashionrec.core.files import read_json
 
 SERVER_SCHEMES = ("http://", "https://", "databricks")
@@ -49,7 +51,8 @@ def without_nulls(value: Any) -> Any:
 def component_params(sections: Mapping[str, Any], mlflow: Mapping[str, Any] | None = None,
                      seed: int | float = DEFAULT_SEED) -> Params:
     """A `Params` tree for a component: the given sections plus `mlflow` and `seed`, rooted in a fresh
-    working folder (paths inside the sections are not used: artifacts give them).
+    working folder (paths inside the sections are not used: artifacts give them). The sections are checked
+    as `load_params` checks params.yaml: a bad key fails the task at once, in one line.
 
     A tracking server URI in `mlflow.tracking_uri` is exported as MLFLOW_TRACKING_URI (the variable every
     step honours); a SQLite store stays in the tree with its absolute artifact root (local runs). Empty:
@@ -64,7 +67,28 @@ def component_params(sections: Mapping[str, Any], mlflow: Mapping[str, Any] | No
     elif uri:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if "kfp.dsl.executor_main" in sys.modules:   # a task's process (not a test or a compile)
+        one_line_errors()
+    check_tree(tree)
     return Params(tree=tree, root=Path(tempfile.mkdtemp(prefix="fashionrec-kfp-")))
+
+
+def one_line_errors() -> None:
+    """In a KFP task's process: a `FashionrecError` (a bad params key, missing data) ends the task with
+    `error: <message>` on stderr and exit code 1, as the CLI reports it, not with a traceback. Other
+    exceptions keep Python's report. The process is the task's alone (KFP's executor runs one component)."""
+    previous = sys.excepthook
+    if getattr(previous, "fashionrec_one_line", False):
+        return
+
+    def report(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if isinstance(exc, FashionrecError):
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            previous(kind, exc, tb)
+
+    report.fashionrec_one_line = True   # type: ignore[attr-defined]
+    sys.excepthook = report
 
 
 def linked_folder(entries: Mapping[str, str | Path]) -> Path:

@@ -40,7 +40,10 @@ def _check_type(value: Any, annotation: str, where: str) -> Any:
     if base.startswith(("tuple", "list")):
         if not isinstance(value, list | tuple):
             raise TrainingError(f"{where}: expected a list, got {value!r}")
-        return tuple(value)
+        item = base[base.find("[") + 1:].split(",")[0].rstrip("]").strip()   # tuple[float, float] -> float
+        if item in ok and not all(ok[item](v) for v in value):
+            raise TrainingError(f"{where}: expected a list of {item}, got {value!r}")
+        return tuple(float(v) for v in value) if item == "float" else tuple(value)
     if base in ok and not ok[base](value):
         raise TrainingError(f"{where}: expected {base}, got {value!r}")
     return float(value) if base == "float" else value

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from fashionrec.core.errors import FashionrecError
+from fashionrec.core.settings import QuantizeSection
 from fashionrec.models.base import EmbeddingModel
 from fashionrec.runtime.embed import OnnxRunner
 from fashionrec.runtime.metadata import PRECISION_KEY
@@ -45,11 +46,11 @@ from fashionrec.runtime.parity import (
 )
 from fashionrec.runtime.session import DEFAULT_PROVIDERS, create_session
 
-DEFAULTS: dict[str, Any] = {
-    "format": "qdq", "activation_type": "uint8", "weight_type": "int8", "per_channel": True,
-    "reduce_range": False, "calibration": "percentile", "percentile": 99.999, "calibration_images": 64,
-    "nodes_to_exclude": [], "fp32_front": 0.25,
-}
+SETTINGS = ("format", "activation_type", "weight_type", "per_channel", "reduce_range", "calibration",
+            "percentile", "calibration_images", "nodes_to_exclude", "fp32_front")
+# the defaults are QuantizeSection's (params' one set of defaults)
+DEFAULTS: dict[str, Any] = {key: QuantizeSection.model_fields[key].get_default(call_default_factory=True)
+                            for key in SETTINGS}
 FORMATS = ("qdq", "qoperator")
 TYPES = ("uint8", "int8")
 CALIBRATIONS = ("minmax", "percentile", "entropy")

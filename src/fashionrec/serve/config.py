@@ -9,6 +9,7 @@ from typing import Any
 
 from fashionrec.core.config import Params
 from fashionrec.core.errors import ParamsError
+from fashionrec.core.settings import ServeSection, check
 from fashionrec.data.images import DecodeLimits
 
 PATHS = ("bundles", "bundle", "inventory_root", "static_dir")
@@ -53,8 +54,9 @@ class ServeConfig:
     @classmethod
     def from_params(cls, params: Params) -> ServeConfig:
         """Every field from `serve.<field>` when set, else the default above; the admin token from the
-        environment variable `serve.admin_token_env` names."""
-        sec = params.section("serve")
+        environment variable `serve.admin_token_env` names. The section is checked first (one line naming
+        a bad key: unknown, wrongly typed or out of range), whoever built `params`."""
+        sec = check(ServeSection, params.section("serve"), "serve").model_dump()
         values: dict[str, Any] = {"bundles": None}
         for f in fields(cls):
             raw = sec.get(f.name)
@@ -77,10 +79,8 @@ class ServeConfig:
 def _coerce(name: str, raw: Any, default: Any) -> Any:
     if default is None:
         return raw
-    if isinstance(default, bool):
-        if isinstance(raw, str):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        return bool(raw)
+    if isinstance(default, bool):   # checked a real boolean (ServeSection): never a string
+        return raw
     try:
         return type(default)(raw)
     except (TypeError, ValueError) as exc:

@@ -1,0 +1,529 @@
+"""The typed shape of params.yaml: one pydantic model per section the code reads, checked once at load.
+
+Unknown keys are refused (a typo is an error, not a silent default), types are strict (no 2.7 -> 2, no
+"false" -> True; an integer is accepted where a number is expected) and ranges are checked. Each error is
+one `ParamsError` line naming the dotted key and what was expected. params.yaml may omit any key: the
+fields below carry the defaults (the readers' fallbacks are the same values, held equal by
+tests/code/test_params.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fashionrec.core.errors import FashionrecError, ParamsError
+
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Share = Annotated[float, Field(ge=0, le=1)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+OnBadFile = Literal["fail", "quarantine"]
+Device = Literal["auto", "cpu", "cuda"]
+IndexKind = Literal["balltree", "brute", "hnsw", "auto"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+class Section(BaseModel):
+    """A params mapping: unknown keys refused, strict types, read-only once checked."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+# --- data stages -------------------------------------------------------------------------------------
+
+
+class MlflowSection(Section):
+    tracking_uri: str | None = "sqlite:///mlflow/mlflow.db"   # MLFLOW_TRACKING_URI overrides
+    artifact_root: str | None = "mlflow/artifacts"
+    experiment: str = "fashionrec"
+
+
+class IngestSection(Section):
+    source: str = "auto"
+    shared_path: str | None = "../shared/datasets/clothing-dataset"
+    download_url: str | None = "https://github.com/alexeygrigorev/clothing-dataset/archive/refs/heads/master.zip"
+    download_dir: str = "data/raw"
+    additions: str | None = "data/additions"
+    out: str = "data/manifest"
+
+
+class IntakeSection(Section):
+    subset: str = "data/subset"
+    reports: str = "reports/intake"
+    on_bad_file: OnBadFile | None = None
+    record: bool = True
+    repro: str = "subset"
+    push: bool = True
+    commit: bool = True
+    message: str = "data: add {n} photos from {folder}"
+
+
+class SplitSection(Section):
+    policy: Literal["published", "grouped"] = "published"
+    published_file: str = "top10-splits.csv"
+    shares: dict[str, Share] | None = None
+    keep_in_test: str | None = None
+    pinned_file: str | None = None
+
+
+class SubsetKeys(Section):
+    """The keys one subset may set, shared (`subset.*`) or its own (`subset.subsets.<name>.*`)."""
+
+    manifest: str | None = None
+    out: str | None = None
+    drop_labels: list[str] | None = None
+    attributes: list[str] | None = None
+    classes: list[str] | None = None
+    min_per_class: PosInt | None = None
+    max_per_class: PosInt | None = None
+    seed: int | None = None
+    split: SplitSection | None = None
+
+
+class SubsetSection(SubsetKeys):
+    manifest: str = "data/manifest/manifest.parquet"
+    out: str = "data/subset"
+    product: str = "catalog"
+    subsets: dict[str, SubsetKeys | None] = Field(default_factory=dict)
+
+
+class ValidateKeys(Section):
+    min_width: PosInt | None = None
+    min_height: PosInt | None = None
+    min_per_class: PosInt | None = None
+    split_tolerance: Share | None = None
+    on_bad_file: OnBadFile | None = None
+
+
+class ValidateSection(Section):
+    subset: str = "data/subset"
+    out: str = "data/validated"
+    reports: str = "reports/validate"
+    on_bad_file: OnBadFile = "quarantine"
+    min_width: PosInt = 1
+    min_height: PosInt = 1
+    min_per_class: PosInt = 1
+    split_tolerance: Share = 0.05
+    subsets: dict[str, ValidateKeys | None] = Field(default_factory=dict)
+
+
+class DescribeSection(Section):
+    validated: str = "data/validated"
+    out: str = "reports/describe"
+    samples_per_class: PosInt = 8
+    thumb_size: PosInt = 112
+    seed: int = 42
+
+
+# --- select, export, register, evaluate --------------------------------------------------------------
+
+
+class SelectSection(Section):
+    metrics_dir: str = "metrics"
+    out: str = "reports/select/decision.json"
+    primary_metric: str | None = None
+    thresholds: dict[str, float] | None = None
+    max_regression: NonNegFloat = 0.0
+    min_improvement: NonNegFloat = 0.0
+    groups: list[str] = Field(default_factory=list)
+    group_floors: dict[str, float] = Field(default_factory=dict)
+
+
+class ParitySection(Section):
+    queries: PosInt = 32
+    inventory: PosInt = 96
+    atol: NonNegFloat = 1e-4
+    top_k: PosInt = 5
+    tie_tolerance: NonNegFloat = 1e-5
+    batch_size: PosInt = 32
+    seed: int = 0
+
+
+class QuantizeSection(Section):
+    enabled: bool = False
+    format: Literal["qdq", "qoperator"] = "qdq"
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["uint8", "int8"] = "int8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    calibration: Literal["minmax", "percentile", "entropy"] = "percentile"
+    percentile: Annotated[float, Field(gt=0, le=100)] = 99.999
+    nodes_to_exclude: list[str] = Field(default_factory=list)
+    fp32_front: Share = 0.25
+    calibration_images: PosInt = 64
+    eval_images: PosInt = 200
+    batch_size: PosInt = 16
+    max_accuracy_drop: Share = 0.02
+    min_neighbour_overlap: Share = 0.8
+
+
+class ExportSection(Section):
+    decision: str = "reports/select/decision.json"
+    models_dir: str = "models"
+    manifest: str = "data/validated/catalog/manifest.parquet"
+    out: str = "models/export"
+    opset: PosInt = 17
+    providers: list[str] = Field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    parity: ParitySection = Field(default_factory=ParitySection)
+    quantize: QuantizeSection = Field(default_factory=QuantizeSection)
+
+
+class RegisterSection(Section):
+    name: str = "fashionrec"
+    export_dir: str = "models/export"
+    decision: str = "reports/select/decision.json"
+    models_dir: str = "models"
+    out: str = "models/registered.json"
+    promotion: Literal["auto", "manual"] = "manual"
+    execution_providers: list[str] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    pip_requirements: list[str] = Field(default_factory=lambda: ["onnxruntime-gpu"])
+
+
+class BallTreeParams(Section):
+    leaf_size: PosInt = 40
+    dims: PosInt | None = 64                 # null: the full embeddings
+
+
+class BruteParams(Section):
+    block_size: PosInt = 1024
+
+
+class HnswParams(Section):
+    M: PosInt = 16
+    ef_construction: PosInt = 200
+    ef_search: PosInt = 128
+    seed: int = 42
+    build_threads: NonNegInt = 0
+
+
+class EvaluateIndex(Section):
+    kind: IndexKind = "balltree"
+    auto_exact_max: PosInt = 5000
+    balltree: BallTreeParams | None = None
+    brute: BruteParams | None = None
+    hnsw: HnswParams | None = None
+
+
+class InstanceSection(Section):
+    n_queries: PosInt = 300
+    crop_scale: Annotated[list[float], Field(min_length=2, max_length=2)] = [0.6, 1.0]
+    crop_ratio: Annotated[list[float], Field(min_length=2, max_length=2)] = [0.75, 1.333]
+    flip: Share = 0.5
+    brightness: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    contrast: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    saturation: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    jpeg_quality: Annotated[list[Annotated[int, Field(ge=1, le=100)]],
+                            Field(min_length=2, max_length=2)] = [50, 90]
+
+
+class GridSection(Section):
+    n_queries: PosInt = 8
+    thumb: PosInt = 128
+
+
+class EvaluateSection(Section):
+    models_dir: str = "models"
+    data: str = "data/validated/catalog"
+    benchmark: str | None = None
+    metrics_dir: str = "metrics"
+    reports: str = "reports/evaluate"
+    backend: Literal["auto", "onnx", "torch"] = "auto"
+    device: Device = "cpu"
+    batch_size: PosInt = 32
+    flip_tta: bool = False
+    seed: int = 42
+    latency_queries: PosInt = 200
+    mlflow: bool = True
+    index: EvaluateIndex = Field(default_factory=EvaluateIndex)
+    instance: InstanceSection = Field(default_factory=InstanceSection)
+    grid: GridSection = Field(default_factory=GridSection)
+
+
+# --- deploy, deployer, serve ---------------------------------------------------------------------------
+
+
+class IndexSection(Section):
+    """The deploy step (`index`): the bundle's model, inventory, folder, index kind and smoke test."""
+
+    model: str = "models:/fashionrec@champion"
+    precision: Literal["auto", "fp32", "int8"] = "auto"
+    catalog: str | None = None
+    manifest: str | None = None
+    bundles: str = "bundles"
+    kind: IndexKind = "balltree"
+    auto_exact_max: PosInt = 5000
+    balltree: BallTreeParams | None = None
+    brute: BruteParams | None = None
+    hnsw: HnswParams | None = None
+    recall_k: PosInt = 10
+    target_recall: PosFloat | None = 0.95     # above 1: unreachable, ef_search goes to max_ef_search
+    max_ef_search: PosInt = 1024
+    recall_queries: PosInt = 200
+    min_recall: Share = 0.9
+    min_self_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.99
+    smoke_queries: NonNegInt = 5
+    batch_size: PosInt = 32
+    device: Device = "cpu"
+    max_image_bytes: PosInt = 20_000_000
+    activate: bool = True
+    keep: PosInt = 5
+    notify: list[str] = Field(default_factory=list)
+    summary: str | None = None
+    lock_wait_s: NonNegFloat = 600.0
+
+
+class DeployerSection(Section):
+    host: str = "127.0.0.1"
+    port: Port = 8001
+    webhook_secret_env: str = "FASHIONREC_WEBHOOK_SECRET"
+    poll_interval_s: PosFloat = 30.0
+    max_clock_skew_s: PosFloat = 300.0
+    replay_memory: PosInt = 10_000
+    log_level: LogLevel = "info"
+
+
+class ServeSection(Section):
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    bundles: str | None = None
+    bundle: str | None = None
+    inventory_root: str | None = None
+    max_upload_bytes: PosInt = 10_000_000
+    max_image_pixels: PosInt = 50_000_000
+    max_decode_mb: PosInt = 96
+    decode_short_side: PosInt = 512
+    min_image_side: PosInt = 8
+    max_aspect_ratio: Annotated[float, Field(ge=1)] = 20.0
+    max_k: PosInt = 50
+    default_k: PosInt = 5
+    watch_interval_s: NonNegFloat = 2.0
+    intra_op_threads: NonNegInt = 0
+    intra_op_spinning: bool = False
+    compute_threads: PosInt = 2
+    queue_size: NonNegInt = 8
+    heavy_decode_mb: PosInt = 8
+    heavy_queue_size: NonNegInt = 2
+    retry_after_s: PosInt = 1
+    limit_concurrency: PosInt = 64
+    timeout_keep_alive_s: PosFloat = 5.0
+    header_timeout_s: PosFloat = 10.0
+    body_timeout_s: PosFloat = 20.0
+    malloc_mmap_threshold_kb: NonNegInt = 1024
+    malloc_arena_max: NonNegInt = 2
+    admin_token_env: str = "FASHIONREC_ADMIN_TOKEN"
+    static_dir: str | None = None
+    log_level: LogLevel = "info"
+    access_log: bool = False
+
+
+# --- train ---------------------------------------------------------------------------------------------
+
+
+class CandidateBlock(BaseModel):
+    """`train.models.<name>`: its `arch` here; the architecture's and training keys are checked, by name,
+    with the model code (`fashionrec.train.config.train_config`, run at every train and evaluate start)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    arch: Literal["pixels", "simple_cnn", "efficientnet"]
+
+
+class TrainSection(Section):
+    manifest: str = "data/validated/catalog/manifest.parquet"
+    models_dir: str = "models"
+    cache_dir: str = ".cache/features"
+    checkpoints_dir: str = ".cache/checkpoints"
+    device: Device = "auto"
+    candidates: Annotated[list[str], Field(min_length=1)] | None = None   # null: every block of `models`
+    models: dict[str, CandidateBlock] = Field(default_factory=dict)
+
+
+# --- images, k8s, kfp ----------------------------------------------------------------------------------
+
+
+class ImageBase(Section):
+    image: str = "local"
+    suite: str = "bookworm"
+    packages: list[str] = Field(default_factory=list)
+    mirror: str = "auto"
+
+
+class ImagesSection(Section):
+    serve: str | None = None
+    pipeline: str | None = None
+    build: list[Literal["serve", "pipeline"]] = Field(default_factory=lambda: ["serve"])
+    base: ImageBase = Field(default_factory=ImageBase)
+    cache: str = ".cache/images"
+    max_serve_mb: PosInt = 400
+
+
+class K8sSection(Section):
+    manifests: str = "deploy/k8s"
+    version: str = "1.34.0"
+
+
+class KfpData(Section):
+    repo: str | None = None
+    rev: str = "main"
+    secret: str | None = None
+    secret_env: dict[str, str] = Field(default_factory=dict)
+
+
+class KfpMlflow(Section):
+    config_map: str | None = None
+    config_map_env: dict[str, str] = Field(default_factory=dict)
+    secret: str | None = None
+    secret_env: dict[str, str] = Field(default_factory=dict)
+
+
+class KfpRetry(Section):
+    num_retries: NonNegInt = 0
+    backoff_duration: str = "0s"
+    backoff_factor: PosFloat = 2
+    backoff_max_duration: str = "3600s"
+
+
+class Toleration(Section):
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class KfpGpu(Section):
+    accelerator: str = "nvidia.com/gpu"
+    limit: PosInt = 1
+    toleration: Toleration | None = None
+
+
+class Resources(Section):
+    cpu: str | None = None
+    memory: str | None = None
+
+
+class KfpSchedule(Section):
+    name: str = "fashionrec-weekly"
+    cron: str = "0 0 3 * * 1"
+    max_concurrency: PosInt = 1
+
+
+class KfpLocal(Section):
+    pipeline_root: str = ".cache/kfp-local/runs"
+    caching: bool = True
+    source: str = "tiny"
+    tiny_dir: str = ".cache/kfp-local/tiny"
+    repo: str = ".cache/kfp-local/repo"
+    tiny: dict[str, Any] = Field(default_factory=dict)   # dotted overrides, checked once applied
+
+
+class KfpSection(Section):
+    image: str | None = None
+    package: str = "pipelines/training_pipeline.yaml"
+    pipeline_name: str = "fashionrec-training"
+    experiment: str = "fashionrec"
+    host: str | None = None
+    namespace: str | None = None
+    data: KfpData = Field(default_factory=KfpData)
+    mlflow: KfpMlflow = Field(default_factory=KfpMlflow)
+    accelerators: dict[str, NonNegInt] = Field(default_factory=dict)
+    retry: KfpRetry = Field(default_factory=KfpRetry)
+    bundles_pvc: str | None = None
+    bundles_mount: str = "/srv/bundles"
+    training_parallelism: PosInt = 1
+    gpu: KfpGpu = Field(default_factory=KfpGpu)
+    resources: dict[str, Resources] = Field(default_factory=dict)
+    schedule: KfpSchedule = Field(default_factory=KfpSchedule)
+    local: KfpLocal = Field(default_factory=KfpLocal)
+
+
+class ParamsTree(Section):
+    """The whole of params.yaml; an absent section takes its defaults."""
+
+    seed: int = 42
+    mlflow: MlflowSection = Field(default_factory=MlflowSection)
+    ingest: IngestSection = Field(default_factory=IngestSection)
+    intake: IntakeSection = Field(default_factory=IntakeSection)
+    subset: SubsetSection = Field(default_factory=SubsetSection)
+    validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
+    describe: DescribeSection = Field(default_factory=DescribeSection)
+    select: SelectSection = Field(default_factory=SelectSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    register_: RegisterSection = Field(default_factory=RegisterSection, alias="register")
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    index: IndexSection = Field(default_factory=IndexSection)
+    deployer: DeployerSection = Field(default_factory=DeployerSection)
+    serve: ServeSection = Field(default_factory=ServeSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    images: ImagesSection = Field(default_factory=ImagesSection)
+    k8s: K8sSection = Field(default_factory=K8sSection)
+    kfp: KfpSection = Field(default_factory=KfpSection)
+
+
+def section_defaults(name: str) -> dict[str, Any]:
+    """The top-level defaults of section `name` that are values (a null default is the key's absence)."""
+    field = next((f for key, f in ParamsTree.model_fields.items() if (f.alias or key) == name), None)
+    if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        return {}
+    return {k: v for k, v in field.annotation().model_dump(by_alias=True).items() if v is not None}
+
+
+# --- one line per error --------------------------------------------------------------------------------
+
+EXPECTED = {
+    "int_type": "expected an integer", "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer", "float_type": "expected a number",
+    "float_parsing": "expected a number", "bool_type": "expected true or false (unquoted)",
+    "bool_parsing": "expected true or false (unquoted)", "string_type": "expected a string",
+    "list_type": "expected a list", "dict_type": "expected a mapping", "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+}
+MAX_SHOWN = 80   # characters of a bad value shown in the message
+
+
+def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
+    """One pydantic error as `dotted.key: what was expected, got VALUE`."""
+    loc = [str(part) for part in error["loc"] if not str(part).startswith("function-")]   # keys only
+    key = ".".join(([prefix] if prefix else []) + loc)
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "missing":
+        return f"{key}: required key missing"
+    if kind in EXPECTED:
+        what = EXPECTED[kind]
+    elif kind == "literal_error":
+        what = f"expected one of {ctx.get('expected')}"
+    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+        bound = next(iter(ctx.values()))
+        what = f"expected a value {sign[kind]} {bound}"
+    elif kind == "too_short":
+        what = f"expected at least {ctx.get('min_length')} item(s)"
+    elif kind == "too_long":
+        what = f"expected at most {ctx.get('max_length')} item(s)"
+    else:
+        what = str(error.get("msg", kind)).lower()
+    shown = repr(error.get("input"))
+    return f"{key}: {what}, got {shown if len(shown) <= MAX_SHOWN else shown[:MAX_SHOWN] + '...'}"
+
+
+def check(model: type[S], data: Any, prefix: str = "", error: type[FashionrecError] = ParamsError) -> S:
+    """`data` validated as `model`, or `error` (a `ParamsError` unless a step has its own) naming the first
+    bad key (`params: key: why`); further errors are counted on the same line."""
+    try:
+        return model.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise error(f"params: {describe_error(errors[0], prefix)}{more}") from None
+
