@@ -279,6 +279,9 @@ class IndexSection(Section):
     notify: list[str] = Field(default_factory=list)
     summary: str | None = None
     lock_wait_s: NonNegFloat = 600.0
+    fetch_retries: NonNegInt = 3
+    fetch_backoff_s: NonNegFloat = 0.5
+    fetch_timeout_s: PosFloat = 10.0
 
 
 class DeployerSection(Section):
@@ -289,6 +292,13 @@ class DeployerSection(Section):
     max_clock_skew_s: PosFloat = 300.0
     replay_memory: PosInt = 10_000
     log_level: LogLevel = "info"
+    max_body_bytes: PosInt = 65_536
+    max_json_depth: PosInt = 32
+    header_timeout_s: PosFloat = 10.0
+    body_timeout_s: PosFloat = 10.0
+    limit_concurrency: PosInt = 32
+    timeout_keep_alive_s: PosFloat = 5.0
+    refused_memory: PosInt = 20
 
 
 class ServeSection(Section):

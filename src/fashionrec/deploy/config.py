@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,33 +147,11 @@ class DeployerConfig:
 
     @classmethod
     def from_params(cls, params: Params) -> DeployerConfig:
+        """Every field from the checked `deployer` section (its defaults are the section's)."""
         sec = check(DeployerSection, params.get("deployer"), "deployer").model_dump()
         alias_spec = str(params.get("index.model") or DEFAULT_MODEL)
         has_alias = alias_spec.startswith("models:/") and "@" in alias_spec
         alias = alias_spec.split("@", 1)[1] if has_alias else "champion"
+        own = {f.name for f in fields(cls)} - {"registered_model", "alias"}
         return cls(registered_model=str(params.get("register.name") or "fashionrec"), alias=alias,
-                   host=str(sec.get("host", "127.0.0.1")), port=int(sec.get("port", DEFAULT_DEPLOYER_PORT)),
-                   webhook_secret_env=str(sec.get("webhook_secret_env") or DEFAULT_WEBHOOK_SECRET_ENV),
-                   poll_interval_s=float(sec.get("poll_interval_s", 30.0)),
-                   max_clock_skew_s=float(sec.get("max_clock_skew_s", 300.0)),
-                   replay_memory=int(sec.get("replay_memory", 10_000)),
-                   log_level=str(sec.get("log_level", "info")), **_limits(sec))
-
-
-def _limits(sec: dict[str, Any]) -> dict[str, Any]:
-    """The deployer's HTTP limits from params (`deployer.*`), each a positive number (the key named)."""
-    out: dict[str, Any] = {}
-    for name, kind in (("max_body_bytes", int), ("max_json_depth", int), ("header_timeout_s", float),
-                       ("body_timeout_s", float), ("limit_concurrency", int),
-                       ("timeout_keep_alive_s", float), ("refused_memory", int)):
-        if name not in sec:
-            continue
-        try:
-            value = kind(sec[name])
-        except (TypeError, ValueError):
-            value = None
-        if value is None or isinstance(sec[name], bool) or value <= 0:
-            raise ParamsError(f"params deployer.{name}: expected a positive {kind.__name__}, "
-                              f"got {sec[name]!r}")
-        out[name] = value
-    return out
+                   **{name: value for name, value in sec.items() if name in own})
