@@ -169,12 +169,26 @@ def _conversion_bytes(mode: str, width: int, height: int) -> int:
     return 0
 
 
+def _coefficient_bytes(img: Image.Image, width: int, height: int) -> int:
+    """libjpeg's whole-image coefficient buffers of a progressive JPEG: 64 two-byte coefficients per 8x8
+    block of every component at full size, whatever the draft scale (the scans refine them all)."""
+    layers = getattr(img, "layer", None)
+    if img.format not in ("JPEG", "MPO") or not layers or not (
+            img.info.get("progressive") or img.info.get("progression")):
+        return 0
+    hmax = max(max(layer[1] for layer in layers), 1)
+    vmax = max(max(layer[2] for layer in layers), 1)
+    blocks = sum(math.ceil(width * layer[1] / hmax / 8) * math.ceil(height * layer[2] / vmax / 8)
+                 for layer in layers)
+    return 128 * blocks
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
     """What decoding one upload may cost; all checked on the header, before any pixel is decoded."""
 
     max_pixels: int = MAX_IMAGE_PIXELS        # width x height in the header (decompression bombs)
-    max_decode_bytes: int = 96 * 2**20        # raster + conversion copies, after JPEG draft
+    max_decode_bytes: int = 128 * 2**20       # raster + conversion copies + JPEG coefficients, after draft
     min_side: int = 8                         # shorter side of the image, or of the crop, in pixels
     max_aspect: float = 20.0                  # long side / short side of the image, or of the crop
     short_side: int = 512                     # decode reduced while the region's short side stays >= this
@@ -228,8 +242,9 @@ def _check_shape(what: str, w: float, h: float, limits: DecodeLimits, kind: str 
 
 
 def _plan(img: Image.Image, label: str, limits: DecodeLimits,
-          crop: tuple[float, float, float, float] | None) -> tuple[int, int, int]:
-    """Check the header, set a JPEG draft; return the upright full size and the reduce factor still due."""
+          crop: tuple[float, float, float, float] | None) -> tuple[int, int, int, int]:
+    """Check the header, set a JPEG draft; return the upright full size, the reduce factor still due and
+    the decode's cost in bytes."""
     w, h = img.size
     if w < 1 or h < 1:
         raise DataError(f"{label}: cannot decode image (header claims {w}x{h} pixels)")
@@ -244,21 +259,21 @@ def _plan(img: Image.Image, label: str, limits: DecodeLimits,
     if factor > 1 and img.format in ("JPEG", "MPO"):   # MPO: a JPEG (phone photos) + more frames
         img.draft(None, (math.ceil(w / factor), math.ceil(h / factor)))
         factor = max(1, math.floor(factor * img.size[0] / w))   # what the draft did not reduce yet
-    cost = raster_bytes(img.mode, *img.size) + _conversion_bytes(img.mode, *img.size)
+    cost = (raster_bytes(img.mode, *img.size) + _conversion_bytes(img.mode, *img.size)
+            + _coefficient_bytes(img, w, h))
     if cost > limits.max_decode_bytes:
         dw, dh = img.size
-        raise ImageRefused(f"{label}: decoding its {dw}x{dh} {img.mode} pixels would take "
+        raise ImageRefused(f"{label}: decoding its {dw}x{dh} {img.mode} pixels (of {w}x{h}) would take "
                            f"{cost / 2**20:.0f} MiB; the limit is {limits.max_decode_bytes / 2**20:.0f} MiB",
                            kind="too_costly")
-    return uw, uh, factor
+    return uw, uh, factor, cost
 
 
 def probe_image(data: bytes, limits: DecodeLimits, *, name: str = "upload",
                 crop: tuple[float, float, float, float] | None = None) -> Probe:
     """Read only the header: refuse what the limits refuse, and say what the decode will cost."""
     with _decode_errors(name), _open(data, name, limits.formats) as img:
-        uw, uh, _ = _plan(img, name, limits, crop)
-        cost = raster_bytes(img.mode, *img.size) + _conversion_bytes(img.mode, *img.size)
+        uw, uh, _, cost = _plan(img, name, limits, crop)
         return Probe(uw, uh, img.mode, img.format, cost)
 
 
@@ -271,7 +286,7 @@ def decode_bounded(data: bytes, limits: DecodeLimits, *, name: str = "upload",
     limits as the image, and must lie inside it. With `limits.formats`, only those plugins run.
     """
     with _decode_errors(name), _open(data, name, limits.formats) as img:
-        uw, uh, factor = _plan(img, name, limits, crop)
+        uw, uh, factor, _ = _plan(img, name, limits, crop)
         if crop is not None and (crop[0] < 0 or crop[1] < 0 or crop[2] > uw or crop[3] > uh):
             raise ImageRefused(f"crop box {[f'{v:g}' for v in crop]} lies outside the {uw}x{uh} image",
                                kind="bad_crop")

@@ -24,7 +24,7 @@ class ServeConfig:
     port: int = 8000
     max_upload_bytes: int = 10_000_000
     max_image_pixels: int = 50_000_000     # header width x height (decompression bombs)
-    max_decode_mb: int = 96                # one upload's decoded raster and conversion copies
+    max_decode_mb: int = 128               # header estimate: raster, conversion copies, JPEG coefficients
     decode_short_side: int = 512           # uploads decode reduced while their short side stays >= this
     min_image_side: int = 8                # shorter side of an upload or crop
     max_aspect_ratio: float = 20.0         # long / short side of an upload or crop

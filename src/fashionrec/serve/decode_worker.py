@@ -16,6 +16,7 @@ hostile file did to this process, it can only send a refusal or an RGB raster):
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import resource
 import struct
@@ -47,13 +48,9 @@ def write_frame(out: IO[bytes], header: dict[str, Any], payload: bytes = b"") ->
 
 
 def read_exact(src: IO[bytes], n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = src.read(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
+    """n bytes from a buffered pipe (one allocation: the upload is not copied), or None at its end."""
+    data = src.read(n)
+    return data if len(data) == n else None
 
 
 def vm_data_bytes() -> int:
@@ -72,27 +69,41 @@ def limit_memory(budget_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
 
 
+def fits(nbytes: int) -> bool:
+    """Whether `nbytes` can still be allocated under this process's memory limit (nothing is touched)."""
+    try:
+        mmap.mmap(-1, nbytes).close()    # a private anonymous mapping: what RLIMIT_DATA counts
+    except (OSError, MemoryError):
+        return False
+    return True
+
+
+def too_costly(memory_mb: int) -> dict[str, Any]:
+    return {"ok": False, "status": 413, "kind": "too_costly", "exit": True,
+            "message": f"decoding this image needs more than the {memory_mb} MiB one upload may use"}
+
+
 def decode_one(data: bytes, crop: tuple[float, float, float, float] | None, limits: Any,
                memory_mb: int) -> tuple[dict[str, Any], bytes]:
     """One upload -> (reply header, RGB bytes): checked, decoded reduced, cropped; or a refusal."""
-    from fashionrec.data.images import check_structure, decode_bounded
+    from fashionrec.data.images import check_structure, decode_bounded, probe_image
 
-    too_costly = {"ok": False, "status": 413, "kind": "too_costly", "exit": True,
-                  "message": f"decoding this image needs more than the {memory_mb} MiB one upload may use"}
-
+    cost = 0
     try:
         check_structure(data, limits.max_segments, limits.max_scans)
+        cost = probe_image(data, limits, crop=crop).decode_bytes
         img = decode_bounded(data, limits, crop=crop)
         raw = img.tobytes()
         return {"ok": True, "width": img.width, "height": img.height}, raw
     except MemoryError:
-        return too_costly, b""
+        return too_costly(memory_mb), b""
     except DataError as exc:
         status, kind = refusal(exc)
         text = str(exc)
-        # a decoder's own allocation failure under the limit (libjpeg: "Insufficient memory") is a cost
-        if kind == "bad_image" and "memory" in text.lower():
-            return too_costly, b""
+        # a decoder's own allocation failure under the limit (libjpeg reports "broken data stream") is
+        # a cost: told apart from a broken file by whether the header's estimate still fits
+        if kind == "bad_image" and (cost and not fits(cost) or "memory" in text.lower()):
+            return too_costly(memory_mb), b""
         return {"ok": False, "status": status, "kind": kind, "message": text, "exit": False}, b""
 
 
@@ -118,11 +129,17 @@ def main() -> None:
         if head is None:
             return
         request = json.loads(read_exact(src, FRAME.unpack(head)[0]) or b"{}")
-        data = read_exact(src, int(request["size"]))
+        try:
+            data = read_exact(src, int(request["size"]))
+        except MemoryError:   # the upload itself does not fit: refuse, and quit (the pipe is mid-request)
+            data = b""
         if data is None:
             return
         crop = tuple(request["crop"]) if request.get("crop") else None
-        header, payload = decode_one(data, crop, limits, memory_mb)   # type: ignore[arg-type]
+        if data:
+            header, payload = decode_one(data, crop, limits, memory_mb)   # type: ignore[arg-type]
+        else:
+            header, payload = too_costly(memory_mb), b""
         del data
         write_frame(out, header, payload)
         if header.get("exit"):
