@@ -72,7 +72,7 @@ def limit_memory(budget_bytes: int) -> None:
 def fits(nbytes: int) -> bool:
     """Whether `nbytes` can still be allocated under this process's memory limit (nothing is touched)."""
     try:
-        mmap.mmap(-1, nbytes).close()    # a private anonymous mapping: what RLIMIT_DATA counts
+        mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS).close()   # what RLIMIT_DATA counts
     except (OSError, MemoryError):
         return False
     return True
