@@ -49,15 +49,16 @@ from fashionrec.core.config import load_params
 TOKEN = "bench-admin-token"
 
 
-def export_lite0(out: Path) -> Path:
-    """efficientnet_lite0 (ImageNet backbone, the project's untrained head) exported by the project."""
+def export_lite0(out: Path, categories: list[str]) -> Path:
+    """efficientnet_lite0 (ImageNet backbone, the project's untrained head) exported by the project; its
+    classes from params' `subset.classes`, else the catalog's categories."""
     import torch
 
     from fashionrec.models.factory import build_model, new_card
     from fashionrec.runtime.export import export_onnx
 
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
-    classes = tree["subset"]["classes"]
+    classes = tree["subset"].get("classes") or categories
     torch.manual_seed(0)
     block = tree["train"]["models"]["efficientnet_lite0"]
     card = new_card("efficientnet_lite0", block, classes, [*classes, "kids"])
@@ -75,16 +76,16 @@ def free_port() -> int:
 def setup(work: Path, onnx: Path | None, catalog: Path | None, manifest: Path, items: int, kind: str,
           port: int, second: bool = True):
     """params.yaml in work/ pointing at work/bundles; bundle A active, bundle B built but not active."""
-    from fashionrec.deploy.catalog import catalog_from_manifest, write_catalog
+    from fashionrec.deploy.catalog import catalog_from_manifest, read_catalog, write_catalog
     from fashionrec.deploy.config import DeployConfig
     from fashionrec.deploy.reconcile import deploy
 
-    onnx_path = onnx or export_lite0(work / "model")
     if catalog is None:
         table_ = catalog_from_manifest(manifest)
         if items:
             table_ = table_.sample(n=min(items, len(table_)), random_state=0).sort_index()
         catalog = write_catalog(table_, work / "catalog.csv")
+    onnx_path = onnx or export_lite0(work / "model", sorted(set(read_catalog(catalog)["category"])))
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
     tree["index"].update(model=str(onnx_path), catalog=str(catalog), bundles=str(work / "bundles"), kind=kind,
                          summary=str(work / "summary.json"), notify=[f"http://127.0.0.1:{port}"])

@@ -78,7 +78,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.state.context = ctx
     csp = register_routes(app, ctx)
     add_exception_handlers(app, metrics, config.retry_after_s)
-    add_middleware(app, metrics, config.max_upload_bytes, config.body_timeout_s, csp)
+    add_middleware(app, metrics, config.max_upload_bytes, config.body_timeout_s, csp, admission)
     return app
 
 
