@@ -57,6 +57,7 @@ def cases() -> dict[str, bytes]:
         "webp_12mp": encode(mid, "WEBP", quality=80),
         "jpeg_progressive_49mp_444": encode(photo(7000, 7000), "JPEG", quality=90, progressive=True,
                                             subsampling=0),
+        "webp_24mp": encode(photo(6000, 4000), "WEBP", quality=80),
     }
 
 
