@@ -96,6 +96,7 @@ class DecodePool:
         self.retry_after_s = retry_after_s
         self.killed = 0            # workers killed (deadline, disconnect) or lost
         self.workers: set[Worker] = set()
+        self._dying: set[Worker] = set()     # killed, not yet reaped
         self._idle: asyncio.Queue[Worker] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -128,22 +129,28 @@ class DecodePool:
         await asyncio.gather(*(self._spawn() for _ in range(self.size)))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        """Stop replacing workers, then kill every worker and reap it."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for worker in list(self.workers):
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for worker in [*self.workers, *self._dying]:
             worker.kill()
             with contextlib.suppress(ProcessLookupError):
                 await worker.proc.wait()
         self.workers.clear()
+        self._dying.clear()
 
     def _replace(self, worker: Worker) -> None:
         """Kill `worker` now; wait for it and start its successor in the background."""
         worker.kill()
         self.workers.discard(worker)
+        self._dying.add(worker)
         self.killed += 1
 
         async def respawn() -> None:
             await worker.proc.wait()
+            self._dying.discard(worker)
             while True:
                 try:
                     await self._spawn()
