@@ -283,6 +283,29 @@ def tree_rss_mib(pid: int) -> float:
     return rss_mib(pid) + sum(rss_mib(k) for k in kids if Path(f"/proc/{k}").exists())
 
 
+def recommend_buckets(url: str) -> dict[float, float]:
+    """The server's own `/recommend` latency histogram (cumulative counts by upper bound, /metrics)."""
+    import re
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    out: dict[float, float] = {}
+    for le, count in re.findall(r'fashionrec_request_seconds_bucket\{le="([^"]+)",route="/recommend"\} (\S+)',
+                                text):
+        out[float(le)] = float(count)
+    return out
+
+
+def server_quantile_s(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The upper bound of the histogram bucket holding the q-quantile of the requests between two reads
+    (200s and refusals together: the server's own time, the clients' queueing excluded)."""
+    bounds = sorted(after)
+    total = after[bounds[-1]] - before.get(bounds[-1], 0.0)
+    for le in bounds:
+        if total and after[le] - before.get(le, 0.0) >= q * total:
+            return le
+    return float("inf")
+
+
 async def mixed_load(url: str, pid: int, payloads: list[bytes], cases: list[Any], clients: int,
                      duration: float, share: float, settle: float = 5.0) -> dict[str, Any]:
     """`clients` clients for `duration` s, a share `share` of uploads hostile; /healthz probed meanwhile."""
@@ -341,8 +364,10 @@ async def mixed_load(url: str, pid: int, payloads: list[bytes], cases: list[Any]
             peak.append(tree_rss_mib(pid))
             await asyncio.sleep(0.05)
 
+    before = await asyncio.to_thread(recommend_buckets, url)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         await asyncio.gather(sampler(), prober(), *(client_loop(w, client) for w in range(clients)))
+    after = await asyncio.to_thread(recommend_buckets, url)
     await asyncio.sleep(settle)
     settled = tree_rss_mib(pid)
     total_probes = sum(probes.values())
@@ -350,6 +375,8 @@ async def mixed_load(url: str, pid: int, payloads: list[bytes], cases: list[Any]
             "normal_status": normal_status, "hostile_status": hostile_status,
             "normal_ok": len(normal_s), "normal_p50_ms": round(percentile_ms(normal_s, 50), 1),
             "normal_p99_ms": round(percentile_ms(normal_s, 99), 1),
+            "server_recommend_p50_s_at_most": server_quantile_s(before, after, 0.5),
+            "server_recommend_p99_s_at_most": server_quantile_s(before, after, 0.99),
             "healthz": probes, "healthz_ok_share": round(probes.get("200", 0) / max(1, total_probes), 4),
             "healthz_p99_ms": round(percentile_ms(probe_s, 99), 1),
             "idle_tree_rss_mib": round(idle, 1), "peak_tree_rss_mib": round(max(peak), 1),
