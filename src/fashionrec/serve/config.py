@@ -35,7 +35,7 @@ class ServeConfig:
     intra_op_spinning: bool = False        # ONNX Runtime threads busy-wait between operators
     compute_threads: int = 2               # requests decoded, embedded and searched at once
     queue_size: int = 8                    # requests waiting for a compute thread; beyond: 503 + Retry-After
-    formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP")   # Pillow formats accepted; others: 415 (empty: any)
+    formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP")   # accepted; others: 415 (empty: any)
     decode_workers: int = 2                # decode processes (killable, memory-capped)
     decode_memory_mb: int = 256            # each decode process's memory over its baseline (RLIMIT_DATA)
     decode_timeout_s: float = 10.0         # one decode's deadline; past it the worker is killed
