@@ -54,19 +54,29 @@ def read_exact(src: IO[bytes], n: int) -> bytes | None:
 
 
 def vm_data_bytes() -> int:
-    """This process's data segment now (/proc/self/status VmData): heap and private anonymous mappings."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmData:"):
-                return int(line.split()[1]) * 1024
+    """This process's data segment now (/proc/self/status VmData): heap and private anonymous mappings;
+    0 where there is no /proc (not Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return 0
 
 
-def limit_memory(budget_bytes: int) -> None:
+def limit_memory(budget_bytes: int) -> int | None:
     """Cap the data segment at what it holds now plus `budget_bytes`: past that, allocations fail
-    (MemoryError, or a decoder's own out-of-memory error) instead of growing the pod's memory."""
-    cap = vm_data_bytes() + budget_bytes
+    (MemoryError, or a decoder's own out-of-memory error) instead of growing the pod's memory. Returns
+    the cap, or None where the data segment cannot be read (no cap: said on stderr)."""
+    now = vm_data_bytes()
+    if now == 0:
+        print("decode worker: no /proc/self/status; running without a memory cap", file=sys.stderr)
+        return None
+    cap = now + budget_bytes
     resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+    return cap
 
 
 def fits(nbytes: int) -> bool:
@@ -122,8 +132,8 @@ def main() -> None:
     tune_allocator(256 * 1024, 1)    # large blocks mmapped (freed at once), one arena: RSS falls back
     src, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr          # a stray print must not corrupt the protocol
-    limit_memory(memory_mb * MIB)
-    write_frame(out, {"ready": True, "pid": os.getpid()})
+    cap = limit_memory(memory_mb * MIB)
+    write_frame(out, {"ready": True, "pid": os.getpid(), "data_limit": cap})
     while True:
         head = read_exact(src, FRAME.size)
         if head is None:
