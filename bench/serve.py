@@ -15,7 +15,15 @@ Last, a hostile burst: `--hostile-concurrency` clients post legal-but-hostile im
 503 `overloaded` expected), time per hostile request, the p99 of the ordinary photos during the burst, the
 server's peak RSS during the burst (sampled every 50 ms) and its settled RSS 5 s after.
 
+Then (issue 22) a mixed load: `--mixed-clients` clients (200) for `--mixed-duration` s (20), each upload
+hostile with probability `--hostile-share` (0.3), the rest ordinary photos, while a probe client calls
+`/healthz` every 100 ms with a 1 s timeout (as a kubelet would). Reported: the ordinary photos' p99 and
+their statuses, the probes' success rate, the peak RSS of the server's whole process tree (server and decode
+workers, sampled every 50 ms) against the Deployment's limit, and the settled RSS against the idle one.
+
     nice -n 10 .venv/bin/python bench/serve.py --concurrency 1 8 32 --duration 15
+    nice -n 10 .venv/bin/python bench/serve.py --concurrency --rollout-duration 0 --hostile-duration 0 \
+        --catalog CATALOG.csv          # the mixed load only
 """
 
 from __future__ import annotations
@@ -41,15 +49,16 @@ from fashionrec.core.config import load_params
 TOKEN = "bench-admin-token"
 
 
-def export_lite0(out: Path) -> Path:
-    """efficientnet_lite0 (ImageNet backbone, the project's untrained head) exported by the project."""
+def export_lite0(out: Path, categories: list[str]) -> Path:
+    """efficientnet_lite0 (ImageNet backbone, the project's untrained head) exported by the project; its
+    classes from params' `subset.classes`, else the catalog's categories."""
     import torch
 
     from fashionrec.models.factory import build_model, new_card
     from fashionrec.runtime.export import export_onnx
 
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
-    classes = tree["subset"]["classes"]
+    classes = tree["subset"].get("classes") or categories
     torch.manual_seed(0)
     block = tree["train"]["models"]["efficientnet_lite0"]
     card = new_card("efficientnet_lite0", block, classes, [*classes, "kids"])
@@ -67,16 +76,16 @@ def free_port() -> int:
 def setup(work: Path, onnx: Path | None, catalog: Path | None, manifest: Path, items: int, kind: str,
           port: int, second: bool = True):
     """params.yaml in work/ pointing at work/bundles; bundle A active, bundle B built but not active."""
-    from fashionrec.deploy.catalog import catalog_from_manifest, write_catalog
+    from fashionrec.deploy.catalog import catalog_from_manifest, read_catalog, write_catalog
     from fashionrec.deploy.config import DeployConfig
     from fashionrec.deploy.reconcile import deploy
 
-    onnx_path = onnx or export_lite0(work / "model")
     if catalog is None:
         table_ = catalog_from_manifest(manifest)
         if items:
             table_ = table_.sample(n=min(items, len(table_)), random_state=0).sort_index()
         catalog = write_catalog(table_, work / "catalog.csv")
+    onnx_path = onnx or export_lite0(work / "model", sorted(set(read_catalog(catalog)["category"])))
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
     tree["index"].update(model=str(onnx_path), catalog=str(catalog), bundles=str(work / "bundles"), kind=kind,
                          summary=str(work / "summary.json"), notify=[f"http://127.0.0.1:{port}"])
@@ -260,6 +269,122 @@ async def hostile_burst(url: str, pid: int, payloads: list[bytes], cases: list[A
             "settled_rss_mib": after.get(f"rss_mib_after_{int(settle)}s"), **after}
 
 
+DEPLOYMENT_LIMIT_MIB = 1024    # deploy/k8s/serve-deployment.yaml: limits.memory 1Gi
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (the server and its decode workers)."""
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return rss_mib(pid) + sum(rss_mib(k) for k in kids if Path(f"/proc/{k}").exists())
+
+
+def recommend_buckets(url: str) -> dict[float, float]:
+    """The server's own `/recommend` latency histogram (cumulative counts by upper bound, /metrics)."""
+    import re
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    out: dict[float, float] = {}
+    for le, count in re.findall(r'fashionrec_request_seconds_bucket\{le="([^"]+)",route="/recommend"\} (\S+)',
+                                text):
+        out[float(le)] = float(count)
+    return out
+
+
+def server_quantile_s(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The upper bound of the histogram bucket holding the q-quantile of the requests between two reads
+    (200s and refusals together: the server's own time, the clients' queueing excluded)."""
+    bounds = sorted(after)
+    total = after[bounds[-1]] - before.get(bounds[-1], 0.0)
+    for le in bounds:
+        if total and after[le] - before.get(le, 0.0) >= q * total:
+            return le
+    return float("inf")
+
+
+async def mixed_load(url: str, pid: int, payloads: list[bytes], cases: list[Any], clients: int,
+                     duration: float, share: float, settle: float = 5.0) -> dict[str, Any]:
+    """`clients` clients for `duration` s, a share `share` of uploads hostile; /healthz probed meanwhile."""
+    import random
+
+    normal_s: list[float] = []
+    normal_status: dict[str, int] = {}
+    hostile_status: dict[str, int] = {}
+    probes: dict[str, int] = {}
+    probe_s: list[float] = []
+    idle = tree_rss_mib(pid)
+    peak = [idle]
+    deadline = time.perf_counter() + duration
+    limits = httpx.Limits(max_connections=clients + 1, max_keepalive_connections=clients + 1)
+
+    def key(r: httpx.Response) -> str:
+        if r.status_code == 200:
+            return "200"
+        kind = r.json().get("error", "?") if r.headers.get("content-type") == "application/json" else "?"
+        return f"{r.status_code} {kind}"
+
+    async def client_loop(w: int, client: httpx.AsyncClient) -> None:
+        rng = random.Random(w)
+        i = w
+        while time.perf_counter() < deadline:
+            i += clients
+            hostile = rng.random() < share
+            case = cases[i % len(cases)] if hostile else None
+            data = case.data if case else payloads[i % len(payloads)]
+            form = {"k": "5", **({"crop": case.crop} if case and case.crop else {})}
+            t0 = time.perf_counter()
+            try:
+                r = await client.post("/recommend", files={"image": ("q", data, "image/jpeg")}, data=form)
+                got = key(r)
+            except httpx.HTTPError as exc:
+                got = type(exc).__name__
+            table_ = hostile_status if hostile else normal_status
+            table_[got] = table_.get(got, 0) + 1
+            if not hostile and got == "200":
+                normal_s.append(time.perf_counter() - t0)
+
+    async def prober() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=1.0) as probe:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    got = str((await probe.get("/healthz")).status_code)
+                except httpx.HTTPError as exc:
+                    got = type(exc).__name__
+                probe_s.append(time.perf_counter() - t0)
+                probes[got] = probes.get(got, 0) + 1
+                await asyncio.sleep(0.1)
+
+    async def sampler() -> None:
+        while time.perf_counter() < deadline:
+            peak.append(tree_rss_mib(pid))
+            await asyncio.sleep(0.05)
+
+    before = await asyncio.to_thread(recommend_buckets, url)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        await asyncio.gather(sampler(), prober(), *(client_loop(w, client) for w in range(clients)))
+    after = await asyncio.to_thread(recommend_buckets, url)
+    await asyncio.sleep(settle)
+    settled = tree_rss_mib(pid)
+    total_probes = sum(probes.values())
+    return {"phase": "mixed", "clients": clients, "duration_s": duration, "hostile_share": share,
+            "normal_status": normal_status, "hostile_status": hostile_status,
+            "normal_ok": len(normal_s), "normal_p50_ms": round(percentile_ms(normal_s, 50), 1),
+            "normal_p99_ms": round(percentile_ms(normal_s, 99), 1),
+            "server_recommend_p50_s_at_most": server_quantile_s(before, after, 0.5),
+            "server_recommend_p99_s_at_most": server_quantile_s(before, after, 0.99),
+            "healthz": probes, "healthz_ok_share": round(probes.get("200", 0) / max(1, total_probes), 4),
+            "healthz_p99_ms": round(percentile_ms(probe_s, 99), 1),
+            "idle_tree_rss_mib": round(idle, 1), "peak_tree_rss_mib": round(max(peak), 1),
+            "deployment_limit_mib": DEPLOYMENT_LIMIT_MIB, "settle_s": settle,
+            "settled_tree_rss_mib": round(settled, 1),
+            "settled_minus_idle_mib": round(settled - idle, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--onnx", type=Path, help="ONNX model to deploy (default: efficientnet_lite0 export)")
@@ -267,7 +392,7 @@ def main() -> None:
     ap.add_argument("--manifest", type=Path, default=ROOT / "data/validated/manifest.parquet")
     ap.add_argument("--items", type=int, default=600, help="inventory size taken from the manifest (0: all)")
     ap.add_argument("--kind", default="auto")
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32])
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level")
     ap.add_argument("--warmup", type=int, default=10, help="requests before measuring")
     ap.add_argument("--rollout-concurrency", type=int, default=8)
@@ -275,6 +400,9 @@ def main() -> None:
     ap.add_argument("--hostile-duration", type=float, default=20.0, help="seconds of hostile burst (0: skip)")
     ap.add_argument("--hostile-concurrency", type=int, default=12)
     ap.add_argument("--normal-concurrency", type=int, default=2, help="ordinary clients during the burst")
+    ap.add_argument("--mixed-clients", type=int, default=200, help="clients of the mixed load (0: skip)")
+    ap.add_argument("--mixed-duration", type=float, default=20.0)
+    ap.add_argument("--hostile-share", type=float, default=0.3, help="share of hostile uploads, mixed load")
     ap.add_argument("--work", type=Path, help="keep bundles here; reuse its bundles/current when present")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -299,6 +427,7 @@ def main() -> None:
     memory: list[dict[str, Any]] = []
     row: dict[str, Any] = {}
     burst: dict[str, Any] | None = None
+    mixed: dict[str, Any] | None = None
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
             for i in range(args.warmup):
@@ -335,15 +464,21 @@ def main() -> None:
                   f"{burst['hostile_p99_ms']} ms, max {burst['hostile_max_ms']} ms) {burst['statuses']}; "
                   f"normal p99 {burst['normal_p99_ms']} ms ({burst['normal_errors']} errors); RSS peak "
                   f"{burst['peak_rss_mib']} MiB, settled {burst['settled_rss_mib']} MiB")
+        if args.mixed_clients > 0:
+            mixed = asyncio.run(mixed_load(url, proc.pid, payloads, hostile_cases(), args.mixed_clients,
+                                           args.mixed_duration, args.hostile_share))
+            print("  mixed load:", mixed, flush=True)
     finally:
         stop_server(proc)
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    both = b is not None and set(row["versions_seen"]) == {a.version, b.version}
+    both = b is not None and set(row.get("versions_seen", {})) == {a.version, b.version}
     print()
-    print(table(rows, ["phase", "concurrency", "requests", "errors", "rps", "p50_ms", "p99_ms"]))
-    print()
-    print(table(memory, ["when", "rss_mib", "peak_mib"]))
+    if rows:
+        print(table(rows, ["phase", "concurrency", "requests", "errors", "rps", "p50_ms", "p99_ms"]))
+    if memory:
+        print()
+        print(table(memory, ["when", "rss_mib", "peak_mib"]))
     if b is not None:
         print(f"\nrollout: {'zero errors' if row['errors'] == 0 else str(row['errors']) + ' ERRORS'}; "
               f"clients saw {'both bundles' if both else 'only ' + str(list(row['versions_seen']))}; "
@@ -352,7 +487,8 @@ def main() -> None:
     run.save({"items": a.items, "index_kind": a.index["kind"], "model": str(args.onnx or "efficientnet_lite0 "
               "(ImageNet backbone, untrained head)"), "provider": health["provider"], "rows": rows,
               "rollout_zero_errors": row.get("errors") == 0 if b else None, "rollout_saw_both_versions": both,
-              "server_rss_mib": memory[-1]["rss_mib"], "server_memory": memory, "hostile_burst": burst},
+              "server_rss_mib": memory[-1]["rss_mib"] if memory else None, "server_memory": memory,
+              "hostile_burst": burst, "mixed": mixed},
              args.out)
 
 

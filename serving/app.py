@@ -1,9 +1,10 @@
 """ASGI entry for `uvicorn serving.app:app` (containers, process managers): the library's app factory over
 the params file named by FASHIONREC_PARAMS (default `params.yaml`). `fashionrec serve` (the container's
 entry point) does the same and also gives uvicorn the connection limits of params' `serve` section
-(`limit_concurrency`, `timeout_keep_alive_s`, and the header deadline of `fashionrec.serve.protocol`);
-under a bare `uvicorn serving.app:app`, pass `--limit-concurrency`, `--timeout-keep-alive` and
-`--http fashionrec.serve.protocol:HeaderDeadlineProtocol` yourself."""
+(`max_connections`, `timeout_keep_alive_s` and the header deadline, all in `fashionrec.serve.protocol`);
+under a bare `uvicorn serving.app:app`, pass `--timeout-keep-alive` and
+`--http fashionrec.serve.protocol:HeaderDeadlineProtocol` yourself (not `--limit-concurrency`: it counts
+idle connections and the probes, and answers a plain-text 503)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
 """The request path under attack and faults, on real servers under an address-space cap (`prlimit --as`).
 
-- Legal-but-hostile uploads (thin, 16-bit, large under the pixel limit, strip crops): each answered at
-  once with 200 or a 4xx naming the problem, none over the per-request time, and the server's RSS back
-  under the 400 MB budget within seconds.
-- Out of memory is the server's trouble: a 503 `out_of_memory` with Retry-After, counted, never
-  `bad_image`; the server answers the next request.
-- Admission: a burst of heavy uploads fills the heavy lane and its queue, the rest get 503 + Retry-After at
-  once, and ordinary photos sent during the burst are answered within a second or two.
-- Slow clients: headers that never finish and bodies that stall are cut off, so they hold no slot.
+- Legal-but-hostile uploads (thin, 16-bit, large under the pixel limit, strip crops, floods, formats outside
+  `serve.formats`): each answered at once with 200 or a 4xx naming the problem, none over the per-request
+  time, and the server's RSS back under the 400 MB budget within seconds.
+- A decode that needs more than its worker's real memory budget is the input's cost: 413 `too_costly`
+  (it was a 503 `out_of_memory` when the server decoded in its own process; now the decode worker's
+  RLIMIT_DATA stops it, and the server process is untouched); the server answers the next request.
+- A burst of heavy uploads: each is served or shed with 503 + Retry-After, and memory stays bounded.
+- Slow clients: headers that never finish and bodies that stall are cut off, so they hold no slot, and
+  the probes answer 200 meanwhile (uvicorn's `limit_concurrency`, which answered them 503, is gone).
 - No response body carries an exception type, a traceback or an absolute path; security headers on every
   response.
 """
@@ -46,7 +47,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def server(tmp_path_factory: pytest.TempPathFactory, assets: dict[str, Path]) -> Iterator[tuple[str, object]]:
     base = tmp_path_factory.mktemp("faults")
     params = write_params(base, assets["model"], assets["catalog"], serve__watch_interval_s=0,
-                          serve__body_timeout_s=2, serve__header_timeout_s=2, serve__limit_concurrency=12)
+                          serve__body_timeout_s=2, serve__header_timeout_s=2)
     deploy_with(params, rebuild=True)
     proc, url = start_server(params, base / "server.log", address_space_mib=ADDRESS_SPACE_MIB)
     try:
@@ -108,8 +109,10 @@ def test_hostile_uploads_are_answered_at_once_and_memory_comes_back(server, asse
         assert 'fashionrec_errors_total{type="internal"}' not in client.get("/metrics").text
 
 
-def test_out_of_memory_is_a_503_never_a_bad_image(tmp_path: Path, assets) -> None:
-    """Limits opened wide on purpose, under a tight address space: the decode's allocation fails."""
+def test_a_decode_over_the_real_memory_budget_is_413_and_the_server_is_untouched(tmp_path: Path,
+                                                                                 assets) -> None:
+    """Header limits opened wide on purpose: the decode's allocation fails in its worker (RLIMIT_DATA,
+    serve.decode_memory_mb), not in the server; 413 `too_costly` naming the budget, never `bad_image`."""
     params = write_params(tmp_path, assets["model"], assets["catalog"], serve__watch_interval_s=0,
                           serve__max_image_pixels=2_000_000_000, serve__max_decode_mb=100_000,
                           serve__max_aspect_ratio=100)
@@ -118,63 +121,60 @@ def test_out_of_memory_is_a_503_never_a_bad_image(tmp_path: Path, assets) -> Non
     try:
         with httpx.Client(base_url=url, timeout=120) as client:
             resp = post(client, png(40000, 40000, 0, 1))     # 1-bit, 1.6 G pixels: 1.5 GiB decoded
-            assert resp.status_code == 503, resp.text
-            assert resp.json()["error"] == "out_of_memory" and resp.headers["retry-after"] == "1"
+            assert resp.status_code == 413, resp.text
+            assert resp.json()["error"] == "too_costly" and "256 MiB" in resp.json()["message"]
             assert_clean(resp)
             assert proc.poll() is None
+            assert status_of(proc.pid)["VmHWM"] < BUDGET_MIB       # the server itself never decoded it
             assert post(client, photo(assets)).status_code == 200
-            assert 'fashionrec_errors_total{type="out_of_memory"} 1.0' in client.get("/metrics").text
+            assert 'fashionrec_errors_total{type="too_costly"} 1.0' in client.get("/metrics").text
     finally:
         stop(proc)
 
 
-def test_a_burst_of_heavy_uploads_is_shed_and_photos_still_pass(server, assets) -> None:
-    url, _ = server
+def test_a_burst_of_heavy_uploads_is_served_or_shed_with_memory_bounded(server, assets) -> None:
+    """Ten heavy uploads at once (the heavy lane is gone: they decode in memory-capped workers): each is
+    a 200 or a 503 `overloaded` with Retry-After, the server's own peak stays under the budget, and an
+    ordinary photo is answered afterwards. (Admission itself, deterministically: tests/serving/
+    test_attacks.py::test_a_full_queue_refuses_work_with_503_while_probes_stay_green.)"""
+    url, proc = server
     heavy = next(c for c in hostile_images() if c.name == "gray16_png_3000x2000")
-    results: list[tuple[int, float, str | None]] = []
-    normal: list[float] = []
+    results: list[tuple[int, str | None, str | None]] = []
 
     def send(case: Hostile) -> None:
         with httpx.Client(base_url=url, timeout=60) as client:
-            started = time.perf_counter()
             resp = post(client, case.data)
-            results.append((resp.status_code, time.perf_counter() - started, resp.headers.get("retry-after")))
             assert_clean(resp)
+            kind = resp.json().get("error") if resp.status_code != 200 else None
+            results.append((resp.status_code, kind, resp.headers.get("retry-after")))
 
     threads = [threading.Thread(target=send, args=(heavy,)) for _ in range(10)]
     for t in threads:
         t.start()
-    with httpx.Client(base_url=url, timeout=60) as client:
-        for i in range(6):
-            started = time.perf_counter()
-            assert post(client, photo(assets, i)).status_code == 200
-            normal.append(time.perf_counter() - started)
     for t in threads:
         t.join(timeout=120)
-    statuses = sorted(s for s, _, _ in results)
-    assert set(statuses) <= {200, 503} and statuses.count(503) >= 1 and statuses.count(200) >= 1, results
-    refusals = [(elapsed, retry) for s, elapsed, retry in results if s == 503]
-    assert all(retry == "1" for _, retry in refusals), refusals
-    assert max(elapsed for elapsed, _ in refusals) < 1.5, refusals     # at once, not after queueing
-    assert max(normal) < 3.0, normal
+    assert len(results) == 10, results
+    assert all(r == (200, None, None) or r == (503, "overloaded", "1") for r in results), results
+    assert status_of(proc.pid)["VmHWM"] < BUDGET_MIB
+    with httpx.Client(base_url=url, timeout=60) as client:
+        assert post(client, photo(assets)).status_code == 200
 
 
 def test_slow_headers_and_stalled_bodies_hold_no_slot(server, assets) -> None:
     url, _ = server
     host, port = url.removeprefix("http://").split(":")
-    # 12 connections (the concurrency limit) that never finish their headers...
+    # 12 connections that never finish their headers: the probes still answer meanwhile...
     lorises = []
     for _ in range(12):
         s = socket.create_connection((host, int(port)))
         s.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\n")
         lorises.append(s)
-    time.sleep(0.3)
     with httpx.Client(base_url=url, timeout=10) as client:
-        assert client.get("/healthz").status_code == 503      # uvicorn's limit_concurrency, for now
-        time.sleep(2.5)                                         # serve.header_timeout_s: 2
-        for s in lorises:
-            s.settimeout(1)
-            assert s.recv(100) == b""                           # closed by the server
+        assert client.get("/healthz").status_code == 200
+        assert post(client, photo(assets)).status_code == 200
+        for s in lorises:                           # ...and serve.header_timeout_s (2) closes them
+            s.settimeout(60)
+            assert s.recv(100) == b""
             s.close()
         assert client.get("/healthz").status_code == 200
         # ...and a body that stalls halfway gets a 408 when serve.body_timeout_s (2) runs out
@@ -182,14 +182,14 @@ def test_slow_headers_and_stalled_bodies_hold_no_slot(server, assets) -> None:
         s.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                   b"Content-Length: 5000\r\n\r\n--b\r\n")
         started = time.perf_counter()
-        s.settimeout(10)
+        s.settimeout(60)
         answer = s.recv(4096)
         elapsed = time.perf_counter() - started
         while b"}" not in answer and (more := s.recv(4096)):   # the JSON body may come in a second packet
             answer += more
         s.close()
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-        assert b"body_timeout" in answer and 1.5 < elapsed < 5
+        assert b"body_timeout" in answer and 1.5 < elapsed < 30
         assert post(client, photo(assets)).status_code == 200
 
 

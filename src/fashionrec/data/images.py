@@ -63,14 +63,92 @@ def _decode_errors(label: str) -> Iterator[None]:
             raise DataError(f"{label}: cannot decode image ({reason})") from exc
 
 
-def _open(source: str | Path | bytes, label: str) -> Image.Image:
+def _open(source: str | Path | bytes, label: str,
+          formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Open with only the `formats` plugins allowed to run (None: any); another format is refused by name."""
     if isinstance(source, bytes):
         if not source:
             raise DataError(f"{label}: empty file")
-        return Image.open(io.BytesIO(source))
+        if not formats:
+            return Image.open(io.BytesIO(source))
+        Image.init()
+        plugins = [f for f in formats if f in Image.OPEN]   # MPO has none: the JPEG plugin opens it
+        try:
+            img = Image.open(io.BytesIO(source), formats=plugins)
+        except Image.UnidentifiedImageError:
+            found = format_name(source)
+            if found is not None and found not in formats:
+                raise _unsupported(label, found, formats) from None
+            raise
+        if img.format not in formats:
+            img.close()
+            raise _unsupported(label, str(img.format), formats)
+        return img
     if not Path(source).is_file():
         raise DataError(f"{label}: file not found")
     return Image.open(str(source))
+
+
+def _unsupported(label: str, found: str, formats: tuple[str, ...]) -> ImageRefused:
+    return ImageRefused(f"{label}: {found} images are not accepted; send one of {', '.join(formats)}",
+                        kind="unsupported_format")
+
+
+def format_name(data: bytes) -> str | None:
+    """The format a file claims, from the plugins' signature checks alone (prefix tests: no plugin opens
+    the file, no external program runs); None when no plugin recognises it."""
+    Image.init()
+    prefix = data[:16]
+    for fmt in Image.ID:
+        accept = Image.OPEN[fmt][1]
+        try:
+            if accept is not None and accept(prefix):
+                return fmt
+        except Exception:  # noqa: BLE001,S112 - a signature check that fails recognises nothing
+            continue
+    return None
+
+
+_FILL = re.compile(rb"\xff+")
+STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])
+
+
+def check_structure(data: bytes, max_segments: int, max_scans: int) -> None:
+    """Refuse a JPEG or PNG whose structure alone would keep a decoder busy: more than `max_segments`
+    metadata segments/chunks (a flood of empty APPn/COM segments, fill bytes or ancillary chunks, each
+    parsed one by one) or a JPEG of more than `max_scans` scans (a progressive scan repeated thousands of
+    times). Walks at most `max_segments` markers, so the check itself is cheap."""
+    if data[:2] == b"\xff\xd8":
+        scans = data.count(b"\xff\xda")   # in entropy-coded data 0xFF is followed by 0x00 or a marker
+        if scans > max_scans:
+            raise ImageRefused(f"the JPEG has {scans} scans; the limit is {max_scans}", kind="too_costly")
+        pos, count = 2, 0
+        while pos + 4 <= len(data):
+            if data[pos] != 0xFF:
+                return            # not at a marker: let the decoder report it
+            fill = _FILL.match(data, pos)
+            pos = fill.end() - 1 if fill else pos
+            marker = data[pos + 1] if pos + 1 < len(data) else 0xD9
+            count += 1
+            if count > max_segments:
+                raise ImageRefused(f"the JPEG has over {max_segments} segments before its image data",
+                                   kind="too_costly")
+            if marker in (0xDA, 0xD9):
+                return
+            pos += 2 if marker in STANDALONE else 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        pos, chunks, other = 8, 0, 0
+        while pos + 8 <= len(data):
+            length = int.from_bytes(data[pos:pos + 4], "big")
+            kind = data[pos + 4:pos + 8]
+            chunks += 1
+            other += kind != b"IDAT"
+            if other > max_segments or chunks > 64 * max_segments:
+                raise ImageRefused(f"the PNG has over {max_segments} chunks other than image data, or over "
+                                   f"{64 * max_segments} in all", kind="too_costly")
+            if kind == b"IEND":
+                return
+            pos += 12 + length
 
 
 def raster_bytes(mode: str, width: int, height: int) -> int:
@@ -91,15 +169,32 @@ def _conversion_bytes(mode: str, width: int, height: int) -> int:
     return 0
 
 
+def _coefficient_bytes(img: Image.Image, width: int, height: int) -> int:
+    """libjpeg's whole-image coefficient buffers of a progressive JPEG: 64 two-byte coefficients per 8x8
+    block of every component at full size, whatever the draft scale (the scans refine them all)."""
+    layers = getattr(img, "layer", None)
+    if img.format not in ("JPEG", "MPO") or not layers or not (
+            img.info.get("progressive") or img.info.get("progression")):
+        return 0
+    hmax = max(max(layer[1] for layer in layers), 1)
+    vmax = max(max(layer[2] for layer in layers), 1)
+    blocks = sum(math.ceil(width * layer[1] / hmax / 8) * math.ceil(height * layer[2] / vmax / 8)
+                 for layer in layers)
+    return 128 * blocks
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
     """What decoding one upload may cost; all checked on the header, before any pixel is decoded."""
 
     max_pixels: int = MAX_IMAGE_PIXELS        # width x height in the header (decompression bombs)
-    max_decode_bytes: int = 96 * 2**20        # raster + conversion copies, after JPEG draft
+    max_decode_bytes: int = 128 * 2**20       # raster + conversion copies + JPEG coefficients, after draft
     min_side: int = 8                         # shorter side of the image, or of the crop, in pixels
     max_aspect: float = 20.0                  # long side / short side of the image, or of the crop
     short_side: int = 512                     # decode reduced while the region's short side stays >= this
+    formats: tuple[str, ...] | None = None    # Pillow format names allowed (None: any); others are refused
+    max_segments: int = 1024                  # JPEG segments / PNG ancillary chunks (see check_structure)
+    max_scans: int = 100                      # JPEG scans (progressive photos have about 10)
 
 
 @dataclass(frozen=True)
@@ -147,8 +242,9 @@ def _check_shape(what: str, w: float, h: float, limits: DecodeLimits, kind: str 
 
 
 def _plan(img: Image.Image, label: str, limits: DecodeLimits,
-          crop: tuple[float, float, float, float] | None) -> tuple[int, int, int]:
-    """Check the header, set a JPEG draft; return the upright full size and the reduce factor still due."""
+          crop: tuple[float, float, float, float] | None) -> tuple[int, int, int, int]:
+    """Check the header, set a JPEG draft; return the upright full size, the reduce factor still due and
+    the decode's cost in bytes."""
     w, h = img.size
     if w < 1 or h < 1:
         raise DataError(f"{label}: cannot decode image (header claims {w}x{h} pixels)")
@@ -160,24 +256,24 @@ def _plan(img: Image.Image, label: str, limits: DecodeLimits,
     if crop is not None:
         _check_shape(f"the crop box of {label}", roi_w, roi_h, limits, kind="bad_crop")
     factor = max(1, math.floor(min(roi_w, roi_h) / max(1, limits.short_side)))
-    if factor > 1 and img.format == "JPEG":
+    if factor > 1 and img.format in ("JPEG", "MPO"):   # MPO: a JPEG (phone photos) + more frames
         img.draft(None, (math.ceil(w / factor), math.ceil(h / factor)))
         factor = max(1, math.floor(factor * img.size[0] / w))   # what the draft did not reduce yet
-    cost = raster_bytes(img.mode, *img.size) + _conversion_bytes(img.mode, *img.size)
+    cost = (raster_bytes(img.mode, *img.size) + _conversion_bytes(img.mode, *img.size)
+            + _coefficient_bytes(img, w, h))
     if cost > limits.max_decode_bytes:
         dw, dh = img.size
-        raise ImageRefused(f"{label}: decoding its {dw}x{dh} {img.mode} pixels would take "
+        raise ImageRefused(f"{label}: decoding its {dw}x{dh} {img.mode} pixels (of {w}x{h}) would take "
                            f"{cost / 2**20:.0f} MiB; the limit is {limits.max_decode_bytes / 2**20:.0f} MiB",
                            kind="too_costly")
-    return uw, uh, factor
+    return uw, uh, factor, cost
 
 
 def probe_image(data: bytes, limits: DecodeLimits, *, name: str = "upload",
                 crop: tuple[float, float, float, float] | None = None) -> Probe:
     """Read only the header: refuse what the limits refuse, and say what the decode will cost."""
-    with _decode_errors(name), _open(data, name) as img:
-        uw, uh, _ = _plan(img, name, limits, crop)
-        cost = raster_bytes(img.mode, *img.size) + _conversion_bytes(img.mode, *img.size)
+    with _decode_errors(name), _open(data, name, limits.formats) as img:
+        uw, uh, _, cost = _plan(img, name, limits, crop)
         return Probe(uw, uh, img.mode, img.format, cost)
 
 
@@ -187,11 +283,13 @@ def decode_bounded(data: bytes, limits: DecodeLimits, *, name: str = "upload",
 
     `crop` (left, top, right, bottom) is in pixels of the upright full-size image (as the client sees it,
     after EXIF rotation), applied at whatever scale was decoded; the crop is held to the same shape
-    limits as the image. The caller checks that the box lies inside the image (`probe_image` gives its
-    size).
+    limits as the image, and must lie inside it. With `limits.formats`, only those plugins run.
     """
-    with _decode_errors(name), _open(data, name) as img:
-        uw, uh, factor = _plan(img, name, limits, crop)
+    with _decode_errors(name), _open(data, name, limits.formats) as img:
+        uw, uh, factor, _ = _plan(img, name, limits, crop)
+        if crop is not None and (crop[0] < 0 or crop[1] < 0 or crop[2] > uw or crop[3] > uh):
+            raise ImageRefused(f"crop box {[f'{v:g}' for v in crop]} lies outside the {uw}x{uh} image",
+                               kind="bad_crop")
         img.seek(0)
         img.load()
         out = _reducible(img)

@@ -20,6 +20,7 @@ from fashionrec.core.errors import FashionrecError
 from fashionrec.serve.admission import Admission
 from fashionrec.serve.config import ServeConfig
 from fashionrec.serve.context import ServeContext
+from fashionrec.serve.decode_pool import DecodePool
 from fashionrec.serve.handlers import add_exception_handlers
 from fashionrec.serve.holder import StateHolder
 from fashionrec.serve.lifespan import lifespan
@@ -52,6 +53,10 @@ def create_app(config: ServeConfig) -> FastAPI:
     """
     if config.compute_threads < 1:
         raise FashionrecError(f"serve.compute_threads must be at least 1, got {config.compute_threads}")
+    if config.decode_workers < 1 or config.decode_memory_mb < 16 or config.decode_timeout_s <= 0:
+        raise FashionrecError(f"serve.decode_workers ({config.decode_workers}) must be at least 1, "
+                              f"serve.decode_memory_mb ({config.decode_memory_mb}) at least 16 and "
+                              f"serve.decode_timeout_s ({config.decode_timeout_s}) positive")
     configure_logging(config.log_level)
     Image.MAX_IMAGE_PIXELS = config.max_image_pixels  # Pillow's own bomb limit, set explicitly
     use_system_allocator_for_arrow()
@@ -59,11 +64,12 @@ def create_app(config: ServeConfig) -> FastAPI:
     holder = StateHolder(config.bundles, config.bundle, config.inventory_root, config.intra_op_threads,
                          allow_spinning=config.intra_op_spinning)
     metrics = Metrics()
-    admission = Admission(config.compute_threads, config.queue_size, config.heavy_queue_size,
-                          config.retry_after_s)
+    admission = Admission(config.compute_threads, config.queue_size, config.retry_after_s)
     metrics.watch(holder.stale_seconds, lambda: admission.in_flight)
     compute = ThreadPoolExecutor(config.compute_threads, thread_name_prefix="fashionrec-compute")
-    ctx = ServeContext(config, holder, metrics, admission, compute)
+    decoder = DecodePool(config.decode_workers, config.decode_memory_mb, config.decode_timeout_s,
+                         config.decode_limits(), config.retry_after_s)
+    ctx = ServeContext(config, holder, metrics, admission, compute, decoder)
 
     app = FastAPI(title="fashionrec", version="1", lifespan=lifespan(ctx), docs_url=None, redoc_url=None,
                   description="Photo in, the most similar inventory items out.")
@@ -72,19 +78,22 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.state.context = ctx
     csp = register_routes(app, ctx)
     add_exception_handlers(app, metrics, config.retry_after_s)
-    add_middleware(app, metrics, config.max_upload_bytes, config.body_timeout_s, csp)
+    add_middleware(app, metrics, config.max_upload_bytes, config.body_timeout_s, csp, admission)
     return app
 
 
 def serve(params: Params) -> None:
     """`fashionrec serve`: one uvicorn worker (ONNX Runtime uses the cores) on 127.0.0.1 by default, with
-    a concurrency limit, a keep-alive timeout and a deadline on request headers."""
+    a keep-alive timeout, a deadline on request headers and a cap on open connections (a JSON 503).
+    uvicorn's own `limit_concurrency` is not used: it counts idle keep-alive connections and the probes,
+    and answers a plain-text 503 without Retry-After; work is bounded by `/recommend`'s admission."""
     import uvicorn
 
     from fashionrec.serve.protocol import protocol_with_deadline
 
     config = ServeConfig.from_params(params)
     uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=config.log_level,
-                access_log=config.access_log, http=protocol_with_deadline(config.header_timeout_s),
-                limit_concurrency=config.limit_concurrency,
+                access_log=config.access_log,
+                http=protocol_with_deadline(config.header_timeout_s, config.max_connections,
+                                            config.retry_after_s),
                 timeout_keep_alive=int(config.timeout_keep_alive_s))

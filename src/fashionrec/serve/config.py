@@ -25,7 +25,7 @@ class ServeConfig:
     port: int = 8000
     max_upload_bytes: int = 10_000_000
     max_image_pixels: int = 50_000_000     # header width x height (decompression bombs)
-    max_decode_mb: int = 96                # one upload's decoded raster and conversion copies
+    max_decode_mb: int = 128               # header estimate: raster, conversion copies, JPEG coefficients
     decode_short_side: int = 512           # uploads decode reduced while their short side stays >= this
     min_image_side: int = 8                # shorter side of an upload or crop
     max_aspect_ratio: float = 20.0         # long / short side of an upload or crop
@@ -36,10 +36,14 @@ class ServeConfig:
     intra_op_spinning: bool = False        # ONNX Runtime threads busy-wait between operators
     compute_threads: int = 2               # requests decoded, embedded and searched at once
     queue_size: int = 8                    # requests waiting for a compute thread; beyond: 503 + Retry-After
-    heavy_decode_mb: int = 8               # uploads decoding to more than this take the heavy lane
-    heavy_queue_size: int = 2              # heavy uploads waiting for the heavy lane; beyond: 503
+    formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP")   # accepted; others: 415 (empty: any)
+    decode_workers: int = 2                # decode processes (killable, memory-capped)
+    decode_memory_mb: int = 256            # each decode process's memory over its baseline (RLIMIT_DATA)
+    decode_timeout_s: float = 10.0         # one decode's deadline; past it the worker is killed
+    max_segments: int = 1024               # JPEG segments before the image data / PNG ancillary chunks
+    max_jpeg_scans: int = 100              # JPEG scans (a progressive photo has about 10)
     retry_after_s: int = 1
-    limit_concurrency: int = 64            # uvicorn: connections + tasks at once; beyond: 503
+    max_connections: int = 1024            # open connections (idle ones too); beyond: a JSON 503
     timeout_keep_alive_s: float = 5.0      # an idle keep-alive connection is closed after this
     header_timeout_s: float = 10.0         # a request's headers must all arrive within this
     body_timeout_s: float = 20.0           # and its body within this
@@ -68,12 +72,15 @@ class ServeConfig:
             default = f.default if f.default is not MISSING else None
             values[f.name] = _coerce(f.name, raw, default)
         token = os.environ.get(str(values.get("admin_token_env", cls.admin_token_env))) or None
+        if "formats" in values:
+            values["formats"] = tuple(str(f).upper() for f in values["formats"])
         return cls(**values, admin_token=token)
 
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(max_pixels=self.max_image_pixels, max_decode_bytes=self.max_decode_mb * MIB,
                             min_side=self.min_image_side, max_aspect=self.max_aspect_ratio,
-                            short_side=self.decode_short_side)
+                            short_side=self.decode_short_side, formats=self.formats or None,
+                            max_segments=self.max_segments, max_scans=self.max_jpeg_scans)
 
 
 def _coerce(name: str, raw: Any, default: Any) -> Any:

@@ -1,4 +1,5 @@
-"""What the routes share: the config, the state holder, metrics, admission and the compute threads."""
+"""What the routes share: the config, the state holder, metrics, admission, the compute threads and the
+decode workers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from fashionrec.core.errors import FashionrecError, ServiceUnavailable
 from fashionrec.serve.admission import Admission
 from fashionrec.serve.config import ServeConfig
+from fashionrec.serve.decode_pool import DecodePool
 from fashionrec.serve.holder import StateHolder
 from fashionrec.serve.metrics import Metrics
 from fashionrec.serve.state import ServingState
@@ -23,6 +25,7 @@ class ServeContext:
     metrics: Metrics
     admission: Admission
     compute: ThreadPoolExecutor
+    decoder: DecodePool
 
     def current(self) -> ServingState:
         """The state to answer from, or 503 `not_ready`."""

@@ -45,7 +45,7 @@ async def watch(ctx: ServeContext) -> None:
 def lifespan(ctx: ServeContext) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def run(_: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(ctx.start)
+        await asyncio.gather(asyncio.to_thread(ctx.start), ctx.decoder.start())
         watching = ctx.config.watch_interval_s > 0 and ctx.config.bundle is None
         tasks = [asyncio.create_task(trim_when_idle(ctx))]
         if watching:
@@ -55,5 +55,6 @@ def lifespan(ctx: ServeContext) -> Callable[[FastAPI], AbstractAsyncContextManag
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await ctx.decoder.close()
 
     return run

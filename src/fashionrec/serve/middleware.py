@@ -8,6 +8,7 @@ import time
 from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fashionrec.serve.admission import Admission
 from fashionrec.serve.handlers import error_response
 from fashionrec.serve.metrics import Metrics
 
@@ -63,6 +64,30 @@ class RequestBody:
             return msg
 
         await self.app(scope, limited, send)
+
+
+class RefuseWhenFull:
+    """`POST /recommend` while the admission queue is full: a 503 + Retry-After before its body is read
+    (reading and parsing a multi-megabyte upload only to refuse it is the cost an overload cannot pay).
+    The handler's own `admit` still counts the requests let through."""
+
+    def __init__(self, app: ASGIApp, admission: Admission, metrics: Metrics,
+                 path: str = "/recommend") -> None:
+        self.app = app
+        self.admission = admission
+        self.metrics = metrics
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") == self.path
+                and self.admission.full):
+            self.metrics.errors.labels("overloaded").inc()
+            retry = self.admission.retry_after_s
+            message = (f"the server is busy ({self.admission.in_flight} requests running or queued); "
+                       f"retry in {retry} s")
+            await error_response(503, "overloaded", message, retry)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class SecurityHeaders:
@@ -121,11 +146,12 @@ class Measure:
 
 
 def add_middleware(app: FastAPI, metrics: Metrics, max_upload_bytes: int, body_timeout_s: float,
-                   csp_by_path: dict[str, str]) -> None:
+                   csp_by_path: dict[str, str], admission: Admission) -> None:
     """The stack, innermost first: body limits, metrics, security headers (outermost: on every answer).
     The body limits sit inside the metrics middleware: their exceptions must reach FastAPI's body parsing
     unwrapped."""
     app.add_middleware(RequestBody, max_bytes=max_upload_bytes + MULTIPART_SLACK, timeout_s=body_timeout_s,
                        metrics=metrics)
+    app.add_middleware(RefuseWhenFull, admission=admission, metrics=metrics)
     app.add_middleware(Measure, metrics=metrics)
     app.add_middleware(SecurityHeaders, csp_by_path=csp_by_path)

@@ -4,18 +4,35 @@ uvicorn times out idle keep-alive connections, but any byte received cancels tha
 out a request whose headers trickle in: a slow-header client would hold a connection (and a
 `limit_concurrency` slot) for ever. Here the headers of each request must be complete within
 `header_timeout_s` of the connection opening or the previous response; otherwise the connection is closed.
+
+Open connections are capped at `max_connections` (idle ones included: each holds a socket and a buffer);
+one beyond it is answered a JSON 503 with `Retry-After` and closed. That cap is far above the work the
+server admits (`/recommend` has its own admission), so idle keep-alive connections never crowd out work
+or the probes, as uvicorn's `limit_concurrency` (which also answers a plain-text 503) would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
+def busy_response(retry_after_s: int) -> bytes:
+    """A complete HTTP/1.1 503 with a JSON body, `Retry-After` and `Connection: close`."""
+    message = f"the server has too many open connections; retry in {retry_after_s} s"
+    body = json.dumps({"error": "too_many_connections", "message": message}).encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            b"retry-after: %d\r\ncontent-length: %d\r\nconnection: close\r\n"
+            b"x-content-type-options: nosniff\r\n\r\n" % (retry_after_s, len(body))) + body
+
+
 class HeaderDeadlineProtocol(H11Protocol):
     header_timeout_s: float = 10.0
+    max_connections: int = 1024
+    retry_after_s: int = 1
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -42,6 +59,10 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            transport.write(busy_response(self.retry_after_s))
+            transport.close()
+            return
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -60,5 +81,8 @@ class HeaderDeadlineProtocol(H11Protocol):
         super().connection_lost(exc)
 
 
-def protocol_with_deadline(header_timeout_s: float) -> type[HeaderDeadlineProtocol]:
-    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout_s": header_timeout_s})
+def protocol_with_deadline(header_timeout_s: float, max_connections: int = 1024,
+                           retry_after_s: int = 1) -> type[HeaderDeadlineProtocol]:
+    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,),
+                {"header_timeout_s": header_timeout_s, "max_connections": max_connections,
+                 "retry_after_s": retry_after_s})

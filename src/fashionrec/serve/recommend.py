@@ -1,9 +1,10 @@
 """Request handling for `POST /recommend`: check the input, bound its cost, decode, crop, embed, search.
 
 Every way a request can be wrong raises `BadRequest` with an HTTP status and a message for the client.
-What an upload will cost is known from its header before any pixel is decoded (`inspect_upload`); the
-decode itself (`answer`, on a compute thread) is bounded by the same limits. Server-side trouble
-(MemoryError) passes through to the app's 503 handler: it is never the client's "bad image".
+The server decodes uploads in its decode worker processes (`decode_pool`), then embeds and searches the
+decoded image here (`answer_image`, on a compute thread). `inspect_upload` and `answer` decode in-process,
+for benchmarks and tools that measure the decode itself. Server-side trouble (MemoryError) passes through
+to the app's 503 handler: it is never the client's "bad image".
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from PIL import Image
 
 from fashionrec.core.errors import BadRequest, DataError, ImageRefused, ImageTooLarge
 from fashionrec.data.images import DecodeLimits, Probe, decode_bounded, probe_image
@@ -67,18 +70,24 @@ def _client_errors() -> Iterator[None]:
     except ImageTooLarge as exc:
         raise BadRequest(str(exc), status=413, kind="decompression_bomb") from exc
     except ImageRefused as exc:
-        raise BadRequest(str(exc), status=413 if exc.kind == "too_costly" else 422, kind=exc.kind) from exc
+        status = {"too_costly": 413, "unsupported_format": 415}.get(exc.kind, 422)
+        raise BadRequest(str(exc), status=status, kind=exc.kind) from exc
     except DataError as exc:
         raise BadRequest(str(exc), status=400, kind="bad_image") from exc
 
 
-def inspect_upload(data: bytes, query: Query, limits: DecodeLimits, max_bytes: int) -> Probe:
-    """Size, header, shape, crop and decode cost of an upload, all checked before any pixel is decoded."""
+def check_size(data: bytes, max_bytes: int) -> None:
+    """The upload's byte count, the only check made before it reaches a decode worker."""
     if not data:
         raise BadRequest("the uploaded image is empty", status=400, kind="empty_upload")
     if len(data) > max_bytes:
         raise BadRequest(f"the upload has {len(data)} bytes; the limit is {max_bytes}", status=413,
                          kind="too_large")
+
+
+def inspect_upload(data: bytes, query: Query, limits: DecodeLimits, max_bytes: int) -> Probe:
+    """Size, header, shape, crop and decode cost of an upload, all checked before any pixel is decoded."""
+    check_size(data, max_bytes)
     with _client_errors():
         probe = probe_image(data, limits)
         if query.crop is None:
@@ -98,11 +107,15 @@ def answer(state: ServingState, data: bytes, query: Query, limits: DecodeLimits,
     try:
         with _client_errors():
             img = decode_bounded(data, limits, crop=query.crop)
-        vector = state.embed([img])[0]
-        del img
-        hits = state.search(vector, query.k, query.category, query.kids)
+        return answer_image(state, img, query)
     finally:
         if trim:
             trim_heap()
+
+
+def answer_image(state: ServingState, img: Image.Image, query: Query) -> dict[str, Any]:
+    """A decoded RGB image -> the top-k inventory items, from one (model version, index version)."""
+    vector = state.embed([img])[0]
+    hits = state.search(vector, query.k, query.category, query.kids)
     items = [{**state.item(h.row), "score": round(h.score, 6)} for h in hits]
     return {"items": items, "model_version": state.model_version, "index_version": state.version}

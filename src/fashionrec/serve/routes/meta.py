@@ -1,4 +1,7 @@
-"""`/info`, `/healthz`, `/readyz`, `/metrics`: what the page, the probes and Prometheus read."""
+"""`/info`, `/healthz`, `/readyz`, `/metrics`: what the page, the probes and Prometheus read.
+
+The probes are `async` and read only in-memory state: they are answered on the event loop at once,
+never queued behind work (the thread pool, the admission queue, the decode workers)."""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ def router(ctx: ServeContext) -> APIRouter:
                 "default_k": config.default_k, "max_upload_bytes": config.max_upload_bytes}
 
     @api.get("/healthz")
-    def healthz() -> dict[str, Any]:
+    async def healthz() -> dict[str, Any]:
         """Liveness, and what is served: the execution provider that really runs the model, the bundle,
         what `current` names, how stale the served bundle is (`stale_s`), the last bundle error and any
         fallback taken at start."""
@@ -43,13 +46,17 @@ def router(ctx: ServeContext) -> APIRouter:
                 "model_version": state.model_version if state else None,
                 "index_version": state.version if state else None,
                 "index_kind": state.index.kind if state else None,
-                **status, "in_flight": ctx.admission.in_flight}
+                **status, "in_flight": ctx.admission.in_flight, "busy": ctx.admission.full,
+                "decoders": len(ctx.decoder.workers), "decoders_idle": ctx.decoder.idle,
+                "decoders_killed": ctx.decoder.killed}
 
     @api.get("/readyz")
-    def readyz() -> dict[str, Any]:
-        """Readiness: a bundle is loaded and its model answers."""
+    async def readyz() -> dict[str, Any]:
+        """Readiness: a bundle is loaded and its model answers. `busy` (the admission queue is full)
+        is reported, not failed: a pod taken out of its Service under load only moves the load."""
         state = ctx.current()
-        return {"status": "ready", "model_version": state.model_version, "index_version": state.version}
+        return {"status": "ready", "busy": ctx.admission.full, "model_version": state.model_version,
+                "index_version": state.version}
 
     @api.get("/metrics")
     def prometheus() -> Response:

@@ -1,16 +1,22 @@
-"""`POST /recommend`: admitted (bounded queue, heavy lane), then decoded, embedded and searched on a
-compute thread. (No `from __future__ import annotations`: FastAPI must evaluate the route's annotations,
-which use the config's limits.)"""
+"""`POST /recommend`: admitted (bounded queue), decoded in a decode worker process, then embedded and
+searched on a compute thread. Nothing here parses the upload: the event loop only moves its bytes. A
+client that goes away while its upload decodes frees its place at once (its worker is killed). (No
+`from __future__ import annotations`: FastAPI must evaluate the route's annotations, which use the
+config's limits.)"""
 
 import asyncio
-from typing import Annotated, Any
+import contextlib
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import BaseModel
 
-from fashionrec.serve.config import MIB
+from fashionrec.core.errors import BadRequest
 from fashionrec.serve.context import ServeContext
-from fashionrec.serve.recommend import answer, inspect_upload, parse_query
+from fashionrec.serve.recommend import answer_image, check_size, parse_query
+
+T = TypeVar("T")
 
 
 class Item(BaseModel):
@@ -29,18 +35,43 @@ class Recommendation(BaseModel):
     index_version: str
 
 
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has closed the connection (the body is read already: only that is left)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result; cancelled (its worker killed) when the client disconnects first: 499."""
+    job = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+    if job.cancelled():
+        raise BadRequest("the client closed the connection before the answer", status=499,
+                         kind="client_closed")
+    return job.result()
+
+
 def router(ctx: ServeContext) -> APIRouter:
     config = ctx.config
-    limits = config.decode_limits()
-    heavy_bytes = config.heavy_decode_mb * MIB
+    formats = ", ".join(config.formats) or "any Pillow format"
     api = APIRouter(tags=["recommend"])
 
     @api.post("/recommend", response_model=Recommendation,
               responses={400: {"description": "not an image"}, 413: {"description": "too large or costly"},
+                         415: {"description": "an image format not accepted"},
                          422: {"description": "bad k, filter, crop or image shape"},
                          503: {"description": "busy, out of memory or no bundle (Retry-After)"}})
     async def recommend(
-        image: Annotated[UploadFile, File(description="The photo (JPEG, PNG, WebP, GIF, TIFF...)")],
+        request: Request,
+        image: Annotated[UploadFile, File(description=f"The photo ({formats})")],
         k: Annotated[int, Form(description=f"How many items (1..{config.max_k})")] = config.default_k,
         category: Annotated[str | None, Form(description="Only this category")] = None,
         kids: Annotated[bool | None, Form(description="Only kids' (true) or adults' (false) items")] = None,
@@ -49,14 +80,12 @@ def router(ctx: ServeContext) -> APIRouter:
         """The top-k inventory items most similar to the photo (or to its crop)."""
         state = ctx.current()
         query = parse_query(state, k, category, kids, crop, config.max_k)
-        loop = asyncio.get_running_loop()
         async with ctx.admission.admit():
             data = await image.read(config.max_upload_bytes + 1)
-            probe = inspect_upload(data, query, limits, config.max_upload_bytes)
-            if probe.decode_bytes <= heavy_bytes:
-                return await loop.run_in_executor(ctx.compute, answer, state, data, query, limits, False)
-        # a heavy upload waits in its own lane, not in the queue ordinary photos use
-        async with ctx.admission.heavy_lane():
-            return await loop.run_in_executor(ctx.compute, answer, state, data, query, limits, True)
+            check_size(data, config.max_upload_bytes)
+            img = await unless_disconnected(request, ctx.decoder.decode(data, query.crop))
+            del data
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(ctx.compute, answer_image, state, img, query)
 
     return api
