@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from fashionrec.core.errors import FashionrecError, ParamsError
 
@@ -296,9 +296,23 @@ class DeployerSection(Section):
     max_json_depth: PosInt = 32
     header_timeout_s: PosFloat = 10.0
     body_timeout_s: PosFloat = 10.0
-    limit_concurrency: PosInt = 32
+    max_connections: PosInt = 32
     timeout_keep_alive_s: PosFloat = 5.0
     refused_memory: PosInt = 20
+
+
+# Pillow's names of the raster formats a decode can bound (no format that hands data to another program)
+ImageFormat = Literal["JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+
+
+def _format_names(value: Any) -> Any:
+    """A YAML list of format names, any case, as the tuple Pillow's names make (`png` -> `PNG`)."""
+    if isinstance(value, list | tuple):
+        return tuple(v.upper() if isinstance(v, str) else v for v in value)
+    return value
+
+
+Formats = Annotated[tuple[ImageFormat, ...], BeforeValidator(_format_names)]
 
 
 class ServeSection(Section):
@@ -309,7 +323,7 @@ class ServeSection(Section):
     inventory_root: str | None = None
     max_upload_bytes: PosInt = 10_000_000
     max_image_pixels: PosInt = 50_000_000
-    max_decode_mb: PosInt = 96
+    max_decode_mb: PosInt = 128
     decode_short_side: PosInt = 512
     min_image_side: PosInt = 8
     max_aspect_ratio: Annotated[float, Field(ge=1)] = 20.0
@@ -320,10 +334,14 @@ class ServeSection(Section):
     intra_op_spinning: bool = False
     compute_threads: PosInt = 2
     queue_size: NonNegInt = 8
-    heavy_decode_mb: PosInt = 8
-    heavy_queue_size: NonNegInt = 2
+    formats: Formats = ("JPEG", "MPO", "PNG", "WEBP")
+    decode_workers: PosInt = 2
+    decode_memory_mb: PosInt = 256
+    decode_timeout_s: PosFloat = 10.0
+    max_segments: PosInt = 1024
+    max_jpeg_scans: PosInt = 100
     retry_after_s: PosInt = 1
-    limit_concurrency: PosInt = 64
+    max_connections: PosInt = 1024
     timeout_keep_alive_s: PosFloat = 5.0
     header_timeout_s: PosFloat = 10.0
     body_timeout_s: PosFloat = 20.0

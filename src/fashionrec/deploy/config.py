@@ -137,7 +137,7 @@ class DeployerConfig:
     max_json_depth: int = 32                  # a signed body nested deeper: 400
     header_timeout_s: float = 10.0            # a request's headers must arrive within this
     body_timeout_s: float = 10.0              # and its body within this: 408
-    limit_concurrency: int = 32               # connections + tasks at once; more: 503
+    max_connections: int = 32                 # open connections (idle ones too); more: a JSON 503
     timeout_keep_alive_s: float = 5.0         # idle keep-alive connections closed after this
     refused_memory: int = 20                  # refused deliveries listed in /status (apart from the events)
 

@@ -444,8 +444,9 @@ def run_deployer(cfg: DeployConfig, dcfg: DeployerConfig) -> None:
 
 
 def server_config(deployer: Deployer, port: int | None = None) -> Any:
-    """uvicorn's settings for the controller: the server's header deadline (`serve.protocol`), a
-    connection limit and a keep-alive timeout from `deployer.*`."""
+    """uvicorn's settings for the controller: the server's header deadline and connection cap
+    (`serve.protocol`: a JSON 503, where uvicorn's `limit_concurrency` counted idle sockets) and a
+    keep-alive timeout, from `deployer.*`."""
     import uvicorn
 
     from fashionrec.serve.protocol import protocol_with_deadline
@@ -453,6 +454,5 @@ def server_config(deployer: Deployer, port: int | None = None) -> Any:
     d = deployer.dcfg
     return uvicorn.Config(create_deployer_app(deployer), host=d.host, port=d.port if port is None else port,
                           log_level=d.log_level, access_log=False,
-                          http=protocol_with_deadline(d.header_timeout_s),
-                          limit_concurrency=d.limit_concurrency,
+                          http=protocol_with_deadline(d.header_timeout_s, d.max_connections),
                           timeout_keep_alive=max(1, int(d.timeout_keep_alive_s)))

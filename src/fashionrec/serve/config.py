@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from fashionrec.core.config import Params
-from fashionrec.core.errors import ParamsError
 from fashionrec.core.settings import ServeSection, check
 from fashionrec.data.images import DecodeLimits
 
@@ -57,24 +56,23 @@ class ServeConfig:
 
     @classmethod
     def from_params(cls, params: Params) -> ServeConfig:
-        """Every field from `serve.<field>` when set, else the default above; the admin token from the
-        environment variable `serve.admin_token_env` names. The section is checked first (one line naming
-        a bad key: unknown, wrongly typed or out of range), whoever built `params`."""
+        """Every field from the checked `serve` section (one line naming a bad key: unknown, wrongly typed
+        or out of range, whoever built `params`); the admin token from the environment variable
+        `serve.admin_token_env` names."""
         sec = check(ServeSection, params.section("serve"), "serve").model_dump()
-        values: dict[str, Any] = {"bundles": None}
+        values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = sec.get(f.name)
-            if f.name == "admin_token" or raw is None:
+            if f.name == "admin_token" or f.name not in sec:
                 continue
+            raw = sec[f.name]
             if f.name in PATHS:
                 values[f.name] = params.path(raw) if raw else None
-                continue
-            default = f.default if f.default is not MISSING else None
-            values[f.name] = _coerce(f.name, raw, default)
+            elif f.name == "formats":
+                values[f.name] = tuple(raw)
+            else:
+                values[f.name] = raw
         token = os.environ.get(str(values.get("admin_token_env", cls.admin_token_env))) or None
-        if "formats" in values:
-            values["formats"] = tuple(str(f).upper() for f in values["formats"])
-        return cls(**values, admin_token=token)
+        return cls(**{"bundles": None, **values}, admin_token=token)
 
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(max_pixels=self.max_image_pixels, max_decode_bytes=self.max_decode_mb * MIB,
@@ -82,13 +80,3 @@ class ServeConfig:
                             short_side=self.decode_short_side, formats=self.formats or None,
                             max_segments=self.max_segments, max_scans=self.max_jpeg_scans)
 
-
-def _coerce(name: str, raw: Any, default: Any) -> Any:
-    if default is None:
-        return raw
-    if isinstance(default, bool):   # checked a real boolean (ServeSection): never a string
-        return raw
-    try:
-        return type(default)(raw)
-    except (TypeError, ValueError) as exc:
-        raise ParamsError(f"serve.{name}: {raw!r} is not a {type(default).__name__}") from exc
