@@ -72,14 +72,14 @@ def exact_neighbours(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarra
 
 
 def time_queries(index: Any, queries: np.ndarray, k: int, budget_s: float,
-                 min_queries: int) -> dict[str, Any]:
+                 min_queries: int, allowed: np.ndarray | None = None) -> dict[str, Any]:
     """Single-query latency (one query per call, as a server asks) within a time budget."""
-    index.query(queries[:1], k)   # warm-up
+    index.query(queries[:1], k, allowed=allowed)   # warm-up
     seconds, got = [], []
     started = time.perf_counter()
     for i in range(len(queries)):
         t0 = time.perf_counter()
-        _, idx = index.query(queries[i:i + 1], k)
+        _, idx = index.query(queries[i:i + 1], k, allowed=allowed)
         seconds.append(time.perf_counter() - t0)
         got.append(idx[0])
         if time.perf_counter() - started > budget_s and len(seconds) >= min_queries:
@@ -88,9 +88,9 @@ def time_queries(index: Any, queries: np.ndarray, k: int, budget_s: float,
 
 
 def timed_fields(index: Any, queries: np.ndarray, truth: np.ndarray, k: int, budget_s: float,
-                 min_queries: int) -> dict[str, Any]:
+                 min_queries: int, allowed: np.ndarray | None = None) -> dict[str, Any]:
     """p50/p99 latency, how many queries fitted the budget, and their recall@k against `truth`."""
-    timed = time_queries(index, queries, k, budget_s, min_queries)
+    timed = time_queries(index, queries, k, budget_s, min_queries, allowed)
     got = timed["indices"]
     return {"p50_ms": round(percentile_ms(timed["seconds"], 50), 3),
             "p99_ms": round(percentile_ms(timed["seconds"], 99), 3), "queries": len(timed["seconds"]),
@@ -133,6 +133,19 @@ def tuned_row(index: Any, row: dict[str, Any], data: np.ndarray, queries: np.nda
     return out
 
 
+def filtered_row(index: Any, row: dict[str, Any], data: np.ndarray, queries: np.ndarray, share: float,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """Queries restricted to a random `share` of the items (as a category or kids filter restricts them),
+    timed one per call, recall@k against the exact top k of the kept items."""
+    allowed = np.random.default_rng(args.seed + 2).random(len(data)) < share
+    truth = BruteIndex(data, block_size=64).query(queries, args.k, allowed=allowed)[1]
+    out = {**row, "kind": f"{row['kind']} filter {share:g}", "filter_share": share,
+           **timed_fields(index, queries, truth, args.k, args.query_budget_s, args.min_queries, allowed)}
+    print(f"  {out['kind']:24s} p50 {out['p50_ms']:8.3f} ms  p99 {out['p99_ms']:8.3f} ms  "
+          f"recall@{args.k} {out['recall_at_k']:.4f}")
+    return out
+
+
 def main() -> None:
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
     sec = tree["index"]
@@ -149,6 +162,8 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["brute", "balltree", "hnsw"])
     ap.add_argument("--ef-sweep", type=int, nargs="*", default=[16, 32, 64, 256],
                     help="extra hnsw ef_search values tried on the same graph")
+    ap.add_argument("--filter-shares", type=float, nargs="*", default=[0.1, 0.01],
+                    help="filtered queries (query(..., allowed)) keeping this share of the items, per kind")
     ap.add_argument("--recall-floor", type=float, default=0.95)
     ap.add_argument("--query-budget-s", type=float, default=20.0, help="per index and size")
     ap.add_argument("--min-queries", type=int, default=30)
@@ -212,6 +227,8 @@ def main() -> None:
                 if sec.get("target_recall") is not None:
                     measured["hnsw"] = tuned_row(index, row, data, queries, truth, sec, args)
                     rows.append(measured["hnsw"])
+            for share in args.filter_shares:
+                rows.append(filtered_row(index, row, data, queries, share, args))
             del index
             gc.collect()
         ok = {k: r for k, r in measured.items() if r["recall_at_k"] >= args.recall_floor}

@@ -125,3 +125,106 @@ def test_balltree_lifts_rows_block_by_block_with_the_same_answer(monkeypatch: py
     assert np.array_equal(whole[1], blocks[1])
     np.testing.assert_allclose(whole[0], blocks[0], atol=1e-6)
     assert np.array_equal(blocks[1], build_index(data, "brute").query(queries, 6)[1])
+
+
+def true_distances(data: np.ndarray, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Each returned item's distance to its query, in float64 (what a rank must match, whatever the tie)."""
+    diff = queries.astype(np.float64)[:, None, :] - data.astype(np.float64)[idx]
+    return np.linalg.norm(diff, axis=2)
+
+
+def with_duplicates_and_ties(n: int, dim: int, seed: int) -> np.ndarray:
+    """Unit vectors where a quarter of the rows repeat others exactly (ties at every distance of theirs)."""
+    data = normalised(n, dim, seed)
+    rng = np.random.default_rng(seed + 1)
+    data[rng.choice(n, n // 4, replace=False)] = data[rng.choice(n, n // 4, replace=True)]
+    return data
+
+
+FAST = {"hnsw": {"M": 8, "ef_construction": 32}}   # a smaller graph: these tests check answers, not recall
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_duplicates_ties_and_k_equal_to_the_size_match_brute_force(kind: str) -> None:
+    """k = size returns every item once, in distance order; with exact duplicates each rank's distance is
+    brute force's (which of two equal items comes first is a tie, so ids are compared as sets)."""
+    data = with_duplicates_and_ties(300, 16, 20)
+    queries = np.vstack([data[:10], normalised(10, 16, 21)])
+    brute = build_index(data, "brute")
+    index = build_index(data, kind, **FAST.get(kind, {}))
+    d, i = index.query(queries, 300)
+    d_b, i_b = brute.query(queries, 300)
+    assert i.shape == (20, 300)
+    assert all(sorted(row) == list(range(300)) for row in i.tolist())
+    assert np.all(np.diff(d, axis=1) >= -1e-6)
+    np.testing.assert_allclose(true_distances(data, queries, i), true_distances(data, queries, i_b),
+                               atol=1e-5)
+    np.testing.assert_allclose(d, d_b, atol=1e-3)
+    # top 10: the same set of distances as brute force, and every query that is an item finds a copy of itself
+    d10, i10 = index.query(queries, 10)
+    np.testing.assert_allclose(true_distances(data, queries, i10), true_distances(data, queries, i_b[:, :10]),
+                               atol=1e-5)
+    assert np.allclose(d10[:10, 0], 0.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("share", [0.0, 0.004, 0.05, 0.5, 1.0])
+def test_filtered_queries_return_only_allowed_items_as_brute_force_does(kind: str, share: float) -> None:
+    data, queries = normalised(1000, 24, 30), normalised(25, 24, 31)
+    allowed = np.random.default_rng(int(share * 1000)).random(1000) < share
+    kept = int(allowed.sum())
+    d, i = build_index(data, kind, **FAST.get(kind, {})).query(queries, 10, allowed=allowed)
+    d_b, i_b = build_index(data, "brute").query(queries, 10, allowed=allowed)
+    assert i.shape == (25, min(10, kept)) and d.shape == i.shape
+    assert allowed[i].all()
+    np.testing.assert_allclose(true_distances(data, queries, i), true_distances(data, queries, i_b),
+                               atol=1e-5)
+    if kept:   # brute force's own answer is the exact top-k of the kept items
+        exact = np.argsort(np.where(allowed, -(queries @ data.T), np.inf), axis=1, kind="stable")
+        assert np.array_equal(i_b, exact[:, :i_b.shape[1]])
+
+
+def test_hnsw_filtered_graph_walk_keeps_recall() -> None:
+    """A filter that keeps half of a larger store is searched by the graph walk itself (no exact scan):
+    its answers are all allowed and recall against brute force stays high."""
+    from fashionrec.index.recall import overlap
+
+    data, queries = normalised(12000, 8, 40), normalised(50, 8, 41)
+    allowed = np.random.default_rng(42).random(12000) < 0.5
+    index = build_index(data, "hnsw", M=8, ef_construction=32, ef_search=64)
+    assert int(allowed.sum()) ** 2 > 2 * index.M * index.ef_search * index.size   # the walk, not the scan
+    _, i = index.query(queries, 10, allowed=allowed)
+    _, i_b = build_index(data, "brute").query(queries, 10, allowed=allowed)
+    assert allowed[i].all() and i.shape == (50, 10)
+    assert overlap(i, i_b) >= 0.9
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_bad_filter_is_refused_naming_it(kind: str) -> None:
+    index = build_index(normalised(10, 4, 6), kind)
+    for bad in (np.ones(9, bool), np.ones(10, int), [True] * 10 + [False]):
+        with pytest.raises(DataError, match="allowed must be a boolean vector of 10 items"):
+            index.query(normalised(1, 4, 7), 3, allowed=bad)
+
+
+def test_hnsw_graph_file_must_be_a_faiss_graph_of_these_embeddings(tmp_path) -> None:
+    data = normalised(200, 8, 50)
+    graph = build_index(data, "hnsw").save(tmp_path / "index.hnsw")
+    loaded = build_index(data, "hnsw", graph_file=graph)
+    assert np.array_equal(loaded.query(data[:5], 3)[1], build_index(data, "hnsw").query(data[:5], 3)[1])
+    extra = normalised(20, 8, 51)
+    grown = build_index(np.vstack([data, extra]), "hnsw", graph_file=graph)   # inserts only the new rows
+    assert grown.size == 220
+    assert np.array_equal(grown.query(extra, 1)[1][:, 0], np.arange(200, 220))
+    with pytest.raises(DataError, match="not the embeddings it is loaded with"):
+        build_index(normalised(200, 8, 52), "hnsw", graph_file=graph)
+    with pytest.raises(DataError, match="holds 200 items, more than the 100"):
+        build_index(data[:100], "hnsw", graph_file=graph)
+    with pytest.raises(DataError, match="dimension 8 does not match the embeddings' 4"):
+        build_index(normalised(200, 4, 53), "hnsw", graph_file=graph)
+    foreign = tmp_path / "hnswlib.bin"
+    foreign.write_bytes(b"\x00" * 64)   # e.g. a graph written by hnswlib, before Faiss
+    with pytest.raises(DataError, match="cannot load the hnsw graph"):
+        build_index(data, "hnsw", graph_file=foreign)
+    with pytest.raises(DataError, match="graph file not found"):
+        build_index(data, "hnsw", graph_file=tmp_path / "missing")

@@ -146,3 +146,42 @@ def test_sample_sources_is_seeded_and_bounded() -> None:
     assert len(sample_sources(10, 30, seed=3)) == 10
     with pytest.raises(EvaluationError, match="empty"):
         sample_sources(0, 5, seed=0)
+
+
+def counted_by_hand(truth: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
+    """The definitions the project reports, from tp/fp/fn counts (NaN where a ratio is 0/0)."""
+    tp, fp, fn = (truth & pred).sum(0), (~truth & pred).sum(0), (truth & ~pred).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"precision": np.where(tp + fp > 0, tp / (tp + fp), np.nan),
+                "recall": np.where(tp + fn > 0, tp / (tp + fn), np.nan),
+                "f1": np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan),
+                "support": tp + fn, "tp": tp, "fp": fp, "fn": fn}
+
+
+@pytest.mark.parametrize("labels", [0, 1, 2, 7])
+def test_label_metrics_follow_the_definitions_for_any_label_count(labels: int) -> None:
+    """scikit-learn computes them; the conventions stay the project's: one label is one label (not a
+    binary target of two classes), no label gives 0 and an empty report, undefined F1s leave the mean."""
+    rng = np.random.default_rng(labels)
+    for trial in range(30):
+        truth = rng.random((int(rng.integers(1, 25)), labels)) < rng.random()
+        pred = rng.random(truth.shape) < rng.random()
+        if labels and trial % 3 == 0:
+            truth[:, 0] = pred[:, 0] = False          # a label with no F1
+        want = counted_by_hand(truth, pred)
+        report = m.per_label_report(truth, pred, [f"l{i}" for i in range(labels)])
+        assert len(report) == labels
+        for column in ("precision", "recall", "f1", "support"):
+            np.testing.assert_allclose(report[column].to_numpy(float), want[column].astype(float))
+        defined = want["f1"][~np.isnan(want["f1"])]
+        assert m.macro_f1(truth, pred) == pytest.approx(defined.mean() if defined.size else 0.0)
+        pooled = 2 * want["tp"].sum() + want["fp"].sum() + want["fn"].sum()
+        assert m.micro_f1(truth, pred) == pytest.approx(2 * want["tp"].sum() / pooled if pooled else 0.0)
+
+
+def test_confusion_matrix_keeps_absent_classes_and_refuses_unknown_ones() -> None:
+    cm = m.confusion_matrix(np.array([0, 0]), np.array([0, 2]), 4)
+    assert cm.shape == (4, 4) and cm[0, 0] == 1 and cm[0, 2] == 1 and cm.sum() == 2
+    assert m.confusion_matrix(np.array([0, 0, 0]), np.array([0, 0, 0]), 1).tolist() == [[3]]
+    with pytest.raises(ValueError, match=r"class indices \[3\] outside 0..2"):
+        m.confusion_matrix(np.array([0, 1]), np.array([3, 1]), 3)

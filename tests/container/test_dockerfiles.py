@@ -86,7 +86,7 @@ def test_context_has_every_copy_source_and_nothing_heavy(name: str) -> None:
 def test_serving_set_has_no_training_dependency() -> None:
     serving = requirement_names(PYPROJECT["dependencies"] + PYPROJECT["optional-dependencies"]["serve"])
     assert not serving & TRAINING
-    assert {"onnxruntime", "fastapi", "uvicorn", "hnswlib"} <= serving
+    assert {"onnxruntime", "fastapi", "uvicorn", "faiss-cpu"} <= serving
     text = DOCKERFILES["serve"].read_text()
     assert "['optional-dependencies']['serve']" in text and "pip install --no-deps" in text
     steps = instructions(DOCKERFILES["serve"])
@@ -99,6 +99,25 @@ def test_serving_set_has_no_training_dependency() -> None:
     script = (ROOT / "serving" / "entrypoint.sh").read_text()
     assert "exec fashionrec serve" in script and "fashionrec index" not in script, \
         "a serving container must never build a bundle (replicas would race)"
+
+
+COMPILERS = re.compile(r"(?<![\w.+-])(g\+\+|gcc|clang|build-essential|python3-dev|cmake)(?![\w.+-])")
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_no_image_installs_a_compiler(name: str) -> None:
+    """Every native dependency comes as a wheel (hnswlib, which had none, is gone): no stage of either
+    image installs a compiler or Python's headers, and the serving set may not fall back to a source build."""
+    installs = [args for word, args in instructions(DOCKERFILES[name])
+                if word == "RUN" and re.search(r"apt-get install|apk add|dnf install|yum install", args)]
+    for args in installs:
+        for step in re.split(r"&&|\|\|", args):
+            if re.search(r"apt-get install|apk add|dnf install|yum install", step):
+                assert not COMPILERS.search(step), f"{name}: installs a compiler: {step.strip()}"
+    assert not re.search(r"HNSWLIB|hnswlib", DOCKERFILES[name].read_text())
+    if name == "serve":
+        env = " ".join(args for word, args in instructions(DOCKERFILES[name]) if word == "ENV")
+        assert "PIP_ONLY_BINARY=:all:" in env, "the serving set must install from wheels only"
 
 
 def test_pipeline_image_installs_the_pipeline_extra_with_the_pinned_torch() -> None:

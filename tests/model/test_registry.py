@@ -282,3 +282,91 @@ def test_champion_lock_is_taken_when_its_holder_lets_go_during_the_create(
         assert client.get_registered_model(lock).tags["holder"] == f"{socket.gethostname()}:{os.getpid()}"
     assert released == [lock]
     assert not [m for m in client.search_registered_models() if m.name == lock]   # released after use
+
+
+def lock_client(tmp_path: Path, lock_since: str) -> tuple[MlflowClient, str]:
+    """A real local MLflow store where another holder already owns the champion lock of model 'held'."""
+    from fashionrec.registry.mlflow_registry import LOCK_SUFFIX
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    lock = f"held{LOCK_SUFFIX}"
+    client.create_registered_model(lock, tags={"holder": "other-host:1", "since": lock_since})
+    return client, lock
+
+
+def count_reads(monkeypatch: pytest.MonkeyPatch, client: MlflowClient, fail_with: Exception | None = None,
+                spin_limit: int = 1000) -> list[str]:
+    """Wrap the client's read of a registered model: count calls, optionally always fail, and stop a loop
+    that reads far more often than a sleeping retry loop could (the old code spun here forever)."""
+    calls: list[str] = []
+    read = client.get_registered_model
+
+    def counted(name: str):
+        calls.append(name)
+        if len(calls) > spin_limit:
+            raise AssertionError(f"history_lock read the lock {len(calls)} times: it spins")
+        if fail_with is not None:
+            raise fail_with
+        return read(name)
+
+    monkeypatch.setattr(client, "get_registered_model", counted)
+    return calls
+
+
+@pytest.mark.parametrize("since", ["not-a-time", "", "nan"])
+def test_champion_lock_with_a_malformed_since_tag_ends_at_the_deadline_with_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, since: str) -> None:
+    """A lock whose `since` is not a time cannot be judged abandoned: the waiter retries (sleeping) until
+    its deadline, then names the tag, the holder and the way out; it never spins against MLflow."""
+    import time
+
+    from fashionrec.registry.mlflow_registry import LOCK_RETRY_S, history_lock
+
+    client, lock = lock_client(tmp_path, since)
+    calls = count_reads(monkeypatch, client)
+    wait_s = 0.5
+    started = time.monotonic()
+    with pytest.raises(RegistryError, match=rf"lock '{lock}' not taken in 0.5 s: .*tag since='{since}' "
+                                            r"\(holder other-host:1\) is not a time.*delete"), \
+            history_lock(client, "held", wait_s=wait_s):
+        pytest.fail("the lock was taken from its holder")
+    assert time.monotonic() - started < 30 * wait_s + 30      # generous: the deadline, not a hang
+    assert 1 <= len(calls) <= wait_s / LOCK_RETRY_S[0] + 2      # each retry slept: no spin
+    assert client.get_registered_model(lock).tags["holder"] == "other-host:1"   # left to its holder
+
+
+def test_champion_lock_with_a_persistent_read_error_ends_at_the_deadline_with_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow refuses every read of the lock (here: the client's read patched to fail in-process): the
+    waiter retries, sleeping, until its deadline and then reports the read error it kept getting."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+
+    from fashionrec.registry.mlflow_registry import LOCK_RETRY_S, history_lock
+
+    client, lock = lock_client(tmp_path, repr(time.time()))
+    calls = count_reads(monkeypatch, client, MlflowException("database is locked", error_code=INTERNAL_ERROR))
+    wait_s = 0.5
+    started = time.monotonic()
+    with pytest.raises(RegistryError, match=rf"lock '{lock}' not taken in 0.5 s: its holder cannot be read "
+                                            r"\(INTERNAL_ERROR: database is locked\)"), \
+            history_lock(client, "held", wait_s=wait_s):
+        pytest.fail("the lock was taken from its holder")
+    assert time.monotonic() - started < 30 * wait_s + 30
+    assert 1 <= len(calls) <= wait_s / LOCK_RETRY_S[0] + 2
+    assert set(calls) == {lock}
+
+
+def test_champion_lock_of_a_dead_holder_is_broken_and_taken(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    from fashionrec.registry.mlflow_registry import LOCK_TTL_S, history_lock
+
+    client, lock = lock_client(tmp_path, repr(time.time() - LOCK_TTL_S - 5))
+    with history_lock(client, "held", wait_s=30):
+        assert client.get_registered_model(lock).tags["holder"] == f"{socket.gethostname()}:{os.getpid()}"
+    assert not [m for m in client.search_registered_models() if m.name == lock]

@@ -1,12 +1,17 @@
 """Metric functions on plain arrays: label quality, category retrieval and instance retrieval.
 
-Pure numpy so they can be checked against hand-computed cases and reused by any stage.
+Label metrics (accuracy, micro/macro F1, per-label precision/recall/F1, the confusion matrix) are
+scikit-learn's, behind this module's input checks and conventions (undefined scores are NaN and left out of
+means). The retrieval @k metrics are plain numpy: no library computes them on ranked result matrices.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
+from sklearn import metrics as skm
 
 
 def _as_bool_matrix(x: np.ndarray, name: str) -> np.ndarray:
@@ -16,59 +21,66 @@ def _as_bool_matrix(x: np.ndarray, name: str) -> np.ndarray:
     return arr.astype(bool)
 
 
+def _label_pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    t, p = _as_bool_matrix(y_true, "y_true"), _as_bool_matrix(y_pred, "y_pred")
+    if t.shape != p.shape:
+        raise ValueError(f"label metrics: shapes differ, {t.shape} vs {p.shape}")
+    return t, p
+
+
+def _sklearn_labels(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(N, L) indicator matrices as scikit-learn reads them as L labels: a single column would pass for a
+    binary target with two classes, so it goes in as one vector scored on its positive label only."""
+    if t.shape[1] == 1:
+        return t[:, 0], p[:, 0], {"labels": [True]}
+    return t, p, {}
+
+
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Share of samples whose predicted class index equals the true one."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape or y_true.size == 0:
         raise ValueError(f"accuracy: need equal, non-empty shapes, got {y_true.shape} and {y_pred.shape}")
-    return float(np.mean(y_true == y_pred))
-
-
-def label_counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-label true positives, false positives and false negatives of (N, L) boolean matrices."""
-    t, p = _as_bool_matrix(y_true, "y_true"), _as_bool_matrix(y_pred, "y_pred")
-    if t.shape != p.shape:
-        raise ValueError(f"label counts: shapes differ, {t.shape} vs {p.shape}")
-    tp = (t & p).sum(axis=0)
-    fp = (~t & p).sum(axis=0)
-    fn = (t & ~p).sum(axis=0)
-    return tp, fp, fn
-
-
-def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    """F1 = 2tp / (2tp + fp + fn); NaN where a label was neither present nor predicted."""
-    denom = 2 * tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
+    return float(skm.accuracy_score(y_true, y_pred))
 
 
 def micro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """F1 over all (sample, label) decisions pooled: dominated by frequent labels."""
-    tp, fp, fn = label_counts(y_true, y_pred)
-    value = _f1(np.array([tp.sum()]), np.array([fp.sum()]), np.array([fn.sum()]))[0]
-    return 0.0 if np.isnan(value) else float(value)
+    """F1 over all (sample, label) decisions pooled: dominated by frequent labels (0 with no positives)."""
+    t, p = _label_pair(y_true, y_pred)
+    if t.shape[1] == 0:
+        return 0.0
+    t, p, labels = _sklearn_labels(t, p)
+    return float(skm.f1_score(t, p, average="micro", zero_division=0.0, **labels))
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Unweighted mean of per-label F1: every label counts alike, so rare labels weigh in.
 
-    Labels that are neither present nor predicted have no F1 and are left out (sklearn's
-    `zero_division=np.nan`), so an attribute absent from a small test split does not count as 0.
+    Labels that are neither present nor predicted have no F1 and are left out (`zero_division=np.nan`),
+    so an attribute absent from a small test split does not count as 0; 0 when no label has an F1.
     """
-    per_label = _f1(*label_counts(y_true, y_pred))
-    return 0.0 if np.all(np.isnan(per_label)) else float(np.nanmean(per_label))
+    t, p = _label_pair(y_true, y_pred)
+    if t.shape[1] == 0:
+        return 0.0
+    t, p, labels = _sklearn_labels(t, p)
+    value = float(skm.f1_score(t, p, average="macro", zero_division=np.nan, **labels))
+    return 0.0 if np.isnan(value) else value
 
 
 def per_label_report(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> pd.DataFrame:
     """precision, recall, f1 and support per label (NaN where undefined, e.g. never predicted)."""
-    tp, fp, fn = label_counts(y_true, y_pred)
-    if len(names) != tp.size:
-        raise ValueError(f"per-label report: {len(names)} names for {tp.size} labels")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), np.nan)
-        recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), np.nan)
-    return pd.DataFrame({"label": names, "precision": precision, "recall": recall,
-                         "f1": _f1(tp, fp, fn), "support": (tp + fn).astype(int)})
+    t, p = _label_pair(y_true, y_pred)
+    if len(names) != t.shape[1]:
+        raise ValueError(f"per-label report: {len(names)} names for {t.shape[1]} labels")
+    if t.shape[1] == 0:
+        precision = recall = f1 = np.zeros(0)
+        support = np.zeros(0, int)
+    else:
+        st, sp, labels = _sklearn_labels(t, p)
+        precision, recall, f1, support = skm.precision_recall_fscore_support(
+            st, sp, average=None, zero_division=np.nan, **labels)
+    return pd.DataFrame({"label": names, "precision": precision, "recall": recall, "f1": f1,
+                         "support": np.asarray(support).astype(int)})
 
 
 def one_hot(indices: np.ndarray, n: int) -> np.ndarray:
@@ -79,10 +91,15 @@ def one_hot(indices: np.ndarray, n: int) -> np.ndarray:
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """(n_classes, n_classes) counts: rows are true classes, columns predicted."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)), 1)
-    return cm
+    """(n_classes, n_classes) counts: rows are true classes, columns predicted (classes absent from both
+    arrays still get their row and column)."""
+    t, p = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    outside = sorted({int(c) for c in np.concatenate([t, p]) if not 0 <= c < n_classes})
+    if outside:   # scikit-learn would drop those samples without a word
+        raise ValueError(f"confusion matrix: class indices {outside[:10]} outside 0..{n_classes - 1}")
+    if n_classes == 1:   # scikit-learn warns on a 1x1 matrix; it is just the count
+        return np.array([[t.size]], dtype=np.int64)
+    return skm.confusion_matrix(t, p, labels=np.arange(n_classes)).astype(np.int64)
 
 
 # --- retrieval ----------------------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 **params)`.
 
 Kinds: `balltree` (scikit-learn BallTree, the reference systems' choice), `brute` (matrix product, exact),
-`hnsw` (hnswlib, approximate; `graph_file` loads a saved graph) and `auto` (`brute` up to `exact_max`
-items, `hnsw` above: see `resolve_kind`). Each returns `query(queries, k) -> (distances, indices)` with
-Euclidean distances, nearest first. Adding a kind = one module with a `NeighbourIndex` subclass + a line in
-KINDS.
+`hnsw` (Faiss HNSW, approximate; `graph_file` loads a saved graph) and `auto` (`brute` up to `exact_max`
+items, `hnsw` above: see `resolve_kind`). Each returns `query(queries, k, allowed) -> (distances,
+indices)` with Euclidean distances, nearest first, among the items `allowed` keeps. Adding a kind = one
+module with a `NeighbourIndex` subclass + a line in KINDS.
 """
 
 from __future__ import annotations

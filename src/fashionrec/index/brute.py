@@ -20,11 +20,21 @@ class BruteIndex(NeighbourIndex):
         self._sq_norms = np.einsum("ij,ij->i", self._data, self._data)
 
     def _query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._search(queries, k, None)
+
+    def _query_filtered(self, queries: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Filtered natively: the other items get an infinite distance, so they never make the top k."""
+        return self._search(queries, k, mask)
+
+    def _search(self, queries: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         all_d, all_i = [], []
+        drop = None if mask is None else ~mask
         for start in range(0, queries.shape[0], self.block_size):
             q = queries[start:start + self.block_size]
             sq = np.einsum("ij,ij->i", q, q)[:, None] + self._sq_norms[None, :] - 2.0 * (q @ self._data.T)
             np.maximum(sq, 0.0, out=sq)
+            if drop is not None:
+                sq[:, drop] = np.inf
             if k < self.size:
                 part = np.argpartition(sq, k - 1, axis=1)[:, :k]
             else:

@@ -24,7 +24,7 @@ def tune_ef_search(index: HnswIndex, exact: NeighbourIndex, queries: np.ndarray,
                    max_ef: int) -> tuple[int, float]:
     """Raise the index's `ef_search` (doubling, at most `max_ef`) until recall@k reaches `target`.
 
-    The recall one ef gives falls as the inventory grows (ef 64: 0.92 at 5k items, 0.84 at 1M in
+    The recall one ef gives falls as the inventory grows (ef 64: 0.92-0.96 at 5k items, 0.84 at 1M in
     docs/BENCHMARKS.md), so a fixed ef that suits a small store would silently lose neighbours in a big one.
     Returns the ef kept and its recall; the ef never goes down. Probes that are indexed items overstate the
     recall of new photos where distances crowd together (synthetic 100k: 1.0 probed, 0.94 fresh at ef

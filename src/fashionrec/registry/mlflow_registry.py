@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import socket
@@ -42,6 +43,7 @@ REFUSED_TAG = "deploy.refused"   # model-version tag: why the deployer would not
 LOCK_SUFFIX = ".champion-lock"
 LOCK_TTL_S = 60.0              # a lock older than this belongs to a dead holder and is broken
 LOCK_WAIT_S = 60.0
+LOCK_RETRY_S = (0.02, 0.1)     # each retry of the lock sleeps a random time in this range (no lockstep)
 
 
 @dataclass
@@ -107,34 +109,69 @@ def get_champion(client: MlflowClient, name: str) -> Champion | None:
     return Champion(version=version, metrics=metrics_from_tags(mv.tags), candidate=mv.tags.get("candidate"))
 
 
+def lock_age(held: Any, lock: str, now_s: float) -> float:
+    """Seconds the lock has been held, from its `since` tag; RegistryError when the tag is not a time."""
+    raw = held.tags.get("since")
+    try:
+        since = float(raw)
+    except (TypeError, ValueError):
+        since = math.nan
+    if not math.isfinite(since):
+        raise RegistryError(f"registered model '{lock}': tag since={raw!r} (holder "
+                            f"{held.tags.get('holder', '?')}) is not a time, so whether its holder died "
+                            f"cannot be told; if no promotion is running, delete '{lock}' in the MLflow UI")
+    return now_s - since
+
+
+def take_lock_once(client: MlflowClient, lock: str, holder: str) -> str | None:
+    """One attempt at the lock: None when taken, else why not (the error of the wait if it ends there)."""
+    try:
+        client.create_registered_model(lock, tags={"holder": holder, "since": repr(time.time())},
+                                       description="fashionrec: champion history lock (transient)")
+        return None
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return "released while MLflow read it back"   # taken, then freed while MLflow worded the refusal
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    try:
+        held = client.get_registered_model(lock)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return "released meanwhile"
+        return f"its holder cannot be read ({exc.error_code}: {str(exc)[:200]})"
+    age = lock_age(held, lock, time.time())
+    if age > LOCK_TTL_S:
+        with contextlib.suppress(MlflowException):   # another waiter may have broken it first
+            client.delete_registered_model(lock)      # its holder died holding it
+        return f"held by {held.tags.get('holder', '?')} for {age:.0f} s: broken as abandoned"
+    return f"held by {held.tags.get('holder', '?')} since {age:.1f} s ago"
+
+
 @contextlib.contextmanager
 def history_lock(client: MlflowClient, name: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
-    """Hold the champion mutex of `name` (see the module docstring); raise RegistryError after `wait_s`."""
+    """Hold the champion mutex of `name` (see the module docstring); raise RegistryError after `wait_s`.
+
+    Every failed attempt checks the deadline and then sleeps, whatever made it fail: a lock that stays
+    held, one whose `since` tag is not a time, or an MLflow that keeps refusing to read it all end at the
+    deadline with the last reason, never in a loop hammering MLflow.
+    """
     lock = f"{name}{LOCK_SUFFIX}"
     holder = f"{socket.gethostname()}:{os.getpid()}"
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            client.create_registered_model(lock, tags={"holder": holder, "since": repr(time.time())},
-                                           description="fashionrec: champion history lock (transient)")
+            why = take_lock_once(client, lock, holder)
+        except RegistryError as exc:
+            why, error = str(exc), exc
+        else:
+            error = None
+        if why is None:
             break
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                continue      # taken, then released while MLflow read it back to word the refusal: free now
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        try:
-            held = client.get_registered_model(lock)
-            since = float(held.tags.get("since", "0"))
-            if time.time() - since > LOCK_TTL_S:
-                client.delete_registered_model(lock)      # its holder died holding it
-                continue
-        except (MlflowException, ValueError):
-            continue                                      # released meanwhile: try again at once
-        if time.monotonic() > deadline:
-            raise RegistryError(f"registered model '{name}': champion history is locked by "
-                                f"{held.tags.get('holder', '?')} for more than {wait_s:.0f} s") from None
-        time.sleep(random.uniform(0.02, 0.1))
+        if time.monotonic() >= deadline:
+            raise RegistryError(f"registered model '{name}': champion history lock '{lock}' not taken in "
+                                f"{wait_s:g} s: {why}") from error
+        time.sleep(random.uniform(*LOCK_RETRY_S))
     try:
         yield
     finally:
