@@ -6,7 +6,7 @@
       embeddings.npy       (N, D) float32, L2-normalised, row i = items row i
       items.parquet        item_id, title, category, kids, attributes, image (relative to the inventory
                            root, or a URL)
-      index.hnsw           only for kind `hnsw`: the graph in hnswlib's binary format
+      index.hnsw           only for kind `hnsw`: the graph in Faiss's HNSW graph format
       manifest.json        version, build time, model version, index kind/params/recall, counts, sha256s
       SHA256SUMS           `sha256sum -c` format, every file above including manifest.json
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fashionrec.core.errors import BadRequest, ServiceUnavailable
@@ -24,6 +26,19 @@ HTTP_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 4
               413: "too_large"}
 # an absolute path (not part of a URL or a relative path): keep only its last component
 _ABSOLUTE = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"(),;:]+/)*([^\s/'\"(),;:]*)")
+
+
+class ErrorBody(BaseModel):
+    """Every error's JSON body (documented in the OpenAPI schema for each status a route can return)."""
+
+    error: str
+    message: str
+
+
+def error_responses(**described: str) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: `error_responses(e404="unknown item")` -> {404: ErrorBody, described}."""
+    return {int(code.removeprefix("e")): {"model": ErrorBody, "description": text}
+            for code, text in described.items()}
 
 
 def public_message(text: str) -> str:

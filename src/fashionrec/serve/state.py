@@ -85,20 +85,13 @@ class ServingState:
 
     def search(self, vector: np.ndarray, k: int, category: str | None = None,
                kids: bool | None = None) -> list[Hit]:
-        """Top-k items for one embedding; with filters the search widens until k items pass them."""
+        """Top-k items for one embedding; filters go into the index's own search (`allowed`), which
+        answers min(k, items passing them) exactly as the kind defines (no over-fetch and cut)."""
         keep = self.mask(category, kids)
-        want = k if keep is None else min(k, int(keep.sum()))
-        if want == 0:
+        if keep is not None and not keep.any():
             return []
-        depth = min(self.size, k if keep is None else 4 * k)
-        while True:
-            dist, idx = self.index.query(vector.reshape(1, -1), depth)
-            rows = idx[0] if keep is None else idx[0][keep[idx[0]]]
-            if len(rows) >= want or depth >= self.size:
-                break
-            depth = min(self.size, depth * 4)
-        dist_by_row = dict(zip(idx[0].tolist(), dist[0].tolist(), strict=True))
-        return [Hit(int(r), float(1.0 - dist_by_row[int(r)] ** 2 / 2.0)) for r in rows[:want]]
+        dist, idx = self.index.query(vector.reshape(1, -1), k, allowed=keep)
+        return [Hit(int(r), float(1.0 - float(d) ** 2 / 2.0)) for d, r in zip(dist[0], idx[0], strict=True)]
 
     def item(self, row: int) -> dict[str, Any]:
         item_id = self.item_ids[row]

@@ -9,13 +9,16 @@ from fastapi import APIRouter, Header
 
 from fashionrec.core.errors import BadRequest, FashionrecError
 from fashionrec.serve.context import ServeContext
+from fashionrec.serve.handlers import error_responses
 
 
 def router(ctx: ServeContext) -> APIRouter:
     token = ctx.config.admin_token
     api = APIRouter(tags=["admin"])
 
-    @api.post("/admin/reload")
+    @api.post("/admin/reload", responses=error_responses(
+        e401="missing or wrong admin token", e403="admin endpoints disabled (no admin token configured)",
+        e409="reload refused: the previous bundle still serves", e503="no bundle loaded (Retry-After)"))
     def admin_reload(authorization: Annotated[str | None, Header()] = None,
                      force: bool = False) -> dict[str, Any]:
         """Load the bundle `bundles/current` points at now (`force`: even one refused before)."""

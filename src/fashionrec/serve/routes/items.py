@@ -9,12 +9,15 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from fashionrec.core.errors import BadRequest
 from fashionrec.serve.context import ServeContext
+from fashionrec.serve.handlers import error_responses
+
+NOT_READY = "no bundle loaded yet (Retry-After)"
 
 
 def router(ctx: ServeContext) -> APIRouter:
     api = APIRouter(tags=["items"])
 
-    @api.get("/items/{item_id}")
+    @api.get("/items/{item_id}", responses=error_responses(e404="no such item", e503=NOT_READY))
     def item(item_id: str) -> dict[str, Any]:
         """One inventory item."""
         state = ctx.current()
@@ -23,7 +26,10 @@ def router(ctx: ServeContext) -> APIRouter:
                              kind="not_found")
         return {**state.item(state.rows[item_id]), "index_version": state.version}
 
-    @api.get("/items/{item_id}/image")
+    @api.get("/items/{item_id}/image", responses={
+        200: {"content": {"image/*": {}}, "description": "the image file"},
+        307: {"description": "a redirect to the image's URL"},
+        **error_responses(e404="no such item, or its image is not available", e503=NOT_READY)})
     def item_image(item_id: str) -> Response:
         """The item's image (a file inside the inventory folder, or a redirect to its URL)."""
         state = ctx.current()

@@ -12,14 +12,14 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fashionrec.serve.context import ServeContext
-from fashionrec.serve.handlers import public_message
+from fashionrec.serve.handlers import error_responses, public_message
 
 
 def router(ctx: ServeContext) -> APIRouter:
     config = ctx.config
     api = APIRouter(tags=["meta"])
 
-    @api.get("/info")
+    @api.get("/info", responses=error_responses(e503="no bundle loaded yet (Retry-After)"))
     def info() -> dict[str, Any]:
         """What the web page needs: versions, the model's precision, categories, limits."""
         state = ctx.current()
@@ -50,7 +50,7 @@ def router(ctx: ServeContext) -> APIRouter:
                 "decoders": len(ctx.decoder.workers), "decoders_idle": ctx.decoder.idle,
                 "decoders_killed": ctx.decoder.killed}
 
-    @api.get("/readyz")
+    @api.get("/readyz", responses=error_responses(e503="not ready: no bundle loaded yet (Retry-After)"))
     async def readyz() -> dict[str, Any]:
         """Readiness: a bundle is loaded and its model answers. `busy` (the admission queue is full)
         is reported, not failed: a pod taken out of its Service under load only moves the load."""
@@ -58,7 +58,9 @@ def router(ctx: ServeContext) -> APIRouter:
         return {"status": "ready", "busy": ctx.admission.full, "model_version": state.model_version,
                 "index_version": state.version}
 
-    @api.get("/metrics")
+    @api.get("/metrics", response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}},
+                              "description": "Prometheus' text format"}})
     def prometheus() -> Response:
         return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
