@@ -15,8 +15,9 @@ import yaml
 
 from fashionrec.core.config import Params, load_params, set_dotted
 from fashionrec.core.errors import ParamsError
-from fashionrec.core.settings import DeployerSection, IndexSection, ServeSection
+from fashionrec.core.settings import DeployerSection, IndexSection, MilvusParams, ServeSection
 from fashionrec.deploy.config import DeployConfig, DeployerConfig
+from fashionrec.index.milvus import MilvusSettings
 from fashionrec.kfp.io import component_params
 from fashionrec.serve.config import ServeConfig
 
@@ -32,6 +33,7 @@ BAD = [
     ("index.kind=annoy", "index.kind", "expected one of"),
     ("index.hnsw.M=0", "index.hnsw.M", "expected a value >= 1"),
     ("index.balltree.leaf_sz=3", "index.balltree.leaf_sz", "unknown key"),
+    ("index.milvus.timeout_s=0", "index.milvus.timeout_s", "expected a value > 0"),
     ("deployer.port=abc", "deployer.port", "expected an integer"),
     ("deployer.port=70000", "deployer.port", "expected a value <= 65535"),
     ("train.device=tpu", "train.device", "expected one of"),
@@ -109,6 +111,7 @@ def test_configs_built_outside_load_params_are_checked_too() -> None:
     (DeployerSection, DeployerConfig, {"registered_model", "alias"}),
     (IndexSection, DeployConfig, {"bundles", "index", "inventory_root", "admin_token_env", "seed",
                                   "tracking_uri", "notify", "summary", "manifest", "catalog"}),
+    (MilvusParams, MilvusSettings, set()),
 ])
 def test_section_defaults_equal_the_config_defaults(model: type, config: type, skip: set[str]) -> None:
     """One set of defaults: the typed section's fields hold the values the config classes fall back to."""

@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,7 +105,7 @@ class BundleContent:
     inventory_root: str | None
     index_kind: str
     index_params: dict[str, Any]
-    index: NeighbourIndex
+    index: NeighbourIndex | None     # None: an index outside the bundle (kind milvus), made by `prepare`
     index_report: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None
     embedded: int = 0                # how many items this build embedded (the rest came from `parent`)
@@ -114,6 +114,9 @@ class BundleContent:
     embedded_with: str | None = None  # sha256 of the model file that made `embeddings` (None: model_file)
     precision: str = "fp32"          # fp32 | int8: of model_file, which serves the queries too
     precision_reason: str = ""
+    # Called with the new version before the manifest is written (kind milvus: builds the version's
+    # collection); its dict joins the manifest's index section (e.g. the collection's name).
+    prepare: Callable[[str], dict[str, Any]] | None = None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -176,6 +179,7 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
         items.to_parquet(tmp / ITEMS, index=False)
         if content.index_kind == "hnsw":
             content.index.save(tmp / GRAPH)  # type: ignore[attr-defined]
+        prepared = content.prepare(version) if content.prepare is not None else {}
         files = sorted(p.name for p in tmp.iterdir())
         checksums = {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
                      for name in files}
@@ -186,7 +190,8 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
                       "sha256": checksums[MODEL]["sha256"], "precision": content.precision,
                       "precision_reason": content.precision_reason},
             "embeddings": {"model_sha256": model_sha, "precision": content.precision},
-            "index": {"kind": content.index_kind, "params": content.index_params, **content.index_report},
+            "index": {"kind": content.index_kind, "params": content.index_params, **content.index_report,
+                      **prepared},
             "items": {"count": n, "dim": int(content.embeddings.shape[1]),
                       "categories": {str(k): int(v) for k, v in categories.items()},
                       "inventory_root": content.inventory_root},

@@ -18,6 +18,7 @@ from fashionrec.core.config import DEFAULT_SEED, Params
 from fashionrec.core.errors import ParamsError
 from fashionrec.core.settings import DeployerSection, IndexSection, ServeSection, check
 from fashionrec.index import AUTO_EXACT_MAX, KINDS, RECALL_K
+from fashionrec.index.milvus import MilvusSettings
 
 DEFAULT_MODEL = "models:/fashionrec@champion"
 DEFAULT_ADMIN_TOKEN_ENV = "FASHIONREC_ADMIN_TOKEN"
@@ -39,6 +40,10 @@ class IndexSettings:
 
     def params_of(self, kind: str) -> dict[str, Any]:
         return dict(self.kind_params.get(kind) or {})
+
+    def milvus(self) -> MilvusSettings:
+        """`index.milvus` (kind milvus: the server, the alias, the collections' index type)."""
+        return MilvusSettings.from_mapping(self.kind_params.get("milvus"))
 
     def fingerprint(self) -> str:
         """What a bundle built with these settings records: a change (kind, M, ...) means a rebuild."""

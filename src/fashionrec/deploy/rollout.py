@@ -29,7 +29,7 @@ from fashionrec.bundle.store import (
     set_current,
     write_activations,
 )
-from fashionrec.core.errors import DataError, SmokeTestFailed
+from fashionrec.core.errors import DataError, FashionrecError, SmokeTestFailed
 from fashionrec.data.images import open_image
 from fashionrec.deploy.config import DeployConfig
 
@@ -42,6 +42,7 @@ class RolloutResult:
     smoke: dict[str, Any] | None
     pruned: list[str]
     notified: list[dict[str, Any]] = field(default_factory=list)
+    collection: dict[str, Any] | None = None   # kind milvus: the fleet alias moved, old collections dropped
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,11 +137,20 @@ def was_live(bundles_dir: Path, version: str) -> bool:
 def go_live(cfg: DeployConfig, version: str, smoke: bool, reason: str = "") -> RolloutResult:
     """Make `version` current: smoke-tested first when it never served, checksums verified when it did
     (a kept bundle goes back live in well under a second). Call under the deploy lock (reconcile does)."""
+    from fashionrec.deploy import collections
+
     bundles_dir = cfg.bundles
     folder = bundles_dir / version
-    report = smoke_test(folder, cfg) if smoke else None
-    if not smoke:
+    if smoke:
+        try:
+            report = smoke_test(folder, cfg)
+        except FashionrecError:
+            collections.discard(folder)   # kind milvus: the refused bundle's collection goes with it
+            raise
+    else:
+        report = None
         verify_bundle(folder)
+        collections.ready_to_serve(folder)   # kind milvus: loaded again (not kept across a restart)
     with bundles_lock(bundles_dir):
         previous = current_version(bundles_dir)
         history = read_activations(bundles_dir)
@@ -158,5 +168,7 @@ def go_live(cfg: DeployConfig, version: str, smoke: bool, reason: str = "") -> R
         pruned = prune(bundles_dir, cfg.keep, protect={version, *stack[-2:]})
         history["stack"] = [v for v in stack if v not in pruned]
         write_activations(bundles_dir, history)
+    moved = collections.follow(bundles_dir, version)
     notified = notify_servers(list(cfg.notify), cfg.admin_token_env) if cfg.notify else []
-    return RolloutResult("activate" if smoke else "restore", version, previous, report, pruned, notified)
+    return RolloutResult("activate" if smoke else "restore", version, previous, report, pruned, notified,
+                         moved)

@@ -104,5 +104,5 @@ def answer(state: ServingState, data: bytes, query: Query, limits: DecodeLimits,
     finally:
         if trim:
             trim_heap()
-    items = [{**state.item(h.row), "score": round(h.score, 6)} for h in hits]
+    items = [{**state.hit_item(h), "score": round(h.score, 6)} for h in hits]
     return {"items": items, "model_version": state.model_version, "index_version": state.version}

@@ -29,6 +29,7 @@ from fashionrec.runtime.session import DEFAULT_PROVIDERS, OnnxSession, create_se
 class Hit:
     row: int
     score: float   # cosine similarity (1 - d^2 / 2 on unit vectors)
+    fields: dict[str, Any] | None = None   # the item's fields, where the engine returns them (milvus)
 
 
 class ServingState:
@@ -100,6 +101,10 @@ class ServingState:
         dist_by_row = dict(zip(idx[0].tolist(), dist[0].tolist(), strict=True))
         return [Hit(int(r), float(1.0 - dist_by_row[int(r)] ** 2 / 2.0)) for r in rows[:want]]
 
+    def hit_item(self, hit: Hit) -> dict[str, Any]:
+        """The item a hit names, as the API returns it."""
+        return self.item(hit.row)
+
     def item(self, row: int) -> dict[str, Any]:
         item_id = self.item_ids[row]
         return {"item_id": item_id, "title": self.titles[row], "category": self.category[row],
@@ -120,6 +125,11 @@ class ServingState:
 def load_state(bundle_dir: Path, inventory_root: Path | None = None, intra_op_threads: int = 0,
                providers: tuple[str, ...] = DEFAULT_PROVIDERS, allow_spinning: bool = True) -> ServingState:
     """Verify and load a bundle, open its model and build its index: all or nothing."""
+    from fashionrec.serve.remote import is_milvus_bundle, load_milvus_state
+
+    if (manifest := is_milvus_bundle(bundle_dir)) is not None:   # the inventory is in Milvus, not here
+        return load_milvus_state(Path(bundle_dir).resolve(), manifest, inventory_root, intra_op_threads,
+                                 providers, allow_spinning)
     bundle = load_bundle(bundle_dir, verify=True, mmap=False)
     session = create_session(bundle.model_file, providers=providers, intra_op_threads=intra_op_threads,
                              allow_spinning=allow_spinning)
