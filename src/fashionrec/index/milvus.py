@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fashionrec.core.errors import DataError, IndexUnavailable
+from fashionrec.core.settings import MILVUS_LITE_TYPES, MILVUS_SERVER_TYPES
 from fashionrec.index.base import NeighbourIndex, as_matrix
 
 PK, VECTOR = "row", "embedding"
@@ -46,7 +47,8 @@ class MilvusSettings:
     index_type: str = "HNSW"
     index_params: dict[str, Any] = field(default_factory=lambda: {"M": 16, "efConstruction": 200})
     search_params: dict[str, Any] = field(default_factory=lambda: {"ef": 128})
-    allowed_index_types: dict[str, list[str]] = field(default_factory=dict)
+    allowed_index_types: dict[str, list[str]] = field(default_factory=lambda: {
+        "lite": list(MILVUS_LITE_TYPES), "server": list(MILVUS_SERVER_TYPES)})
     timeout_s: float = 10.0
     build_timeout_s: float = 600.0
     insert_batch: int = 1000
@@ -86,8 +88,10 @@ class MilvusStore:
         except ImportError as exc:
             raise DataError("index kind 'milvus' needs pymilvus: pip install 'fashionrec[milvus]'") from exc
         try:
+            # dedicated: this store's own channel, closed with it (a shared one stays broken after a
+            # server restart for every client that shares it)
             self.client = MilvusClient(uri=settings.uri, token=self._token, db_name=settings.db_name,
-                                       timeout=settings.timeout_s)
+                                       timeout=settings.timeout_s, dedicated=True)
         except Exception as exc:  # refused, unresolvable, timed out, authentication
             raise IndexUnavailable(f"Milvus at {settings.uri} unreachable: {_reason(exc, self._token)}") \
                 from None
@@ -195,12 +199,11 @@ class MilvusStore:
 
     # -- the fleet alias and old collections --------------------------------------------------------
     def alias_target(self, alias: str | None = None) -> str | None:
+        """The collection an alias names (any collection of the database), None when it does not exist."""
         alias = alias or self.settings.alias
-        for collection in self.collections():
-            names = self.call(f"list_aliases {collection}", self.client.list_aliases, collection)["aliases"]
-            if alias in names:
-                return collection
-        return None
+        if alias not in self.call("list_aliases", self.client.list_aliases)["aliases"]:
+            return None
+        return str(self.call(f"describe_alias {alias}", self.client.describe_alias, alias)["collection_name"])
 
     def move_alias(self, name: str, alias: str | None = None) -> str | None:
         """Point the fleet alias at `name` (created on first use); returns where it pointed before."""
