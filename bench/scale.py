@@ -58,7 +58,8 @@ def filtered_search(index: Any, query: np.ndarray, keep: np.ndarray, k: int) -> 
 
 
 def recall(got: list[np.ndarray] | np.ndarray, truth: np.ndarray) -> float:
-    hits = [len(set(np.asarray(g).tolist()) & set(t.tolist())) / len(t) for g, t in zip(got, truth, strict=False)]
+    hits = [len(set(np.asarray(g).tolist()) & set(t.tolist())) / len(t)
+            for g, t in zip(got, truth, strict=False)]
     return round(float(np.mean(hits)), 4) if hits else float("nan")
 
 
@@ -170,8 +171,9 @@ def replica(uri: str, name: str, n: int, work: Path, count: int) -> None:
         t0 = time.perf_counter()
         fgot.append([r for r, _, _ in index.search(q, 10, expression)])
         fseconds.append(time.perf_counter() - t0)
-    print(json.dumps({"p50_ms": round(percentile_ms(seconds, 50), 2), "p99_ms": round(percentile_ms(seconds, 99), 2),
-                      "recall_at_10": recall(got, truth), "filtered_p50_ms": round(percentile_ms(fseconds, 50), 2),
+    print(json.dumps({"p50_ms": round(percentile_ms(seconds, 50), 2),
+                      "p99_ms": round(percentile_ms(seconds, 99), 2), "recall_at_10": recall(got, truth),
+                      "filtered_p50_ms": round(percentile_ms(fseconds, 50), 2),
                       "filtered_recall_at_10": recall(fgot, ftruth), "queries": len(queries),
                       "replica_rss_mib": round(rss_mib(), 1)}))
 
@@ -208,7 +210,8 @@ def main() -> None:
             np.save(work / f"truth-{n}.npy", truth)
             np.save(work / f"ftruth-{n}.npy", ftruth)
             (work / f"filter-{n}.json").write_text(json.dumps(["c3", False]))
-            entry: dict[str, Any] = {"filter": "category c3 and kids false", "filter_share": round(keep.mean(), 4)}
+            entry: dict[str, Any] = {"filter": "category c3 and kids false",
+                                     "filter_share": round(float(keep.mean()), 4)}
             results["sizes"][str(n)] = entry
             if "hnsw" not in args.skip:
                 print(f"N={n}: in-process HNSW ...", flush=True)

@@ -27,7 +27,8 @@ TOKEN_ENV = "FASHIONREC_MILVUS_TOKEN"
 def milvus_params(folder: Path, model: Path, catalog: Path, uri: str, prefix: str,
                   overrides: dict[str, Any] | None = None, **milvus: Any) -> Params:
     """params.yaml with index kind milvus on `uri`, collections named `<prefix>_<version>`."""
-    section = {"uri": uri, "collection_prefix": prefix, "alias": f"{prefix}_live", "timeout_s": 10.0, "build_timeout_s": 120.0,
+    section = {"uri": uri, "collection_prefix": prefix, "alias": f"{prefix}_live", "timeout_s": 10.0,
+               "build_timeout_s": 120.0,
                "insert_batch": 16, **milvus}
     return write_params(folder, model, catalog, index__kind="milvus", index__milvus=section,
                         **(overrides or {}))

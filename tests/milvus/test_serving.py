@@ -39,8 +39,8 @@ def post(http: httpx.Client, payload: bytes, **data: str) -> httpx.Response:
     return http.post("/recommend", files={"image": ("q.jpg", payload, "image/jpeg")}, data={"k": "5", **data})
 
 
-def test_three_replicas_two_switches_and_a_rollback_never_fail_or_mix(tmp_path: Path, assets, lite,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_three_replicas_two_switches_and_a_rollback_never_fail_or_mix(
+        tmp_path: Path, assets, lite, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FASHIONREC_ADMIN_TOKEN", TOKEN)
     params = milvus_params(tmp_path, assets.model_a, assets.catalog, lite.uri, "t_stream")
     first = deploy_with(params)
@@ -107,7 +107,7 @@ def test_three_replicas_two_switches_and_a_rollback_never_fail_or_mix(tmp_path: 
     versions = {s[2] for s in seen}
     assert versions == {first.version, second.version, third.version}
     fleet = MilvusStore(MilvusSettings(uri=lite.uri, collection_prefix="t_stream"))
-    assert fleet.alias_target("t_stream_live") == collection(second.bundle)   # the alias followed the rollback
+    assert fleet.alias_target("t_stream_live") == collection(second.bundle)   # followed the rollback
     fleet.close()
 
 
