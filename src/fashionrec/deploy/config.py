@@ -47,8 +47,10 @@ class IndexSettings:
 
     def fingerprint(self) -> str:
         """What a bundle built with these settings records: a change (kind, M, ...) means a rebuild."""
+        # index.milvus counts only for kind milvus: adding the section rebuilds no in-process bundle
+        kind_params = {k: v for k, v in self.kind_params.items() if k != "milvus" or self.kind == "milvus"}
         blob = json.dumps({"kind": self.kind, "auto_exact_max": self.auto_exact_max,
-                           "kind_params": self.kind_params, "recall_k": self.recall_k,
+                           "kind_params": kind_params, "recall_k": self.recall_k,
                            "target_recall": self.target_recall, "max_ef_search": self.max_ef_search},
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
