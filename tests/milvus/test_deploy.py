@@ -109,3 +109,22 @@ def test_unreachable_milvus_fails_the_deploy_naming_the_uri_and_keeps_the_live_b
     assert [p.name for p in config(params).bundles.iterdir() if p.name.startswith("v")] == [first.version]
     state = load_state(Path(first.bundle))   # the live bundle still answers from its collection
     assert state.search(np.asarray(state.stored_embeddings()[3]), 1)[0].fields["item_id"] == "item003"
+
+
+def test_a_collection_left_by_a_dead_deploy_is_dropped_at_the_next_activation(tmp_path: Path, assets,
+                                                                               lite) -> None:
+    """A deploy killed after building its collection, before its bundle was written, leaves the collection
+    loaded; the next activation drops it (no bundle names it, no alias points at it)."""
+    params = milvus_params(tmp_path, assets.model_a, assets.catalog, lite.uri, "t_orphan")
+    s = store(lite.uri, "t_orphan")
+    orphan = "t_orphan_v0009_20260101T000000Z"
+    vectors = np.eye(4, 8, dtype=np.float32)
+    s.create(orphan, vectors, [{"item_id": f"x{i}", "category": "hat"} for i in range(4)], {})
+    assert s.load_state(orphan) == "loaded"
+    first = deploy_with(params)
+    assert s.collections() == [collection_name(first.bundle)]
+    s.close()
+
+
+def collection_name(bundle: str) -> str:
+    return json.loads((Path(bundle) / "manifest.json").read_text())["index"]["collection"]
