@@ -305,6 +305,9 @@ class IndexSection(Section):
     notify: list[str] = Field(default_factory=list)
     summary: str | None = None
     lock_wait_s: NonNegFloat = 600.0
+    shard_size: NonNegInt = 0
+    shards_dir: str | None = None
+    shard_retries: NonNegInt = 1
 
 
 class DeployerSection(Section):

@@ -207,8 +207,16 @@ def build_bundle(cfg: DeployConfig, source: ModelSource, catalog: Path | None = 
     """Embed the inventory with `source` into a new bundle (written whole or not at all)."""
     table = read_inventory(cfg, catalog)
     started = time.perf_counter()
-    embeddings, kept, skipped = embed_catalog(table, source.onnx_path, source.prep, cfg.batch_size,
-                                              cfg.max_image_bytes, cfg.device)
+    shards: dict[str, Any] = {}
+    if cfg.shard_size > 0:   # shards that resume: a re-run embeds only what is not on disk yet
+        from fashionrec.deploy.shards import embed_in_shards
+
+        embeddings, kept, skipped, shards = embed_in_shards(
+            table, source.onnx_path, source.prep, cfg.shards_dir or cfg.bundles / ".shards", cfg.shard_size,
+            cfg.shard_retries, cfg.batch_size, cfg.max_image_bytes, cfg.device)
+    else:
+        embeddings, kept, skipped = embed_catalog(table, source.onnx_path, source.prep, cfg.batch_size,
+                                                  cfg.max_image_bytes, cfg.device)
     embed_seconds = time.perf_counter() - started
     images, root = relative_images(kept["image"].tolist())
     kept = kept.assign(image=images)
@@ -229,7 +237,7 @@ def build_bundle(cfg: DeployConfig, source: ModelSource, catalog: Path | None = 
     folder = write_bundle(cfg.bundles, content)
     return Built(folder=folder, model_version=source.version, items=len(kept), embedded=len(kept),
                  precision=source.precision, precision_reason=source.precision_reason, skipped=skipped,
-                 embed_seconds=round(embed_seconds, 2))
+                 embed_seconds=round(embed_seconds, 2), extra={"shards": shards} if shards else {})
 
 
 def extend_bundle(cfg: DeployConfig, catalog: Path) -> Built:

@@ -81,6 +81,9 @@ class DeployConfig:
     tracking_uri: str | None = None
     lock_wait_s: float = 600.0                # a reconcile waits this long for another deploy to finish
     precision: str = "auto"                   # auto (int8 where export accepted it) | fp32 | int8
+    shard_size: int = 0                       # > 0: embed in shards of this many items that resume
+    shards_dir: Path | None = None            # where shard files go (None: <bundles>/.shards)
+    shard_retries: int = 1                    # a failed shard is retried alone this many times
 
     @classmethod
     def from_params(cls, params: Params) -> DeployConfig:
@@ -115,7 +118,9 @@ class DeployConfig:
             notify=tuple(str(u) for u in (sec.get("notify") or [])),
             admin_token_env=str(serve.get("admin_token_env") or DEFAULT_ADMIN_TOKEN_ENV),
             seed=int(params.get("seed", DEFAULT_SEED)), tracking_uri=tracking_uri(params),
-            lock_wait_s=float(sec.get("lock_wait_s", 600.0)), precision=str(sec.get("precision", "auto")))
+            lock_wait_s=float(sec.get("lock_wait_s", 600.0)), precision=str(sec.get("precision", "auto")),
+            shard_size=int(sec.get("shard_size", 0)), shards_dir=path(sec.get("shards_dir")),
+            shard_retries=int(sec.get("shard_retries", 1)))
 
     def with_(self, **changes: Any) -> DeployConfig:
         return replace(self, **changes)
