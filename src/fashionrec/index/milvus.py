@@ -111,9 +111,11 @@ class MilvusStore:
 
     # -- building a bundle's collection ------------------------------------------------------------
     def create(self, name: str, embeddings: np.ndarray, items: Sequence[dict[str, Any]],
-               properties: dict[str, str], progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+               properties: dict[str, str], progress: Callable[[int], None] | None = None,
+               wait_built: bool = True) -> dict[str, Any]:
         """Create collection `name` (refused if it exists), insert every row in batches, wait until the
-        index is built and the collection loaded; on any failure the half-built collection is dropped."""
+        index is built (unless `wait_built` is False: benchmarks of a bulk load) and the collection loaded;
+        on any failure the half-built collection is dropped."""
         from pymilvus import DataType, MilvusClient
 
         s = self.settings
@@ -147,7 +149,8 @@ class MilvusStore:
                     progress(len(rows))
             inserted = time.perf_counter() - started
             self.call(f"flush {name}", self.client.flush, name)
-            self.wait_built(name, len(data))
+            if wait_built:
+                self.wait_built(name, len(data))
             self.ensure_loaded(name, wait_s=s.build_timeout_s)
         except BaseException:
             with contextlib.suppress(IndexUnavailable):   # the server gone: nothing more to clean from here
