@@ -181,3 +181,31 @@ def test_engine_faults_are_503_with_a_reason_and_recover(tmp_path: Path, assets,
     finally:
         store.close()
         stop(proc)
+
+
+def test_a_frozen_engine_is_a_bounded_503_never_a_hang(tmp_path: Path, assets, lite) -> None:
+    """The server stopped with SIGSTOP accepts connections and never answers: every call is bounded by
+    index.milvus.timeout_s (2 s here), so the request is a 503 well within the client's bound, and the
+    replica answers again once the server resumes."""
+    import os
+    import signal
+
+    params = milvus_params(tmp_path, assets.model_a, assets.catalog, lite.uri, "t_frozen", timeout_s=2.0)
+    deploy_with(params)
+    proc, url = start_server(params, tmp_path / "server.log")
+    payload = (assets.catalog.parent / "images" / "item003.jpg").read_bytes()
+    try:
+        with httpx.Client(base_url=url, timeout=ANSWER_BOUND_S) as http:
+            assert post(http, payload).status_code == 200
+            os.kill(lite.proc.pid, signal.SIGSTOP)
+            try:
+                frozen = post(http, payload)   # httpx raises if no answer within ANSWER_BOUND_S (30x 2 s)
+                assert frozen.status_code == 503 and frozen.headers.get("Retry-After"), frozen.text
+                assert lite.uri in frozen.json()["message"]
+                assert http.get("/healthz").json()["index"]["last_error"]
+            finally:
+                os.kill(lite.proc.pid, signal.SIGCONT)
+            again = post(http, payload)
+            assert again.status_code == 200, again.text
+    finally:
+        stop(proc)
