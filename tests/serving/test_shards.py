@@ -9,6 +9,7 @@ import numpy as np
 
 from fashionrec.bundle.load import load_bundle
 from fashionrec.core.files import sha256_file
+from fashionrec.deploy.build import embed_catalog
 from fashionrec.deploy.catalog import read_catalog
 from fashionrec.deploy.model import resolve_model
 from fashionrec.deploy.shards import embed_in_shards, plan
@@ -32,8 +33,8 @@ def test_sharded_deploy_equals_one_pass_and_resumes_one_shard(tmp_path: Path, as
     files[2].unlink()
     source = resolve_model(str(assets.model_a), tmp_path / "model")
     catalog = read_catalog(assets.catalog)
-    embeddings, kept, skipped, stats = embed_in_shards(catalog, source.onnx_path, source.prep, shard_dir, 7,
-                                                       retries=0, batch_size=8, max_bytes=10**7)
+    embeddings, kept, skipped, stats = embed_in_shards(catalog, embed_catalog, source.onnx_path, source.prep,
+                                                       shard_dir, 7, retries=0, batch_size=8, max_bytes=10**7)
     assert stats == {"shards": 6, "embedded": 1, "reused": 5}
     np.testing.assert_allclose(embeddings, a.embeddings, atol=1e-5)
     assert kept["item_id"].tolist() == a.items["item_id"].tolist() and skipped == []

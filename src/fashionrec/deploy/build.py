@@ -212,8 +212,8 @@ def build_bundle(cfg: DeployConfig, source: ModelSource, catalog: Path | None = 
         from fashionrec.deploy.shards import embed_in_shards
 
         embeddings, kept, skipped, shards = embed_in_shards(
-            table, source.onnx_path, source.prep, cfg.shards_dir or cfg.bundles / ".shards", cfg.shard_size,
-            cfg.shard_retries, cfg.batch_size, cfg.max_image_bytes, cfg.device)
+            table, embed_catalog, source.onnx_path, source.prep, cfg.shards_dir or cfg.bundles / ".shards",
+            cfg.shard_size, cfg.shard_retries, cfg.batch_size, cfg.max_image_bytes, cfg.device)
     else:
         embeddings, kept, skipped = embed_catalog(table, source.onnx_path, source.prep, cfg.batch_size,
                                                   cfg.max_image_bytes, cfg.device)

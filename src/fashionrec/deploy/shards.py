@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,14 +58,16 @@ def plan(catalog: pd.DataFrame, shard_size: int, model_sha256: str, prep: Prepro
     return shards
 
 
-def embed_shard(shard: Shard, catalog: pd.DataFrame, model_file: Path, prep: Preprocessing, out_dir: Path,
-                batch_size: int, max_bytes: int, device: str = "cpu") -> Path:
-    """Embed one shard into `out_dir/<shard.name>` (written whole or not at all)."""
-    from fashionrec.deploy.build import embed_catalog
+Embed = Callable[..., tuple[np.ndarray, pd.DataFrame, list[dict[str, str]]]]
 
+
+def embed_shard(shard: Shard, catalog: pd.DataFrame, embed: Embed, model_file: Path, prep: Preprocessing,
+                out_dir: Path, batch_size: int, max_bytes: int, device: str = "cpu") -> Path:
+    """Embed one shard with `embed` (`deploy.build.embed_catalog`) into `out_dir/<shard.name>`, written
+    whole or not at all."""
     rows = catalog.iloc[shard.start:shard.stop]
     try:
-        embeddings, kept, skipped = embed_catalog(rows, model_file, prep, batch_size, max_bytes, device)
+        embeddings, kept, skipped = embed(rows, model_file, prep, batch_size, max_bytes, device)
     except DataError as exc:
         if "could be read" not in str(exc):
             raise
@@ -88,8 +91,9 @@ def embed_shard(shard: Shard, catalog: pd.DataFrame, model_file: Path, prep: Pre
     return final
 
 
-def embed_in_shards(catalog: pd.DataFrame, model_file: Path, prep: Preprocessing, out_dir: Path,
-                    shard_size: int, retries: int, batch_size: int, max_bytes: int, device: str = "cpu"
+def embed_in_shards(catalog: pd.DataFrame, embed: Embed, model_file: Path, prep: Preprocessing,
+                    out_dir: Path, shard_size: int, retries: int, batch_size: int, max_bytes: int,
+                    device: str = "cpu"
                     ) -> tuple[np.ndarray, pd.DataFrame, list[dict[str, str]], dict[str, Any]]:
     """Embed every shard not already on disk (one after another, each retried alone), then assemble."""
     catalog = catalog.reset_index(drop=True)
@@ -102,7 +106,8 @@ def embed_in_shards(catalog: pd.DataFrame, model_file: Path, prep: Preprocessing
             else:
                 for attempt in range(retries + 1):
                     try:
-                        embed_shard(shard, catalog, model_file, prep, out_dir, batch_size, max_bytes, device)
+                        embed_shard(shard, catalog, embed, model_file, prep, out_dir, batch_size, max_bytes,
+                                    device)
                         break
                     except (FashionrecError, OSError) as exc:
                         if attempt == retries:

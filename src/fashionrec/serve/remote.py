@@ -16,12 +16,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from fashionrec.bundle.format import MODEL, PREP, is_url, verify_bundle
+import numpy as np
+from PIL import Image
+
+from fashionrec.bundle.format import EMBEDDINGS, MODEL, PREP, is_url, verify_bundle
 from fashionrec.core.errors import BundleError
 from fashionrec.data.images import Preprocessing
 from fashionrec.index.milvus import MilvusIndex, MilvusSettings, filter_expression
 from fashionrec.runtime.session import DEFAULT_PROVIDERS, OnnxSession, create_session
-from fashionrec.serve.state import Hit, ServingState
+from fashionrec.serve.hits import Hit
 
 
 class _RemoteRows(Mapping[str, int]):
@@ -62,12 +65,13 @@ class _RemoteColumn:
         return self._index.size
 
 
-class MilvusServingState(ServingState):
-    """A bundle's model + its collection on a Milvus server. Built once, never mutated afterwards."""
+class MilvusServingState:
+    """A bundle's model + its collection on a Milvus server, with `serve.state.ServingState`'s interface
+    (not its subclass: that one reads the item table, which a replica of this kind never holds). Built
+    once, never mutated afterwards."""
 
     def __init__(self, folder: Path, manifest: dict[str, Any], preprocessing: dict[str, Any],
                  session: OnnxSession, index: MilvusIndex, inventory_root: Path | None) -> None:
-        # No super().__init__: it would read the item table, which a replica of this kind never holds.
         self.folder = folder
         self.manifest = manifest
         self.session = session
@@ -78,8 +82,8 @@ class MilvusServingState(ServingState):
         self.precision = str(manifest["model"].get("precision", "fp32"))
         self.inventory_root = inventory_root.resolve() if inventory_root is not None else None
         self.categories = sorted(set(manifest["items"].get("categories") or {}) - {""})
-        self.rows = _RemoteRows(index)               # type: ignore[assignment]
-        self.item_ids = _RemoteColumn(index, "item_id")   # type: ignore[assignment]
+        self.rows = _RemoteRows(index)
+        self.item_ids = _RemoteColumn(index, "item_id")
         self.collection = index.collection
         weakref.finalize(self, index.close)           # the connection goes with the state
 
@@ -87,16 +91,30 @@ class MilvusServingState(ServingState):
     def size(self) -> int:
         return self.index.size
 
+    @property
+    def provider(self) -> str:
+        return self.session.provider
+
+    def stored_embeddings(self) -> np.ndarray:
+        """The bundle's (N, D) item embeddings, memory-mapped read-only (deploy smoke tests only)."""
+        return np.load(self.folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """RGB images -> (B, D) L2-normalised embeddings, through the bundle's own model."""
+        batch = np.stack([self.prep(img) for img in images])
+        emb = np.asarray(self.session.run(batch)["embedding"], np.float32)
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
     def search(self, vector: Any, k: int, category: str | None = None,
                kids: bool | None = None) -> list[Hit]:
-        found = self.index.search(vector, k, filter_expression(category, kids))  # type: ignore[attr-defined]
+        found = self.index.search(vector, k, filter_expression(category, kids))
         return [Hit(row, float(1.0 - dist ** 2 / 2.0), fields) for row, dist, fields in found]
 
     def hit_item(self, hit: Hit) -> dict[str, Any]:
         return self._public(hit.fields) if hit.fields is not None else self.item(hit.row)
 
     def item(self, row: int) -> dict[str, Any]:
-        found = self.index.items([row]).get(int(row))  # type: ignore[attr-defined]
+        found = self.index.items([row]).get(int(row))
         if found is None:
             raise KeyError(row)
         return self._public(found)
@@ -109,7 +127,7 @@ class MilvusServingState(ServingState):
                 "image_url": image if is_url(image) else f"/items/{item_id}/image"}
 
     def image_source(self, row: int) -> Path | str | None:
-        found = self.index.items([row]).get(int(row))  # type: ignore[attr-defined]
+        found = self.index.items([row]).get(int(row))
         if found is None:
             return None
         image = str(found["image"])

@@ -10,9 +10,8 @@ them, BallTree and HNSW their own structures), and the item DataFrame is dropped
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -23,13 +22,14 @@ from fashionrec.core.errors import BundleError
 from fashionrec.data.images import Preprocessing
 from fashionrec.index.base import NeighbourIndex
 from fashionrec.runtime.session import DEFAULT_PROVIDERS, OnnxSession, create_session
+from fashionrec.serve.hits import Hit
+
+if TYPE_CHECKING:
+    from fashionrec.serve.remote import MilvusServingState
+
+__all__ = ["Hit", "ServingState", "load_state"]
 
 
-@dataclass(frozen=True)
-class Hit:
-    row: int
-    score: float   # cosine similarity (1 - d^2 / 2 on unit vectors)
-    fields: dict[str, Any] | None = None   # the item's fields, where the engine returns them (milvus)
 
 
 class ServingState:
@@ -123,7 +123,8 @@ class ServingState:
 
 
 def load_state(bundle_dir: Path, inventory_root: Path | None = None, intra_op_threads: int = 0,
-               providers: tuple[str, ...] = DEFAULT_PROVIDERS, allow_spinning: bool = True) -> ServingState:
+               providers: tuple[str, ...] = DEFAULT_PROVIDERS, allow_spinning: bool = True
+               ) -> ServingState | MilvusServingState:
     """Verify and load a bundle, open its model and build its index: all or nothing."""
     from fashionrec.serve.remote import is_milvus_bundle, load_milvus_state
 
