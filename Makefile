@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[pipeline,dev]'
+	$(BIN)/python -m pip install -q -e '.[pipeline,dev,milvus]'
 	@touch $(STAMP)
 
 # Debian's chromium for the real-browser tests (Playwright never downloads a browser here).

@@ -286,7 +286,8 @@ def deploy_step(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
                     help="models:/NAME@ALIAS, models:/NAME/VERSION or an ONNX file.")] = None,
                 catalog: Annotated[Path | None, typer.Option(
                     help="Catalog CSV (default: the validated dataset).")] = None,
-                kind: Annotated[str | None, typer.Option(help="auto | balltree | brute | hnsw")] = None,
+                kind: Annotated[str | None, typer.Option(
+                    help="auto | balltree | brute | hnsw | milvus")] = None,
                 activate: Annotated[bool | None, typer.Option(
                     "--activate/--no-activate", help="Reconcile serving (else only build a bundle).")] = None,
                 rebuild: Annotated[bool, typer.Option(

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fashionrec.core.errors import DataError
-from fashionrec.index import KINDS, build_index
+from fashionrec.index import IN_PROCESS as KINDS
+from fashionrec.index import build_index
 
 
 def normalised(n: int, dim: int, seed: int) -> np.ndarray:

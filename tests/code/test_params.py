@@ -27,6 +27,7 @@ from fashionrec.core.settings import (
     HnswParams,
     IndexSection,
     InstanceSection,
+    MilvusParams,
     RegisterSection,
     ServeSection,
 )
@@ -36,6 +37,7 @@ from fashionrec.index import AUTO_EXACT_MAX
 from fashionrec.index.balltree import BallTreeIndex
 from fashionrec.index.brute import BruteIndex
 from fashionrec.index.hnsw import HnswIndex
+from fashionrec.index.milvus import MilvusSettings
 from fashionrec.kfp.io import component_params
 from fashionrec.runtime.metadata import MIN_OPSET
 from fashionrec.runtime.session import DEFAULT_PROVIDERS
@@ -53,6 +55,7 @@ BAD = [
     ("index.kind=annoy", "index.kind", "expected one of"),
     ("index.hnsw.M=0", "index.hnsw.M", "expected a value >= 1"),
     ("index.balltree.leaf_sz=3", "index.balltree.leaf_sz", "unknown key"),
+    ("index.milvus.timeout_s=0", "index.milvus.timeout_s", "expected a value > 0"),
     ("deployer.port=abc", "deployer.port", "expected an integer"),
     ("deployer.port=70000", "deployer.port", "expected a value <= 65535"),
     ("train.device=tpu", "train.device", "expected one of"),
@@ -153,6 +156,7 @@ def test_configs_built_outside_load_params_are_checked_too() -> None:
     (DeployerSection, DeployerConfig, {"registered_model", "alias"}),
     (IndexSection, DeployConfig, {"bundles", "index", "inventory_root", "admin_token_env", "seed",
                                   "tracking_uri", "notify", "summary", "manifest", "catalog"}),
+    (MilvusParams, MilvusSettings, set()),
 ])
 def test_section_defaults_equal_the_config_defaults(model: type, config: type, skip: set[str]) -> None:
     """One set of defaults: the typed section's fields hold the values the config classes fall back to."""

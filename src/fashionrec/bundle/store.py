@@ -13,7 +13,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,7 +112,7 @@ class BundleContent:
     inventory_root: str | None
     index_kind: str
     index_params: dict[str, Any]
-    index: NeighbourIndex
+    index: NeighbourIndex | None     # None: an index outside the bundle (kind milvus), made by `prepare`
     index_report: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None
     embedded: int = 0                # how many items this build embedded (the rest came from `parent`)
@@ -121,6 +121,9 @@ class BundleContent:
     embedded_with: str | None = None  # sha256 of the model file that made `embeddings` (None: model_file)
     precision: str = "fp32"          # fp32 | int8: of model_file, which serves the queries too
     precision_reason: str = ""
+    # Called with the new version before the manifest is written (kind milvus: builds the version's
+    # collection); its dict joins the manifest's index section (e.g. the collection's name).
+    prepare: Callable[[str], dict[str, Any]] | None = None
 
 
 # what deploys write under a temporary name (older versions suffixed a PID, these a random token)
@@ -174,6 +177,7 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
         items.to_parquet(tmp / ITEMS, index=False)
         if content.index_kind == "hnsw":
             content.index.save(tmp / GRAPH)  # type: ignore[attr-defined]
+        prepared = content.prepare(version) if content.prepare is not None else {}
         # every file hashed once, here: the manifest, SHA256SUMS and the model check reuse these digests
         checksums = {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
                      for name in sorted(p.name for p in tmp.iterdir())}
@@ -189,7 +193,8 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
                       "sha256": checksums[MODEL]["sha256"], "precision": content.precision,
                       "precision_reason": content.precision_reason},
             "embeddings": {"model_sha256": model_sha, "precision": content.precision},
-            "index": {"kind": content.index_kind, "params": content.index_params, **content.index_report},
+            "index": {"kind": content.index_kind, "params": content.index_params, **content.index_report,
+                      **prepared},
             "items": {"count": n, "dim": int(content.embeddings.shape[1]),
                       "categories": {str(k): int(v) for k, v in categories.items()},
                       "inventory_root": content.inventory_root,

@@ -100,3 +100,12 @@ class WebhookRefused(HttpError):
 
     def __init__(self, message: str, status: int = 401, kind: str = "forged") -> None:
         super().__init__(message, status, kind)
+
+
+class IndexUnavailable(ServiceUnavailable):
+    """The index engine behind the bundle (a Milvus server) is unreachable, refuses the call, or lacks the
+    bundle's collection: a 503 at serve time, a failed deploy (the live bundle keeps serving) at deploy time.
+    The message names the URI and the collection, never the token."""
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message, kind="index_unavailable", retry_after_s=retry_after_s)

@@ -25,6 +25,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 OnBadFile = Literal["fail", "quarantine"]
 Device = Literal["auto", "cpu", "cuda"]
 IndexKind = Literal["balltree", "brute", "hnsw", "auto"]
+DeployIndexKind = Literal["balltree", "brute", "hnsw", "auto", "milvus"]   # milvus: the deploy step only
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
@@ -205,6 +206,34 @@ class HnswParams(Section):
     build_threads: NonNegInt = 0
 
 
+# Index types each Milvus backend really builds. milvus-lite accepts any name at create_index and then
+# searches by a scan where it cannot build it (../shared/NOTES.md "Milvus"), so a deploy refuses the rest.
+MILVUS_LITE_TYPES = ["FLAT", "AUTOINDEX", "HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8"]
+MILVUS_SERVER_TYPES = [*MILVUS_LITE_TYPES, "IVF_PQ", "SCANN", "DISKANN", "HNSW_PQ", "HNSW_PRQ", "IVF_RABITQ",
+                       "GPU_CAGRA", "GPU_IVF_FLAT", "GPU_IVF_PQ", "GPU_BRUTE_FORCE"]
+IndexValue = int | float | str
+
+
+class MilvusParams(Section):
+    """`index.milvus`: the inventory in a Milvus collection per bundle (the token: from `token_env`)."""
+
+    uri: str = "http://127.0.0.1:19530"
+    token_env: str = "FASHIONREC_MILVUS_TOKEN"
+    db_name: str = ""
+    backend: Literal["lite", "server"] = "lite"
+    alias: str = "items_serving"
+    collection_prefix: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,100}$")] = "fashionrec"
+    index_type: str = "HNSW"
+    index_params: dict[str, IndexValue] = Field(default_factory=lambda: {"M": 16, "efConstruction": 200})
+    search_params: dict[str, IndexValue] = Field(default_factory=lambda: {"ef": 128})
+    allowed_index_types: dict[Literal["lite", "server"], list[str]] = Field(
+        default_factory=lambda: {"lite": list(MILVUS_LITE_TYPES), "server": list(MILVUS_SERVER_TYPES)})
+    timeout_s: PosFloat = 10.0
+    build_timeout_s: PosFloat = 600.0
+    insert_batch: PosInt = 1000
+    exact_filter_max: NonNegInt = 2000
+
+
 class EvaluateIndex(Section):
     kind: IndexKind = "balltree"
     auto_exact_max: PosInt = 5000
@@ -259,11 +288,12 @@ class IndexSection(Section):
     catalog: str | None = None
     manifest: str | None = None
     bundles: str = "bundles"
-    kind: IndexKind = "balltree"
+    kind: DeployIndexKind = "balltree"
     auto_exact_max: PosInt = 5000
     balltree: BallTreeParams | None = None
     brute: BruteParams | None = None
     hnsw: HnswParams | None = None
+    milvus: MilvusParams | None = None
     recall_k: PosInt = 10
     target_recall: PosFloat | None = 0.95     # above 1: unreachable, ef_search goes to max_ef_search
     max_ef_search: PosInt = 1024
@@ -282,6 +312,9 @@ class IndexSection(Section):
     fetch_retries: NonNegInt = 3
     fetch_backoff_s: NonNegFloat = 0.5
     fetch_timeout_s: PosFloat = 10.0
+    shard_size: NonNegInt = 0
+    shards_dir: str | None = None
+    shard_retries: NonNegInt = 1
 
 
 class DeployerSection(Section):

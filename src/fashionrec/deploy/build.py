@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,55 @@ def index_with_report(embeddings: np.ndarray, settings: IndexSettings, seed: int
     return index, kind, params, report
 
 
+def collection_builder(cfg: DeployConfig, embeddings: np.ndarray, items: pd.DataFrame,
+                       model_sha256: str) -> Callable[[str], dict[str, Any]]:
+    """Kind milvus: what `write_bundle` calls once the version is known: the version's collection built
+    (batched insert, index built, loaded), its recall measured by name against exact search; the manifest
+    records the collection and where it lives (the token only as the name of its environment variable).
+    The index type is refused by name here, before any image is read into the collection."""
+    from fashionrec.index.milvus import MilvusIndex, MilvusStore
+
+    settings = cfg.index.milvus()
+    settings.check_index_type()
+    MilvusStore(settings).close()   # unreachable: refused now, before any image is embedded
+
+    def prepare(version: str) -> dict[str, Any]:
+        name = settings.collection(version)
+        records = items[["item_id", "title", "category", "kids", "attributes", "image"]].to_dict("records")
+        store = MilvusStore(settings)
+        try:
+            with tqdm(total=len(records), desc=f"milvus {name}", unit="row") as bar:
+                built = store.create(name, embeddings, records,
+                                     {"fashionrec.bundle_version": version,
+                                      "fashionrec.model_sha256": model_sha256}, progress=bar.update)
+            try:
+                index = MilvusIndex(collection=name, size=len(records), dim=int(embeddings.shape[1]),
+                                    settings=settings)
+                n = len(records)
+                k = min(cfg.index.recall_k, n)
+                sample = np.random.default_rng(cfg.seed).choice(n, size=min(cfg.index.recall_queries, n),
+                                                                 replace=False)
+                recall = recall_at_k(index, BruteIndex(embeddings), embeddings[np.sort(sample)], k)
+                index.close()
+            except BaseException:
+                store.call(f"drop_collection {name}", store.client.drop_collection, name)
+                raise
+        finally:
+            store.close()
+        return {"collection": name, "recall_at_k": round(recall, 4), "recall_k": k,
+                "recall_queries": int(len(sample)), "build_seconds": built["ready_seconds"],
+                "insert_seconds": built["insert_seconds"],
+                "milvus": {"uri": settings.uri, "token_env": settings.token_env, "db_name": settings.db_name,
+                           "backend": settings.backend, "alias": settings.alias,
+                           "collection_prefix": settings.collection_prefix,
+                           "index_type": settings.index_type, "index_params": settings.index_params,
+                           "search_params": settings.search_params, "timeout_s": settings.timeout_s,
+                           "build_timeout_s": settings.build_timeout_s,
+                           "exact_filter_max": settings.exact_filter_max}}
+
+    return prepare
+
+
 def inventory_file(cfg: DeployConfig, catalog: Path | None = None) -> Path:
     """The file the inventory is read from: a catalog CSV, else the validated manifest."""
     path = catalog or cfg.catalog or cfg.manifest
@@ -170,11 +221,26 @@ def build_bundle(cfg: DeployConfig, source: ModelSource, catalog: Path | None = 
     """Embed the inventory with `source` into a new bundle (written whole or not at all)."""
     table = read_inventory(cfg, catalog)
     started = time.perf_counter()
-    embeddings, kept, skipped = embed_catalog(table, source.onnx_path, source.prep, cfg.batch_size, cfg)
+    shards: dict[str, Any] = {}
+    embed = partial(embed_catalog, model_file=source.onnx_path, prep=source.prep, batch_size=cfg.batch_size,
+                    cfg=cfg)
+    if cfg.shard_size > 0:   # shards that resume: a re-run embeds only what is not on disk yet
+        from fashionrec.deploy.shards import embed_in_shards
+
+        embeddings, kept, skipped, shards = embed_in_shards(
+            table, embed, source.onnx_path, source.prep, cfg.shards_dir or cfg.bundles / ".shards",
+            cfg.shard_size, cfg.shard_retries)
+    else:
+        embeddings, kept, skipped = embed(table)
     embed_seconds = time.perf_counter() - started
     images, root = relative_images(kept["image"].tolist())
     kept = kept.assign(image=images)
-    index, kind, kparams, report = index_with_report(embeddings, cfg.index, cfg.seed)
+    if resolve_kind(cfg.index.kind, len(kept), cfg.index.auto_exact_max) == "milvus":
+        index, kind, kparams, report, prepare = None, "milvus", {}, {"requested_kind": "milvus"}, \
+            collection_builder(cfg, embeddings, kept, sha256_file(source.onnx_path))
+    else:
+        index, kind, kparams, report = index_with_report(embeddings, cfg.index, cfg.seed)
+        prepare = None
     content = BundleContent(model_file=source.onnx_path, preprocessing=source.preprocessing,
                             model_version=source.version, model_uri=source.uri, embeddings=embeddings,
                             items=kept, inventory_root=root, index_kind=kind, index_params=kparams,
@@ -183,11 +249,11 @@ def build_bundle(cfg: DeployConfig, source: ModelSource, catalog: Path | None = 
                                     "settings": cfg.index.fingerprint()},
                             embedded_with=None,   # the very file the bundle holds: hashed once there
                             precision=source.precision,
-                            precision_reason=source.precision_reason)
+                            precision_reason=source.precision_reason, prepare=prepare)
     folder = write_bundle(cfg.bundles, content)
     return Built(folder=folder, model_version=source.version, items=len(kept), embedded=len(kept),
                  precision=source.precision, precision_reason=source.precision_reason, skipped=skipped,
-                 embed_seconds=round(embed_seconds, 2))
+                 embed_seconds=round(embed_seconds, 2), extra={"shards": shards} if shards else {})
 
 
 def extend_bundle(cfg: DeployConfig, catalog: Path) -> Built:
@@ -238,8 +304,14 @@ def _extend(cfg: DeployConfig, parent: str, new: pd.DataFrame, origin: str, adde
     embeddings = np.concatenate([base.embeddings.astype(np.float32), new_emb])
     kind = base.manifest["index"]["kind"]
     graph = base.folder / GRAPH if kind == "hnsw" else None
-    index, kind, kparams, report = index_with_report(embeddings, cfg.index, cfg.seed, graph_file=graph,
-                                                     kind=kind, kind_params=base.manifest["index"]["params"])
+    prepare = None
+    if kind == "milvus":   # a new collection for the new version, all rows (the old one stays for rollback)
+        index, kparams, report = None, {}, {"requested_kind": "milvus"}
+        prepare = collection_builder(cfg, embeddings, items, base.embedded_with)
+    else:
+        index, kind, kparams, report = index_with_report(embeddings, cfg.index, cfg.seed, graph_file=graph,
+                                                         kind=kind,
+                                                         kind_params=base.manifest["index"]["params"])
     source = dict(base.manifest.get("source") or {})
     if added is not None:
         source["added"] = [*source.get("added", []), added]
@@ -251,7 +323,8 @@ def _extend(cfg: DeployConfig, parent: str, new: pd.DataFrame, origin: str, adde
                             index_params=kparams, index=index, index_report=report, parent=parent,
                             embedded=len(kept), skipped=still, source=source,
                             embedded_with=base.embedded_with, precision=base.precision,
-                            precision_reason=base.manifest["model"].get("precision_reason", ""))
+                            precision_reason=base.manifest["model"].get("precision_reason", ""),
+                            prepare=prepare)
     folder = write_bundle(cfg.bundles, content)
     return Built(folder=folder, model_version=base.model_version, items=len(items), embedded=len(kept),
                  precision=base.precision, precision_reason=content.precision_reason, skipped=still,

@@ -18,6 +18,7 @@ from fashionrec.core.config import DEFAULT_SEED, Params
 from fashionrec.core.errors import ParamsError
 from fashionrec.core.settings import DeployerSection, IndexSection, ServeSection, check
 from fashionrec.index import AUTO_EXACT_MAX, KINDS, RECALL_K
+from fashionrec.index.milvus import MilvusSettings
 
 DEFAULT_MODEL = "models:/fashionrec@champion"
 DEFAULT_ADMIN_TOKEN_ENV = "FASHIONREC_ADMIN_TOKEN"
@@ -40,10 +41,16 @@ class IndexSettings:
     def params_of(self, kind: str) -> dict[str, Any]:
         return dict(self.kind_params.get(kind) or {})
 
+    def milvus(self) -> MilvusSettings:
+        """`index.milvus` (kind milvus: the server, the alias, the collections' index type)."""
+        return MilvusSettings.from_mapping(self.kind_params.get("milvus"))
+
     def fingerprint(self) -> str:
         """What a bundle built with these settings records: a change (kind, M, ...) means a rebuild."""
+        # index.milvus counts only for kind milvus: adding the section rebuilds no in-process bundle
+        kind_params = {k: v for k, v in self.kind_params.items() if k != "milvus" or self.kind == "milvus"}
         blob = json.dumps({"kind": self.kind, "auto_exact_max": self.auto_exact_max,
-                           "kind_params": self.kind_params, "recall_k": self.recall_k,
+                           "kind_params": kind_params, "recall_k": self.recall_k,
                            "target_recall": self.target_recall, "max_ef_search": self.max_ef_search},
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -77,6 +84,9 @@ class DeployConfig:
     tracking_uri: str | None = None
     lock_wait_s: float = 600.0                # a reconcile waits this long for another deploy to finish
     precision: str = "auto"                   # auto (int8 where export accepted it) | fp32 | int8
+    shard_size: int = 0                       # > 0: embed in shards of this many items that resume
+    shards_dir: Path | None = None            # where shard files go (None: <bundles>/.shards)
+    shard_retries: int = 1                    # a failed shard is retried alone this many times
 
     @classmethod
     def from_params(cls, params: Params) -> DeployConfig:
@@ -114,7 +124,9 @@ class DeployConfig:
             notify=tuple(str(u) for u in (sec.get("notify") or [])),
             admin_token_env=str(serve.get("admin_token_env") or DEFAULT_ADMIN_TOKEN_ENV),
             seed=int(params.get("seed", DEFAULT_SEED)), tracking_uri=tracking_uri(params),
-            lock_wait_s=float(sec.get("lock_wait_s", 600.0)), precision=str(sec.get("precision", "auto")))
+            lock_wait_s=float(sec.get("lock_wait_s", 600.0)), precision=str(sec.get("precision", "auto")),
+            shard_size=int(sec.get("shard_size", 0)), shards_dir=path(sec.get("shards_dir")),
+            shard_retries=int(sec.get("shard_retries", 1)))
 
     def with_(self, **changes: Any) -> DeployConfig:
         return replace(self, **changes)

@@ -31,7 +31,7 @@ from fashionrec.bundle.store import (
     set_current,
     write_activations,
 )
-from fashionrec.core.errors import BundleError, DataError, SmokeTestFailed
+from fashionrec.core.errors import BundleError, DataError, FashionrecError, SmokeTestFailed
 from fashionrec.data.images import open_image
 from fashionrec.deploy.catalog import fetcher_for
 from fashionrec.deploy.config import DeployConfig
@@ -47,6 +47,7 @@ class RolloutResult:
     smoke: dict[str, Any] | None
     pruned: list[str]
     notified: list[dict[str, Any]] = field(default_factory=list)
+    collection: dict[str, Any] | None = None   # kind milvus: the fleet alias moved, old collections dropped
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,11 +156,20 @@ def go_live(cfg: DeployConfig, version: str, smoke: bool, reason: str = "") -> R
     The order cannot lie: the history is written first, then `current` switched, then old bundles
     pruned. A history that cannot be written (disk full) leaves `current` untouched and the command
     failing; a switch that fails puts the previous history back. Either way what serves is recorded."""
+    from fashionrec.deploy import collections
+
     bundles_dir = cfg.bundles
     folder = bundles_dir / version
-    report = smoke_test(folder, cfg) if smoke else None
-    if not smoke:
+    if smoke:
+        try:
+            report = smoke_test(folder, cfg)
+        except FashionrecError:
+            collections.discard(folder)   # kind milvus: the refused bundle's collection goes with it
+            raise
+    else:
+        report = None
         verify_bundle(folder)
+        collections.ready_to_serve(folder)   # kind milvus: loaded again (not kept across a restart)
     with bundles_lock(bundles_dir):
         previous = current_version(bundles_dir)
         history = read_activations(bundles_dir)
@@ -199,5 +209,7 @@ def go_live(cfg: DeployConfig, version: str, smoke: bool, reason: str = "") -> R
                 pruned.append(old)
             except OSError as exc:   # left for the next prune: recorded as no longer in the stack
                 log.warning("could not prune bundle %s: %s", old, exc)
+    moved = collections.follow(bundles_dir, version)
     notified = notify_servers(list(cfg.notify), cfg.admin_token_env) if cfg.notify else []
-    return RolloutResult("activate" if smoke else "restore", version, previous, report, pruned, notified)
+    return RolloutResult("activate" if smoke else "restore", version, previous, report, pruned, notified,
+                         moved)

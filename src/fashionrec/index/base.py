@@ -77,6 +77,10 @@ class NeighbourIndex(ABC):
         distances, indices = self._query(q, k) if mask is None else self._query_filtered(q, k, mask)
         return distances.astype(np.float32, copy=False), indices.astype(np.int64, copy=False)
 
+    def status(self) -> dict | None:
+        """What a health check reports about the engine behind the index (None: in-process, nothing)."""
+        return None
+
     @abstractmethod
     def _query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Search validated float32 queries for 1 <= k <= size neighbours."""

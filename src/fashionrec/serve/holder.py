@@ -22,7 +22,7 @@ from typing import Any
 
 from fashionrec.bundle.format import MANIFEST
 from fashionrec.bundle.store import CURRENT, list_versions
-from fashionrec.core.errors import BundleError, FashionrecError
+from fashionrec.core.errors import BundleError, FashionrecError, IndexUnavailable
 from fashionrec.serve.memory import release_memory
 from fashionrec.serve.state import ServingState, load_state
 
@@ -140,6 +140,10 @@ class StateHolder:
                 raise BundleError(self._refused[target.signature])
             try:
                 new = self._load(target)
+            except IndexUnavailable as exc:   # the engine's trouble, not the bundle's: retried at each look
+                self._error(exc)
+                log.error("bundle %s not loaded: %s", target.name, exc)
+                raise
             except FashionrecError as exc:
                 self._refuse(target, exc)
                 raise

@@ -117,5 +117,5 @@ def answer_image(state: ServingState, img: Image.Image, query: Query) -> dict[st
     """A decoded RGB image -> the top-k inventory items, from one (model version, index version)."""
     vector = state.embed([img])[0]
     hits = state.search(vector, query.k, query.category, query.kids)
-    items = [{**state.item(h.row), "score": round(h.score, 6)} for h in hits]
+    items = [{**state.hit_item(h), "score": round(h.score, 6)} for h in hits]
     return {"items": items, "model_version": state.model_version, "index_version": state.version}

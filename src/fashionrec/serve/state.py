@@ -10,9 +10,8 @@ them, BallTree and HNSW their own structures), and the item DataFrame is dropped
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -23,12 +22,14 @@ from fashionrec.core.errors import BundleError
 from fashionrec.data.images import Preprocessing
 from fashionrec.index.base import NeighbourIndex
 from fashionrec.runtime.session import DEFAULT_PROVIDERS, OnnxSession, create_session
+from fashionrec.serve.hits import Hit
+
+if TYPE_CHECKING:
+    from fashionrec.serve.remote import MilvusServingState
+
+__all__ = ["Hit", "ServingState", "load_state"]
 
 
-@dataclass(frozen=True)
-class Hit:
-    row: int
-    score: float   # cosine similarity (1 - d^2 / 2 on unit vectors)
 
 
 class ServingState:
@@ -93,6 +94,10 @@ class ServingState:
         dist, idx = self.index.query(vector.reshape(1, -1), k, allowed=keep)
         return [Hit(int(r), float(1.0 - float(d) ** 2 / 2.0)) for d, r in zip(dist[0], idx[0], strict=True)]
 
+    def hit_item(self, hit: Hit) -> dict[str, Any]:
+        """The item a hit names, as the API returns it."""
+        return self.item(hit.row)
+
     def item(self, row: int) -> dict[str, Any]:
         item_id = self.item_ids[row]
         return {"item_id": item_id, "title": self.titles[row], "category": self.category[row],
@@ -111,8 +116,14 @@ class ServingState:
 
 
 def load_state(bundle_dir: Path, inventory_root: Path | None = None, intra_op_threads: int = 0,
-               providers: tuple[str, ...] = DEFAULT_PROVIDERS, allow_spinning: bool = True) -> ServingState:
+               providers: tuple[str, ...] = DEFAULT_PROVIDERS, allow_spinning: bool = True
+               ) -> ServingState | MilvusServingState:
     """Verify and load a bundle, open its model and build its index: all or nothing."""
+    from fashionrec.serve.remote import is_milvus_bundle, load_milvus_state
+
+    if (manifest := is_milvus_bundle(bundle_dir)) is not None:   # the inventory is in Milvus, not here
+        return load_milvus_state(Path(bundle_dir).resolve(), manifest, inventory_root, intra_op_threads,
+                                 providers, allow_spinning)
     bundle = load_bundle(bundle_dir, verify=True, mmap=False)
     session = create_session(bundle.model_file, providers=providers, intra_op_threads=intra_op_threads,
                              allow_spinning=allow_spinning)

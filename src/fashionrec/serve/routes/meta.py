@@ -15,6 +15,14 @@ from fashionrec.serve.context import ServeContext
 from fashionrec.serve.handlers import error_responses, public_message
 
 
+def _public(status: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The index engine's status (milvus: URI, collection, last error) fit for a response body."""
+    if status is None:
+        return None
+    return {k: public_message(v) if k == "last_error" and isinstance(v, str) else v
+            for k, v in status.items()}
+
+
 def router(ctx: ServeContext) -> APIRouter:
     config = ctx.config
     api = APIRouter(tags=["meta"])
@@ -46,6 +54,7 @@ def router(ctx: ServeContext) -> APIRouter:
                 "model_version": state.model_version if state else None,
                 "index_version": state.version if state else None,
                 "index_kind": state.index.kind if state else None,
+                "index": _public(state.index.status()) if state else None,
                 **status, "in_flight": ctx.admission.in_flight, "busy": ctx.admission.full,
                 "decoders": len(ctx.decoder.workers), "decoders_idle": ctx.decoder.idle,
                 "decoders_killed": ctx.decoder.killed}

@@ -1,0 +1,234 @@
+"""Benchmark (issue 23): a big inventory in process (HNSW) beside the `milvus` kind on milvus-lite.
+
+Synthetic 256-d clustered, L2-normalised items (bench/index.py's `clustered`), each with a category
+(15, by cluster) and a kids flag (~8 %); queries are fresh draws. For each N:
+
+- in-process HNSW through the project's `index.build_index('hnsw', ...)` with params.yaml's parameters:
+  build time, RSS growth, single-query p50/p99, recall@10, and filtered recall@10 (one category and
+  kids=false, answered as a server does: search deeper until k items pass the filter);
+- the `milvus` kind on a `milvus-lite server` this script starts (and stops, by PID): insert rate of the
+  project's `MilvusStore.create` path (batched insert), how long the index took (capped), then a separate
+  *replica* process (`--replica`) that opens `MilvusIndex` on the collection, as a serving replica does,
+  and reports p50/p99, recall@10, filtered recall@10 and its own RSS: it must not grow with N.
+
+Results: bench/results/scale.json (rewritten after each phase, so a capped run keeps what it measured).
+
+    nice -n 19 .venv/bin/python bench/scale.py --sizes 100000 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import RESULTS, Run, percentile_ms, rss_mib
+from index import clustered, exact_neighbours
+
+CATEGORIES = 15
+KIDS_SHARE = 0.08
+
+
+def labels(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed + 7)
+    return rng.integers(0, CATEGORIES, n), rng.random(n) < KIDS_SHARE
+
+
+def exact_filtered(data: np.ndarray, queries: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
+    rows = np.flatnonzero(keep)
+    return rows[exact_neighbours(data[rows], queries, k)]
+
+
+def filtered_search(index: Any, query: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
+    """As `ServingState.search` does with a filter: 4k deep, widened x4 until k items pass."""
+    depth = min(index.size, 4 * k)
+    while True:
+        _, idx = index.query(query[None, :], depth)
+        rows = idx[0][keep[idx[0]]]
+        if len(rows) >= k or depth >= index.size:
+            return rows[:k]
+        depth = min(index.size, depth * 4)
+
+
+def recall(got: list[np.ndarray] | np.ndarray, truth: np.ndarray) -> float:
+    hits = [len(set(np.asarray(g).tolist()) & set(t.tolist())) / len(t)
+            for g, t in zip(got, truth, strict=False)]
+    return round(float(np.mean(hits)), 4) if hits else float("nan")
+
+
+def hnsw_phase(data: np.ndarray, queries: np.ndarray, truth: np.ndarray, ftruth: np.ndarray,
+               keep: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    from fashionrec.index import build_index
+
+    before = rss_mib()
+    started = time.perf_counter()
+    index = build_index(data, "hnsw", M=16, ef_construction=200, ef_search=args.ef, build_threads=0)
+    build_s = time.perf_counter() - started
+    grown = rss_mib() - before
+    index.query(queries[:1], args.k)
+    seconds, got = [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        got.append(index.query(q[None, :], args.k)[1][0])
+        seconds.append(time.perf_counter() - t0)
+    fseconds, fgot = [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        fgot.append(filtered_search(index, q, keep, args.k))
+        fseconds.append(time.perf_counter() - t0)
+    return {"kind": f"hnsw ef={args.ef}", "build_s": round(build_s, 1), "rss_growth_mib": round(grown, 1),
+            "rss_mib": round(rss_mib(), 1), "p50_ms": round(percentile_ms(seconds, 50), 3),
+            "p99_ms": round(percentile_ms(seconds, 99), 3), "recall_at_10": recall(got, truth),
+            "filtered_p50_ms": round(percentile_ms(fseconds, 50), 3),
+            "filtered_recall_at_10": recall(fgot, ftruth), "queries": len(queries)}
+
+
+def start_lite(data_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("milvus-lite")), "server", "--data-dir",
+                             str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise TimeoutError("milvus-lite did not start")
+
+
+def milvus_phase(n: int, data: np.ndarray, cats: np.ndarray, kids: np.ndarray, work: Path,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    from fashionrec.index.milvus import MilvusSettings, MilvusStore
+
+    proc, uri = start_lite(work / f"lite-{n}", work / f"lite-{n}.log")
+    out: dict[str, Any] = {"kind": "milvus (milvus-lite, HNSW M16 efC200, ef 128)", "uri": uri}
+    try:
+        settings = MilvusSettings(uri=uri, collection_prefix="bench", insert_batch=args.insert_batch,
+                                  timeout_s=600.0, build_timeout_s=args.build_wait_s,
+                                  allowed_index_types={"lite": ["HNSW"]})
+        store = MilvusStore(settings)
+        name = settings.collection(f"v{n}")
+        items = [{"item_id": f"i{i}", "title": f"item {i}", "category": f"c{cats[i]}", "kids": bool(kids[i]),
+                  "attributes": [], "image": f"images/i{i}.jpg"} for i in range(n)]
+        started = time.perf_counter()
+        try:
+            built = store.create(name, data, items, {"fashionrec.bundle_version": f"v{n}"},
+                                 wait_built=args.build_wait_s > 0)
+            out.update(insert_s=built["insert_seconds"], index_ready_s=built["ready_seconds"],
+                       index_built=args.build_wait_s > 0)
+        except Exception as exc:   # the build wait capped: the rows are in, the index may still be building
+            out.update(index_built=False, note=f"{type(exc).__name__}: {str(exc)[:200]}")
+            out["insert_s"] = round(time.perf_counter() - started, 1)
+        out["insert_rows_per_s"] = round(n / max(out["insert_s"], 1e-9))
+        out["server_rss_mib"] = round(rss_mib(proc.pid), 1)
+        store.close()
+        replica = subprocess.run([sys.executable, __file__, "--replica", uri, name, str(n), str(work),
+                                  str(args.milvus_queries)], capture_output=True, text=True, timeout=3600)
+        if replica.returncode != 0:
+            out["replica_error"] = replica.stderr[-2000:]
+        else:
+            out.update(json.loads(replica.stdout.strip().splitlines()[-1]))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return out
+
+
+def replica(uri: str, name: str, n: int, work: Path, count: int) -> None:
+    """A serving replica's view: `MilvusIndex` on the collection, no embeddings, no item table."""
+    from fashionrec.index.milvus import MilvusIndex, MilvusSettings, filter_expression
+
+    queries = np.load(work / f"queries-{n}.npy")[:count]
+    truth = np.load(work / f"truth-{n}.npy")[:count]
+    ftruth = np.load(work / f"ftruth-{n}.npy")[:count]
+    category, kids = json.loads((work / f"filter-{n}.json").read_text())
+    index = MilvusIndex(collection=name, size=n, dim=queries.shape[1],
+                        settings=MilvusSettings(uri=uri, timeout_s=600.0))
+    index.search(queries[0], 10)
+    seconds, got, fseconds, fgot = [], [], [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        got.append([r for r, _, _ in index.search(q, 10)])
+        seconds.append(time.perf_counter() - t0)
+    expression = filter_expression(category, kids)
+    for q in queries:
+        t0 = time.perf_counter()
+        fgot.append([r for r, _, _ in index.search(q, 10, expression)])
+        fseconds.append(time.perf_counter() - t0)
+    print(json.dumps({"p50_ms": round(percentile_ms(seconds, 50), 2),
+                      "p99_ms": round(percentile_ms(seconds, 99), 2), "recall_at_10": recall(got, truth),
+                      "filtered_p50_ms": round(percentile_ms(fseconds, 50), 2),
+                      "filtered_recall_at_10": recall(fgot, ftruth), "queries": len(queries),
+                      "replica_rss_mib": round(rss_mib(), 1)}))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--replica":
+        uri, name, n, work, count = sys.argv[2:7]
+        replica(uri, name, int(n), Path(work), int(count))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--milvus-queries", type=int, default=50, help="milvus-lite scans: fewer at 1M")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--ef", type=int, default=128)
+    ap.add_argument("--insert-batch", type=int, default=5000)
+    ap.add_argument("--build-wait-s", type=float, default=600.0,
+                    help="cap on milvus-lite's index build (0: search at once, while it builds)")
+    ap.add_argument("--skip", nargs="*", default=[], help="phases to skip: hnsw, milvus")
+    ap.add_argument("--out", type=Path, default=RESULTS / "scale.json")
+    args = ap.parse_args()
+    run = Run("scale")
+    results: dict[str, Any] = {"dim": args.dim, "k": args.k, "sizes": {}}
+    with tempfile.TemporaryDirectory(prefix="fashionrec-scale-") as tmp:
+        work = Path(tmp)
+        for n in args.sizes:
+            data = clustered(n, args.dim, clusters=1000, spread=0.8, seed=1)
+            queries = clustered(args.queries, args.dim, clusters=1000, spread=0.8, seed=2)
+            cats, kids = labels(n, 1)
+            keep = (cats == 3) & ~kids
+            truth = exact_neighbours(data, queries, args.k)
+            ftruth = exact_filtered(data, queries, keep, args.k)
+            np.save(work / f"queries-{n}.npy", queries)
+            np.save(work / f"truth-{n}.npy", truth)
+            np.save(work / f"ftruth-{n}.npy", ftruth)
+            (work / f"filter-{n}.json").write_text(json.dumps(["c3", False]))
+            entry: dict[str, Any] = {"filter": "category c3 and kids false",
+                                     "filter_share": round(float(keep.mean()), 4)}
+            results["sizes"][str(n)] = entry
+            if "hnsw" not in args.skip:
+                print(f"N={n}: in-process HNSW ...", flush=True)
+                entry["hnsw"] = hnsw_phase(data, queries, truth, ftruth, keep, args)
+                print(entry["hnsw"], flush=True)
+                run.save(results, args.out)
+            if "milvus" not in args.skip:
+                print(f"N={n}: milvus kind on milvus-lite ...", flush=True)
+                entry["milvus"] = milvus_phase(n, data, cats, kids, work, args)
+                print(entry["milvus"], flush=True)
+                run.save(results, args.out)
+            del data
+    run.save(results, args.out)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    main()
