@@ -115,7 +115,7 @@ def describe(name: SubsetArg = None, params: ParamsOpt = Path("params.yaml"), se
 
 @app.command()
 def synth(n: Annotated[int, typer.Argument(help="Number of photos to write.")],
-          out: Annotated[Path, typer.Argument(help="Folder to write images/, images.csv, top10-splits.csv into.")],
+          out: Annotated[Path, typer.Argument(help="Folder for images/, images.csv, top10-splits.csv.")],
           params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
           size: Annotated[int | None, typer.Option(help="Photo side in pixels (synth.size).")] = None,
           seed: Annotated[int | None, typer.Option(help="Generator seed (synth.seed).")] = None) -> None:
