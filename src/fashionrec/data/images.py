@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from fashionrec.core.errors import DataError, ImageRefused, ImageTooLarge
+from fashionrec.data.shards import is_member_ref, read_member
 
 # Set explicitly rather than relying on Pillow's default: ~50 MP is far above any product photo.
 MAX_IMAGE_PIXELS = 50_000_000
@@ -68,6 +69,8 @@ def _open(source: str | Path | bytes, label: str) -> Image.Image:
         if not source:
             raise DataError(f"{label}: empty file")
         return Image.open(io.BytesIO(source))
+    if is_member_ref(source):   # a photo inside a tar shard (data/subset/<name>/shards/)
+        return Image.open(io.BytesIO(read_member(source)))
     if not Path(source).is_file():
         raise DataError(f"{label}: file not found")
     return Image.open(str(source))

@@ -1,7 +1,9 @@
 """The manifest: one Parquet row per image, the single description of a dataset folder.
 
-Paths are absolute in `data/manifest` and relative to the manifest's folder in subset/validated, so a
-versioned folder can move; `read_manifest` adds `abspath`, the one way to find an image file.
+Paths are absolute in `data/manifest` (the source's files) and, in subset/validated, shard member references
+relative to the manifest's folder (`shards/train-000000.tar#<offset>:<size>:<key>.jpg`, see `data/shards.py`)
+so a versioned folder can move; `read_manifest` adds `abspath`, the one way to find a photo, which
+`open_image` and `read_image_bytes` read whichever it is.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fashionrec.data.images import open_image
 
 COLUMNS = ["id", "path", "label", "category", "labels", "kids", "sender_id",
            "width", "height", "mode", "bytes", "sha256"]
+OPTIONAL = ("split", "shard", "key")   # subset/validated: the split, and where each photo lies in the shards
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.parquet"
 DATASET = "dataset.json"
@@ -47,7 +50,7 @@ def image_facts(path: Path) -> dict[str, Any]:
 
 def write_manifest(df: pd.DataFrame, path: Path) -> Path:
     """Write the manifest columns (plus `split` when present) with stable dtypes."""
-    cols = [*COLUMNS, *(["split"] if "split" in df.columns else [])]
+    cols = [*COLUMNS, *(c for c in OPTIONAL if c in df.columns)]
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise DataError(f"{path}: manifest lacks columns {missing}")

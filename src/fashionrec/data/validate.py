@@ -31,6 +31,7 @@ from fashionrec.data.manifest import (
     write_dataset,
     write_manifest,
 )
+from fashionrec.data.shards import read_image_bytes
 
 REQUIRED = ["id", "path", "label", "category", "labels", "sender_id", "width", "height", "mode",
             "bytes", "sha256", "split"]
@@ -121,19 +122,20 @@ def check_files(df: pd.DataFrame) -> pd.DataFrame:
     pairs = zip(df["id"], df["abspath"], strict=True)
     for rid, path in tqdm(pairs, total=len(df), desc="validate", unit="img"):
         name = f"{rid} ({path})"
+        sha = None
         try:
-            data = Path(path).read_bytes()
-            shas.append(hashlib.sha256(data).hexdigest())
+            data = read_image_bytes(path)   # a shard member (names shard and key if cut short) or a file
+            sha = hashlib.sha256(data).hexdigest()
             open_image(data, name=name)
             ok.append(True)
             errors.append("")
         except (OSError, TypeError):
-            shas.append(None)
             ok.append(False)
             errors.append(f"{name}: file not found or unreadable")
         except DataError as exc:
             ok.append(False)
             errors.append(str(exc))
+        shas.append(sha)
     return df.assign(file_ok=ok, file_error=errors, file_sha256=shas)
 
 
