@@ -212,19 +212,23 @@ def read_image_bytes(path: str | Path) -> bytes:
     return Path(path).read_bytes()
 
 
-def extract_images(paths: list[str], dest: Path) -> list[str]:
+def extract_images(paths: list[str], dest: Path, shas: list[str | None] | None = None) -> list[str]:
     """Plain-file copies of shard members (for consumers that need a file per photo, e.g. the serving
-    inventory's image route), content-addressed (`<sha256[:2]>/<sha256>.<suffix>`) so repeated deploys and
-    data versions share them; plain paths pass through. Returns the path of each."""
+    inventory's image route), content-addressed (`<sha256[:2]>/<sha256><suffix>`) so repeated deploys and
+    data versions share them: with the manifest's `shas`, a copy already there is not read again. Plain
+    paths pass through. Returns the path of each."""
     dest = Path(dest)
     out = []
-    for path in paths:
+    for path, known in zip(paths, shas or [None] * len(paths), strict=True):
         if not isinstance(path, str) or not is_member_ref(path):
             out.append(path)
             continue
+        suffix = Path(parse_ref(path)[3]).suffix or ".jpg"
+        if known and (dest / known[:2] / f"{known}{suffix}").is_file():
+            out.append(str(dest / known[:2] / f"{known}{suffix}"))
+            continue
         data = read_member(path)
         digest = hashlib.sha256(data).hexdigest()
-        suffix = Path(parse_ref(path)[3]).suffix or ".jpg"
         target = dest / digest[:2] / f"{digest}{suffix}"
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
