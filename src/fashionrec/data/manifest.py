@@ -93,23 +93,30 @@ class ManifestWriter:
         self.rows = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self._writer = pq.ParquetWriter(self._tmp, self.schema)
+        self._writer: pq.ParquetWriter | None = None
 
     def write(self, df: pd.DataFrame) -> None:
         if df.empty:
             return
         table = pa.Table.from_pandas(_columns(df, self.path, self.optional), schema=self.schema,
                                      preserve_index=False)
+        if self._writer is None:   # the first batch's schema carries the pandas dtypes (Int64, bool)
+            self._writer = pq.ParquetWriter(self._tmp, table.schema)
         self._writer.write_table(table)
         self.rows += len(df)
 
     def close(self) -> Path:
-        self._writer.close()
+        if self._writer is None:
+            empty = pd.DataFrame({c: pd.Series([], dtype=object) for c in [*COLUMNS, *self.optional]})
+            write_manifest(empty.assign(kids=pd.Series([], dtype=bool)), self._tmp)
+        else:
+            self._writer.close()
         self._tmp.replace(self.path)
         return self.path
 
     def abort(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
         self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> ManifestWriter:
