@@ -91,7 +91,6 @@ class SubsetSection(SubsetKeys):
     out: str = "data/subset"
     product: str = "catalog"
     shard_size: PosInt = 1000         # photos per tar shard (WebDataset layout)
-    chunk_size: PosInt = 10000        # manifest rows per Parquet batch
     subsets: dict[str, SubsetKeys | None] = Field(default_factory=dict)
 
 
