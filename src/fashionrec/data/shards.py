@@ -142,18 +142,17 @@ class ShardWriter:
         self.folder = Path(folder)
         self.size = size
         self.counts: dict[str, int] = {}
-        self._tar: tarfile.TarFile | None = None
         self._fh: io.BufferedWriter | None = None
         self._name = ""
         self._prefix = ""
         self._members = 0
+        self._offset = 0
         (self.folder / SHARDS).mkdir(parents=True, exist_ok=True)
 
     def add(self, prefix: str, key: str, suffix: str, data: bytes, meta: dict[str, Any]) -> Member:
         """Append one photo (its bytes and its JSON record) to the current shard of `prefix`."""
-        if self._tar is None or self._prefix != prefix or self._members >= self.size:
+        if self._fh is None or self._prefix != prefix or self._members >= self.size:
             self._open(prefix)
-        assert self._tar is not None
         name = f"{key}{suffix}"
         offset = self._put(name, data)
         self._put(f"{key}.json", json.dumps(meta, sort_keys=True, default=str).encode())
@@ -161,33 +160,39 @@ class ShardWriter:
         return Member(shard=self._name, key=key, name=name, offset=offset, size=len(data))
 
     def _put(self, name: str, data: bytes) -> int:
-        assert self._tar is not None
+        """One member: its header (GNU tar; a long name gets GNU's long-name record), bytes, padding.
+        Written directly rather than through TarFile.addfile, which builds each header twice."""
+        assert self._fh is not None
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = len(data), 0, 0o644
-        header = info.tobuf(self._tar.format, self._tar.encoding, self._tar.errors)
-        offset = self._tar.offset + len(header)
-        self._tar.addfile(info, io.BytesIO(data))
+        header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+        pad = -len(data) % BLOCK
+        self._fh.write(header)
+        self._fh.write(data)
+        self._fh.write(b"\0" * pad)
+        offset = self._offset + len(header)
+        self._offset = offset + len(data) + pad
         return offset
 
     def _open(self, prefix: str) -> None:
         self._close()
         number = self.counts.get(prefix, 0)
         self.counts[prefix] = number + 1
-        self._prefix, self._members = prefix, 0
+        self._prefix, self._members, self._offset = prefix, 0, 0
         self._name = f"{SHARDS}/{prefix}-{number:06d}.tar"
         self._fh = open(self._tmp(), "wb")  # noqa: SIM115 - closed in _close
-        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
 
     def _tmp(self) -> Path:
         return self.folder / f"{self._name}.tmp"
 
     def _close(self) -> None:
-        if self._tar is None or self._fh is None:
+        if self._fh is None:
             return
-        self._tar.close()
+        end = self._offset + 2 * BLOCK   # two zero blocks end the archive, padded to a whole record
+        self._fh.write(b"\0" * (2 * BLOCK + (-end % tarfile.RECORDSIZE)))
         self._fh.close()
         os.replace(self._tmp(), self.folder / self._name)
-        self._tar = self._fh = None
+        self._fh = None
 
     def close(self) -> None:
         self._close()
@@ -198,11 +203,10 @@ class ShardWriter:
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self._close()
-        elif self._tar is not None and self._fh is not None:  # a failed write leaves no partial shard
-            self._tar.close()
+        elif self._fh is not None:  # a failed write leaves no partial shard
             self._fh.close()
             self._tmp().unlink(missing_ok=True)
-            self._tar = self._fh = None
+            self._fh = None
 
 
 def read_image_bytes(path: str | Path) -> bytes:
