@@ -60,6 +60,9 @@ def _columns(df: pd.DataFrame, path: Path, optional: tuple[str, ...] | None = No
     if missing:
         raise DataError(f"{path}: manifest lacks columns {missing}")
     out = df[cols].copy()
+    for col in out.columns:   # Arrow-backed strings (subset holds them so) are written as plain strings
+        if isinstance(out[col].dtype, pd.StringDtype):
+            out[col] = out[col].astype(object).where(out[col].notna(), None)
     for col in ("width", "height", "bytes"):
         out[col] = out[col].astype("Int64")
     out["sender_id"] = out["sender_id"].astype("Int64")

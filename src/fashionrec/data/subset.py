@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,17 +27,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from fashionrec.core.config import DEFAULT_SEED
 from fashionrec.core.errors import DataError
 from fashionrec.data.manifest import (
+    COLUMNS,
     MANIFEST,
     SPLITS,
     category_of,
     dataset_info,
     labels_of,
-    read_manifest,
+    manifest_file,
     write_dataset,
     write_manifest,
 )
@@ -116,7 +120,7 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
     name = params.get("name")
     attributes = list(params.get("attributes") or [])
     source_dir = Path(manifest).parent / "source"
-    df = read_manifest(manifest)
+    df = read_for_subset(manifest)
     for attr in attributes:
         if attr not in df.columns or df[attr].dtype != bool:
             raise DataError(f"subset.attributes: '{attr}' is not a boolean manifest column")
@@ -376,13 +380,15 @@ def write_shards(df: pd.DataFrame, out: Path, shard_size: int) -> tuple[pd.DataF
     for old in (out / SHARDS, out / "images"):  # images/: the layout before shards
         shutil.rmtree(old, ignore_errors=True)
     paths, shards, keys, missing = [], [], [], []
-    records = df[["id", "abspath", "label", "category", "labels", "kids", "sender_id", "split", "sha256"]]
+    base = str(df.attrs.get("base", "/"))
+    records = df[["id", "path", "label", "category", "labels", "kids", "sender_id", "split", "sha256"]]
     with ShardWriter(out, shard_size) as writer:
         for row in tqdm(records.itertuples(index=False), total=len(df), desc="subset", unit="img",
                         mininterval=1.0):
-            suffix = Path(row.abspath).suffix.lower() or ".jpg"
+            source = os.path.normpath(os.path.join(base, row.path))   # absolute in data/manifest
+            suffix = Path(source).suffix.lower() or ".jpg"
             try:
-                data = Path(row.abspath).read_bytes()
+                data = Path(source).read_bytes()
             except OSError:
                 missing.append(row.id)
                 paths.append(f"missing/{row.id}{suffix}")
@@ -396,4 +402,25 @@ def write_shards(df: pd.DataFrame, out: Path, shard_size: int) -> tuple[pd.DataF
             paths.append(member.ref)
             shards.append(member.shard)
             keys.append(member.key)
-    return df.assign(path=paths, shard=shards, key=keys).drop(columns=["abspath"]), missing
+    return df.assign(path=paths, shard=shards, key=keys), missing
+
+
+def read_for_subset(manifest: Path) -> pd.DataFrame:
+    """The source manifest without its `labels` (subset derives them) and with Arrow-backed strings: the
+    subset holds every row's metadata at once (its split balances senders against each other), so each
+    row should cost bytes, not the hundreds a Python string or list costs. `attrs["base"]` is the folder
+    its relative paths start from."""
+    path = manifest_file(manifest)
+    try:
+        names = pq.read_schema(path).names
+        missing = [c for c in COLUMNS if c not in names]
+        if missing:
+            raise DataError(f"{path}: manifest lacks columns {missing}")
+        table = pq.read_table(path, columns=[c for c in COLUMNS if c != "labels"])
+        df = table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read manifest ({type(exc).__name__}: {exc})") from exc
+    df.attrs["base"] = str(path.parent.resolve())
+    return df
