@@ -37,17 +37,18 @@ from fashionrec.data.manifest import (
     COLUMNS,
     MANIFEST,
     SPLITS,
+    ManifestWriter,
     category_of,
     dataset_info,
     labels_of,
     manifest_file,
     write_dataset,
-    write_manifest,
 )
 from fashionrec.data.shards import SHARDS, ShardWriter
 
 POLICIES = ("published", "grouped")
 SHARD_SIZE = 1000  # photos per shard (subset.shard_size)
+WRITE_ROWS = 10_000  # manifest rows converted and written at a time
 DROPPED = "dropped"  # dropped.json / dropped.md
 # why a photo of the source is not in a subset (the keys of dropped.json's `by_reason`)
 JUNK = "junk label (subset.drop_labels)"
@@ -199,7 +200,9 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
     df = df.sort_values(["split", "category", "id"]).reset_index(drop=True)
     out.mkdir(parents=True, exist_ok=True)
     df, missing = write_shards(df, out, int(params.get("shard_size") or SHARD_SIZE))
-    write_manifest(df, out / MANIFEST)
+    with ManifestWriter(out / MANIFEST, optional=("split", "shard", "key")) as writer:
+        for start in range(0, len(df), WRITE_ROWS):   # plain strings a slice at a time, not all at once
+            writer.write(df.iloc[start:start + WRITE_ROWS])
     extra = {"subset": name} if name else {}
     write_dataset(dataset_info(df, classes, attributes, **extra, split_policy=policy, seed=seed,
                                expected_shares=expected,
@@ -402,7 +405,9 @@ def write_shards(df: pd.DataFrame, out: Path, shard_size: int) -> tuple[pd.DataF
             paths.append(member.ref)
             shards.append(member.shard)
             keys.append(member.key)
-    return df.assign(path=paths, shard=shards, key=keys), missing
+    arrow = "string[pyarrow]"
+    return df.assign(path=pd.array(paths, dtype=arrow), shard=pd.array(shards, dtype=arrow),
+                     key=pd.array(keys, dtype=arrow)), missing
 
 
 def read_for_subset(manifest: Path) -> pd.DataFrame:
