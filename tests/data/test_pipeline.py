@@ -85,6 +85,10 @@ def test_dvc_repro_then_nothing_then_push_pull(tiny_validated, tmp_path):
         assert (repo / f"reports/describe/{name}/kids_balance.png").is_file()
     assert len(read_manifest(repo / "data/validated/benchmark")) == tiny_validated.source.n_published
     catalog = read_manifest(repo / "data/validated/catalog")
+    # DVC versions a few shards per subset, not a file per photo
+    shards = sorted(p.name for p in (repo / "data/subset/catalog/shards").iterdir())
+    assert shards == ["test-000000.tar", "train-000000.tar", "validation-000000.tar"]
+    assert not (repo / "data/subset/catalog/images").exists() and len(catalog) > len(shards) * 10
     assert catalog["kids"].sum() > read_manifest(repo / "data/validated/benchmark")["kids"].sum()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert lock["ingest"]["params"]["params.yaml"]["ingest"]["source"] == str(tiny_validated.source.root)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pandas as pd
@@ -9,6 +10,7 @@ import pytest
 
 from fashionrec.core.errors import DataError
 from fashionrec.data.manifest import read_manifest
+from fashionrec.data.shards import iter_shard, read_image_bytes
 from fashionrec.data.subset import subset, subset_params
 
 
@@ -25,10 +27,12 @@ def test_published_subset_is_self_contained(tiny_validated):
     df = read_manifest(folder)
     assert {s: sorted(df.loc[df["split"] == s, "id"]) for s in tiny.splits} == \
         {s: sorted(ids) for s, ids in tiny.splits.items()}
-    assert all(p.startswith("images/") for p in df["path"])
+    assert all(p.startswith(f"shards/{s}-") for p, s in zip(df["path"], df["split"], strict=True))
     for p, sha in zip(df["abspath"], df["sha256"], strict=True):
-        assert p.startswith(str(folder.resolve())) and len(sha) == 64
-    assert len(list((folder / "images").iterdir())) == len(df) == tiny.n_published
+        assert p.startswith(str(folder.resolve())) and hashlib.sha256(read_image_bytes(p)).hexdigest() == sha
+    assert sorted(p.name for p in (folder / "shards").iterdir()) == \
+        ["test-000000.tar", "train-000000.tar", "validation-000000.tar"]
+    assert len(df) == tiny.n_published and not (folder / "images").exists()
     # the published label wins over images.csv
     (wrong_id, wrong_label), = tiny.relabelled.items()
     row = df.set_index("id").loc[wrong_id]
@@ -181,3 +185,28 @@ def test_subset_params_merge_and_unknown_names(tiny_validated):
     assert subset_params(section, "catalog")["split"]["keep_in_test"] == "top10-splits.csv"
     with pytest.raises(DataError, match=r"no subset named 'shop'"):
         subset_params(section, "shop")
+
+
+def test_shards_hold_webdataset_records_and_size_from_params(tiny_validated, tmp_path):
+    """shard_size photos per shard, each `<id>.jpg` + `<id>.json` (its manifest record); the manifest is the
+    same whatever the shard size, but for where each photo lies."""
+    section = tiny_validated.params.section("subset")
+    folder = tmp_path / "catalog"
+    subset(tiny_validated.manifest / "manifest.parquet", folder,
+           {**subset_params(section, "catalog"), "shard_size": 5})
+    small, big = read_manifest(folder), read_manifest(tiny_validated.catalog)
+    where = ["path", "shard", "abspath"]
+    pd.testing.assert_frame_equal(small.drop(columns=where), big.drop(columns=where))
+    for split, rows in small.groupby("split"):
+        assert sorted(rows["shard"].unique()) == [f"shards/{split}-{i:06d}.tar"
+                                                 for i in range((len(rows) + 4) // 5)]
+    records = {}
+    for shard in sorted((folder / "shards").iterdir()):
+        photos = list(iter_shard(shard))
+        assert 1 <= len(photos) <= 5 and all(set(parts) == {"jpg", "json"} for _, parts in photos)
+        records.update({key: (json.loads(parts["json"]), parts["jpg"]) for key, parts in photos})
+    assert sorted(records) == sorted(small["id"])
+    for row in small.itertuples():
+        meta, data = records[row.id]
+        assert meta["split"] == row.split and meta["category"] == row.category and meta["kids"] == row.kids
+        assert hashlib.sha256(data).hexdigest() == row.sha256 == meta["sha256"]

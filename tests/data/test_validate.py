@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -13,8 +14,10 @@ import pytest
 from fashionrec import cli
 from fashionrec.core.errors import ValidationFailed
 from fashionrec.data.manifest import read_manifest, write_manifest
+from fashionrec.data.shards import read_image_bytes
 from fashionrec.data.subset import subset, subset_params
 from fashionrec.data.validate import validate
+from tests.data.shard_edit import replace_member, truncate_in
 
 
 @pytest.fixture
@@ -47,8 +50,10 @@ def pick(project: Path, split: str = "train", n: int = 0) -> pd.Series:
 def test_validated_folder_and_reports(tiny_validated):
     df = read_manifest(tiny_validated.validated)
     assert len(df) == tiny_validated.source.n_published
-    assert all(p.startswith("../../subset/benchmark/images/") for p in df["path"])
-    assert all(Path(p).is_file() for p in df["abspath"])
+    assert all(p.startswith("../../subset/benchmark/shards/") for p in df["path"])
+    assert all(Path(p.split("#")[0]).is_file() for p in df["abspath"])
+    assert all(hashlib.sha256(read_image_bytes(p)).hexdigest() == sha
+               for p, sha in zip(df["abspath"], df["sha256"], strict=True))
     info = json.loads((tiny_validated.validated / "dataset.json").read_text())
     assert info["counts"]["validation"] == {c: 2 for c in tiny_validated.source.classes}
     assert pd.read_csv(tiny_validated.validated / "quarantine.csv").empty
@@ -61,11 +66,14 @@ def test_validated_folder_and_reports(tiny_validated):
     assert "sha256_splits" in html and "images per class and split" in html
 
 
-def test_missing_file_fails_naming_it(project, tiny_validated):
-    victim = pick(project)
-    Path(victim["abspath"]).unlink()
-    with pytest.raises(ValidationFailed, match=rf"file exists and decodes.*{victim['id']}.*not found"):
+def test_missing_shard_fails_naming_each_photo(project, tiny_validated):
+    victims = read_manifest(project / "data/subset/benchmark").query("split == 'test'")
+    (project / "data/subset/benchmark" / victims["shard"].iloc[0]).unlink()
+    with pytest.raises(ValidationFailed, match=r"file exists and decodes.*failed for 8") as info:
         run(project, tiny_validated, on_bad_file="fail")
+    shard = project / "data/subset/benchmark/shards/test-000000.tar"
+    for key in victims["id"]:
+        assert f"shard {shard}, key {key}: shard file not found" in str(info.value)
     assert not (project / "data/validated/benchmark").exists()
     summary = json.loads((project / "reports/validate/benchmark/summary.json").read_text())
     assert not summary["success"] and (project / "reports/validate/benchmark/data_docs/index.html").is_file()
@@ -73,23 +81,31 @@ def test_missing_file_fails_naming_it(project, tiny_validated):
 
 def test_undecodable_file_fails_naming_it(project, tiny_validated):
     victim = pick(project, n=1)
-    Path(victim["abspath"]).write_bytes(Path(victim["abspath"]).read_bytes()[:200])  # truncated JPEG
+    replace_member(project / "data/subset/benchmark", victim["id"], read_image_bytes(victim["abspath"])[:200])
     with pytest.raises(ValidationFailed, match=rf"file exists and decodes.*{victim['id']}.*cannot decode"):
         run(project, tiny_validated, on_bad_file="fail")
 
 
 def test_quarantine_drops_bad_files_and_goes_on(project, tiny_validated):
-    missing, broken = pick(project, n=0), pick(project, n=1)
-    Path(missing["abspath"]).unlink()
-    Path(broken["abspath"]).write_bytes(b"GIF89a not an image")
-    result = run(project, tiny_validated, on_bad_file="quarantine")
-    assert result.success and result.n_passed == result.n_checked - 2
-    q = pd.read_csv(project / "data/validated/benchmark/quarantine.csv")
-    assert sorted(q["id"]) == sorted([missing["id"], broken["id"]])
-    assert q.set_index("id").loc[broken["id"], "reason"].count("cannot decode") == 1
+    folder = project / "data/subset/benchmark"
+    broken = pick(project, n=1)
+    replace_member(folder, broken["id"], b"GIF89a not an image")
+    train = read_manifest(folder).query("split == 'train'")     # shard order: category, then id
+    cut = train.iloc[-2]                                         # the shard ends inside its bytes
+    shard = truncate_in(folder, cut["id"])
+    result = run(project, tiny_validated, on_bad_file="quarantine", min_per_class=1, split_tolerance=1.0)
+    assert result.success and result.n_passed == result.n_checked - 3
+    q = pd.read_csv(project / "data/validated/benchmark/quarantine.csv").set_index("id")
+    assert sorted(q.index) == sorted([broken["id"], cut["id"], train["id"].iloc[-1]])
+    assert q.loc[broken["id"], "reason"].count("cannot decode") == 1
+    # each photo the cut shard lost is named with its shard and key: the one cut short, the one after it
+    assert f"shard {shard}, key {cut['id']}: truncated shard" in q.loc[cut["id"], "reason"]
+    last = train["id"].iloc[-1]
+    assert f"shard {shard}, key {last}: corrupt tar header" in q.loc[last, "reason"]
     kept = read_manifest(project / "data/validated/benchmark")
-    assert not set(q["id"]) & set(kept["id"])
-    assert json.loads((project / "data/validated/benchmark/dataset.json").read_text())["quarantined"] == 2
+    assert not set(q.index) & set(kept["id"])
+    assert set(train["id"].iloc[:-2]) - {broken["id"]} <= set(kept["id"])   # the rest of the shard is kept
+    assert json.loads((project / "data/validated/benchmark/dataset.json").read_text())["quarantined"] == 3
 
 
 def test_unknown_label_fails_naming_row(project, tiny_validated):
@@ -111,7 +127,7 @@ def test_unknown_label_fails_naming_row(project, tiny_validated):
 
 def test_identical_content_in_two_splits_is_leakage(project, tiny_validated):
     train, test = pick(project, "train"), pick(project, "test")
-    shutil.copyfile(train["abspath"], test["abspath"])  # the same photo under two ids
+    replace_member(project / "data/subset/benchmark", test["id"], read_image_bytes(train["abspath"]))
 
     def change(df):
         df.loc[df["id"] == test["id"], "sha256"] = train["sha256"]
@@ -127,7 +143,8 @@ def test_identical_content_in_two_splits_is_leakage(project, tiny_validated):
 
 def test_changed_file_content_is_caught(project, tiny_validated):
     a, b = pick(project, n=3), pick(project, n=4)
-    shutil.copyfile(a["abspath"], b["abspath"])  # same split: no leakage, but b is not what subset copied
+    replace_member(project / "data/subset/benchmark", b["id"], read_image_bytes(a["abspath"]))  # not what
+    # subset wrote, in the same split: no leakage
     with pytest.raises(ValidationFailed, match=rf"matches the manifest sha256.*{b['id']}"):
         run(project, tiny_validated)
 
@@ -179,10 +196,11 @@ def test_cli_exit_codes(project, tiny_validated, monkeypatch, capsys):
     assert main("benchmark") == 0
     assert json.loads(capsys.readouterr().out)["success"] is True
     victim = pick(project)
-    Path(victim["abspath"]).unlink()
+    shard = truncate_in(project / "data/subset/benchmark", victim["id"])
     assert main("benchmark", "--on-bad-file", "fail") == 1
     err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
-    assert err.startswith("error: expectation 'file exists and decodes'") and victim["id"] in err
+    assert err.startswith("error: expectation 'file exists and decodes'")
+    assert f"shard {shard}, key {victim['id']}: truncated shard" in err
     assert main("benchmark", "-s", "validate.on_bad_file=maybe") == 1
     assert "params: validate.on_bad_file: expected one of 'fail' or 'quarantine', got 'maybe'" in \
         capsys.readouterr().err

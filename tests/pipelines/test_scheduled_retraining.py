@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ from fashionrec.core.config import Params, set_dotted
 from fashionrec.core.errors import FashionrecError
 from fashionrec.data.intake import sender_split
 from fashionrec.data.manifest import SPLITS, read_dataset, read_manifest
+from fashionrec.data.shards import read_image_bytes
 from fashionrec.data.synthetic import draw_item
 from fashionrec.data.versions import DataVersion, init_project
 from fashionrec.kfp.client import LocalRun, run_local
@@ -345,7 +345,7 @@ def test_bad_photos_are_refused_by_name(project: Project, run1: LocalRun, tmp_pa
     rows = pd.read_csv(folder / "images.csv")
     product = project.tree["subset"]["product"]
     test_row = read_manifest(project.repo / "data" / "subset" / product).query("split == 'test'").iloc[0]
-    shutil.copyfile(test_row["abspath"], folder / "images" / "copy-of-test.jpg")
+    (folder / "images" / "copy-of-test.jpg").write_bytes(read_image_bytes(test_row["abspath"]))
     (folder / "images" / "broken.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
     draw_item("Dress", np.random.default_rng(3), (80, 80)).save(folder / "images" / "a-hat.jpg")
     extra = pd.DataFrame([{"image": "copy-of-test", "sender_id": 900, "label": "Shoes", "kids": False},

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fashionrec.data.images import open_image
 from fashionrec.data.manifest import read_manifest
 from tests.reliability.hostile import hostile_images
 from tests.reliability.utils import BUDGET_MIB, LEAK
@@ -59,7 +60,7 @@ def seeds(tiny_validated) -> dict[str, list[bytes]]:
     df = read_manifest(tiny_validated.validated)
     out: dict[str, list[bytes]] = {f: [] for f in FORMATS}
     for path in list(df["abspath"])[:3]:
-        img = Image.open(path).convert("RGB")
+        img = open_image(path)  # a shard member of the subset
         img.thumbnail((96, 96))
         for fmt in FORMATS:
             buf = io.BytesIO()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -26,6 +27,8 @@ from fashionrec.bundle.store import (
 )
 from fashionrec.core.config import Params
 from fashionrec.core.errors import BundleError, DataError, FashionrecError, SmokeTestFailed
+from fashionrec.data.manifest import read_manifest
+from fashionrec.data.shards import read_image_bytes
 from fashionrec.deploy.catalog import read_catalog
 from fashionrec.deploy.reconcile import add_items, roll_back_deploy
 from fashionrec.deploy.rollout import go_live
@@ -316,9 +319,14 @@ def test_catalog_from_the_validated_dataset(tiny_validated, assets, tmp_path: Pa
     items = load_bundle(Path(result.bundle)).items
     assert set(items["item_id"]) == set(manifest["id"].astype(str))
     assert int(items["kids"].sum()) == int(manifest["kids"].sum()) >= 8
-    photo = Path(tiny_validated.catalog_validated / manifest["path"].iloc[0]).read_bytes()
+    rows = read_manifest(tiny_validated.catalog_validated)
+    photo = read_image_bytes(rows["abspath"].iloc[0])   # the photos live in tar shards
     with TestClient(create_app(ServeConfig.from_params(params))) as client:
         assert client.get("/info").json()["categories"] == sorted(set(manifest["category"]))
+        # the image route serves each item's photo, copied out of its shard beside the bundles, unchanged
+        for item_id, sha in zip(rows["id"].iloc[:3], rows["sha256"].iloc[:3], strict=True):
+            r = client.get(f"/items/{item_id}/image")
+            assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == sha
         kids = client.post("/recommend", files={"image": ("q.jpg", photo, "image/jpeg")},
                            data={"kids": "true", "k": "5"}).json()["items"]
         adults = client.post("/recommend", files={"image": ("q.jpg", photo, "image/jpeg")},

@@ -54,6 +54,7 @@ class IngestSection(Section):
     download_dir: str = "data/raw"
     additions: str | None = "data/additions"
     out: str = "data/manifest"
+    chunk_size: PosInt = 10000        # manifest rows per Parquet batch (memory bounded by it, not by N)
 
 
 class IntakeSection(Section):
@@ -93,6 +94,7 @@ class SubsetSection(SubsetKeys):
     manifest: str = "data/manifest/manifest.parquet"
     out: str = "data/subset"
     product: str = "catalog"
+    shard_size: PosInt = 1000         # photos per tar shard (WebDataset layout)
     subsets: dict[str, SubsetKeys | None] = Field(default_factory=dict)
 
 
@@ -113,7 +115,16 @@ class ValidateSection(Section):
     min_height: PosInt = 1
     min_per_class: PosInt = 1
     split_tolerance: Share = 0.05
+    chunk_size: PosInt = 10000        # manifest rows per Great Expectations batch
     subsets: dict[str, ValidateKeys | None] = Field(default_factory=dict)
+
+
+class SynthSection(Section):
+    size: Annotated[int, Field(ge=8)] = 64   # side of each synthetic photo, in pixels
+    per_sender: PosInt = 20           # consecutive photos sharing a sender
+    kids_every: PosInt = 10           # every n-th photo is a kids' photo
+    test_every: PosInt = 7            # senders whose id is a multiple of this form the published test split
+    seed: int = 0
 
 
 class DescribeSection(Section):
@@ -516,6 +527,7 @@ class ParamsTree(Section):
     subset: SubsetSection = Field(default_factory=SubsetSection)
     validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
     describe: DescribeSection = Field(default_factory=DescribeSection)
+    synth: SynthSection = Field(default_factory=SynthSection)
     select: SelectSection = Field(default_factory=SelectSection)
     export: ExportSection = Field(default_factory=ExportSection)
     register_: RegisterSection = Field(default_factory=RegisterSection, alias="register")

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from fashionrec.core.errors import DataError, ImageRefused, ImageTooLarge
+from fashionrec.data.shards import is_member_ref, read_member
 
 # Set explicitly rather than relying on Pillow's default: ~50 MP is far above any product photo.
 MAX_IMAGE_PIXELS = 50_000_000
@@ -66,6 +67,8 @@ def _decode_errors(label: str) -> Iterator[None]:
 def _open(source: str | Path | bytes, label: str,
           formats: tuple[str, ...] | None = None) -> Image.Image:
     """Open with only the `formats` plugins allowed to run (None: any); another format is refused by name."""
+    if not isinstance(source, bytes) and is_member_ref(source):   # a photo inside a tar shard
+        source = read_member(source)
     if isinstance(source, bytes):
         if not source:
             raise DataError(f"{label}: empty file")

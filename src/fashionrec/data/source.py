@@ -101,7 +101,19 @@ def find_dataset_root(folder: Path) -> Path | None:
 
 def fingerprint(folder: Path) -> dict[str, object]:
     """A cheap identity of a source: hashes of its CSV files plus image count and total size."""
-    images = [p for p in (folder / "images").iterdir() if p.is_file()]
-    return {"csv_sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-                           for p in sorted(folder.glob("*.csv"))},
-            "n_files": len(images), "total_bytes": sum(p.stat().st_size for p in images)}
+    n_files = total = 0
+    with os.scandir(folder / "images") as it:   # streamed: a million entries are never held at once
+        for entry in it:
+            if entry.is_file():
+                n_files += 1
+                total += entry.stat().st_size
+    return {"csv_sha256": {p.name: sha256_file(p) for p in sorted(folder.glob("*.csv"))},
+            "n_files": n_files, "total_bytes": total}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,8 +1,9 @@
-"""Stage `subset`: choose classes, drop unusable labels, cap per class, split, copy the images.
+"""Stage `subset`: choose classes, drop unusable labels, cap per class, split, write the photos as shards.
 
 Several named subsets live side by side (`subset.subsets` in params, `data/subset/<name>/`), each a
-self-contained folder (images copied, paths relative) so DVC versions exactly what a model was trained
-or measured on. Split policies:
+self-contained folder (the photos in tar shards, `shards/<split>-NNNNNN.tar`, and a manifest whose paths
+are member references into them; see `data/shards.py`) so DVC versions exactly what a model was trained
+or measured on, as a few hundred files rather than one per photo. Split policies:
 - `published`: the source's `top10-splits.csv`; its label wins over `images.csv` where they disagree.
 - `grouped`: seeded and stratified by category and attributes (kids), grouped by `sender_id` so that one
   person's photos never straddle two splits (no near-duplicate leakage between train and test). With
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,22 +27,28 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from fashionrec.core.config import DEFAULT_SEED
 from fashionrec.core.errors import DataError
 from fashionrec.data.manifest import (
+    COLUMNS,
     MANIFEST,
     SPLITS,
+    ManifestWriter,
     category_of,
     dataset_info,
     labels_of,
-    read_manifest,
+    manifest_file,
     write_dataset,
-    write_manifest,
 )
+from fashionrec.data.shards import SHARDS, ShardWriter
 
 POLICIES = ("published", "grouped")
+SHARD_SIZE = 1000  # photos per shard (subset.shard_size)
+WRITE_ROWS = 10_000  # manifest rows converted and written at a time
 DROPPED = "dropped"  # dropped.json / dropped.md
 # why a photo of the source is not in a subset (the keys of dropped.json's `by_reason`)
 JUNK = "junk label (subset.drop_labels)"
@@ -100,7 +108,8 @@ def subset_params(section: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
-    """Write `out/manifest.parquet` (with `split`), `out/dataset.json`, `out/images/` and the drop report.
+    """Write `out/manifest.parquet` (with `split`, `shard`, `key`), `out/dataset.json`, `out/shards/` and the
+    drop report.
 
     `params` are one subset's flat parameters (`subset_params(section, name)`).
     """
@@ -112,7 +121,7 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
     name = params.get("name")
     attributes = list(params.get("attributes") or [])
     source_dir = Path(manifest).parent / "source"
-    df = read_manifest(manifest)
+    df = read_for_subset(manifest)
     for attr in attributes:
         if attr not in df.columns or df[attr].dtype != bool:
             raise DataError(f"subset.attributes: '{attr}' is not a boolean manifest column")
@@ -190,8 +199,10 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
                            for c, *flags in df[["category", *attributes]].itertuples(index=False)])
     df = df.sort_values(["split", "category", "id"]).reset_index(drop=True)
     out.mkdir(parents=True, exist_ok=True)
-    df, missing = copy_images(df, out)
-    write_manifest(df, out / MANIFEST)
+    df, missing = write_shards(df, out, int(params.get("shard_size") or SHARD_SIZE))
+    with ManifestWriter(out / MANIFEST, optional=("split", "shard", "key")) as writer:
+        for start in range(0, len(df), WRITE_ROWS):   # plain strings a slice at a time, not all at once
+            writer.write(df.iloc[start:start + WRITE_ROWS])
     extra = {"subset": name} if name else {}
     write_dataset(dataset_info(df, classes, attributes, **extra, split_policy=policy, seed=seed,
                                expected_shares=expected,
@@ -365,17 +376,56 @@ def write_drop_report(report: dict[str, Any], out: Path) -> None:
     (out / f"{DROPPED}.md").write_text("\n".join(lines) + "\n")
 
 
-def copy_images(df: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Copy each image to `out/images/<id><suffix>`; a vanished file keeps its row and is listed."""
-    images = out / "images"
-    shutil.rmtree(images, ignore_errors=True)
-    images.mkdir(parents=True)
-    paths, missing = [], []
-    for rid, src in tqdm(zip(df["id"], df["abspath"], strict=True), total=len(df), desc="subset", unit="img"):
-        rel = f"images/{rid}{Path(src).suffix.lower() or '.jpg'}"
-        try:
-            shutil.copyfile(src, out / rel)
-        except OSError:
-            missing.append(rid)
-        paths.append(rel)
-    return df.assign(path=paths).drop(columns=["abspath"]), missing
+def write_shards(df: pd.DataFrame, out: Path, shard_size: int) -> tuple[pd.DataFrame, list[str]]:
+    """Write each photo (and its JSON record) into `out/shards/<split>-NNNNNN.tar`, `shard_size` a shard, in
+    manifest order, one photo in memory at a time; `path` becomes the member reference and `shard`/`key`
+    say where it lies. A vanished source file keeps its row (path `missing/<id>`, validate names it)."""
+    for old in (out / SHARDS, out / "images"):  # images/: the layout before shards
+        shutil.rmtree(old, ignore_errors=True)
+    paths, shards, keys, missing = [], [], [], []
+    base = str(df.attrs.get("base", "/"))
+    records = df[["id", "path", "label", "category", "labels", "kids", "sender_id", "split", "sha256"]]
+    with ShardWriter(out, shard_size) as writer:
+        for row in tqdm(records.itertuples(index=False), total=len(df), desc="subset", unit="img",
+                        mininterval=1.0):
+            source = os.path.normpath(os.path.join(base, row.path))   # absolute in data/manifest
+            suffix = Path(source).suffix.lower() or ".jpg"
+            try:
+                data = Path(source).read_bytes()
+            except OSError:
+                missing.append(row.id)
+                paths.append(f"missing/{row.id}{suffix}")
+                shards.append(None)
+                keys.append(row.id)
+                continue
+            meta = {"id": row.id, "label": row.label, "category": row.category, "labels": list(row.labels),
+                    "kids": bool(row.kids), "sender_id": int(row.sender_id), "split": row.split,
+                    "sha256": row.sha256}
+            member = writer.add(str(row.split), row.id, suffix, data, meta)
+            paths.append(member.ref)
+            shards.append(member.shard)
+            keys.append(member.key)
+    arrow = "string[pyarrow]"
+    return df.assign(path=pd.array(paths, dtype=arrow), shard=pd.array(shards, dtype=arrow),
+                     key=pd.array(keys, dtype=arrow)), missing
+
+
+def read_for_subset(manifest: Path) -> pd.DataFrame:
+    """The source manifest without its `labels` (subset derives them) and with Arrow-backed strings: the
+    subset holds every row's metadata at once (its split balances senders against each other), so each
+    row should cost bytes, not the hundreds a Python string or list costs. `attrs["base"]` is the folder
+    its relative paths start from."""
+    path = manifest_file(manifest)
+    try:
+        names = pq.read_schema(path).names
+        missing = [c for c in COLUMNS if c not in names]
+        if missing:
+            raise DataError(f"{path}: manifest lacks columns {missing}")
+        table = pq.read_table(path, columns=[c for c in COLUMNS if c != "labels"])
+        df = table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read manifest ({type(exc).__name__}: {exc})") from exc
+    df.attrs["base"] = str(path.parent.resolve())
+    return df

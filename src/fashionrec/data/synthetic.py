@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from fashionrec.core.errors import DataError
 
 # source label -> (RGB colour, shape); categories are the lower-cased labels
 CLASSES: dict[str, tuple[tuple[int, int, int], str]] = {
@@ -160,3 +163,59 @@ def make_tiny_dataset(root: Path, *, per_class: int = 12, senders: int = 16, see
         writer.writerow(["image", "label", "split"])
         writer.writerows(published)
     return info
+
+
+@dataclass
+class SyntheticResult:
+    """What `write_synthetic` wrote: the folder, its photo count and the photos per label."""
+
+    root: str
+    n: int
+    labels: dict[str, int]
+    kids: int
+    senders: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"root": self.root, "n": self.n, "labels": self.labels, "kids": self.kids,
+                "senders": self.senders}
+
+
+def write_synthetic(root: Path, n: int, *, seed: int = 0, size: int = 64, per_sender: int = 20,
+                    kids_every: int = 10, test_every: int = 7, progress: bool = True) -> SyntheticResult:
+    """N labelled photos in the upstream layout (`images/<id>.jpg`, `images.csv`, `top10-splits.csv`), for
+    running the data steps at scale (100k, 1M) on one machine.
+
+    Written one photo at a time (rows go straight to the CSV files), so memory does not grow with N. Photos
+    cycle through the learnable classes; every `per_sender` consecutive photos share a sender; every
+    `kids_every`-th photo is a kids' photo; senders whose id is a multiple of `test_every` form the published
+    split's test (the rest is train, every tenth photo validation), as the real dataset's file does.
+    """
+    if n < 1:
+        raise DataError(f"synth: need at least 1 photo, got {n}")
+    if size < 8:
+        raise DataError(f"synth: image size must be at least 8 pixels, got {size}")
+    root = Path(root)
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    labels = list(CLASSES)
+    counts = dict.fromkeys(labels, 0)
+    kids = 0
+    with open(root / "images.csv", "w", newline="") as rows_fh, \
+            open(root / "top10-splits.csv", "w", newline="") as splits_fh:
+        rows = csv.writer(rows_fh)
+        rows.writerow(["image", "sender_id", "label", "kids"])
+        splits = csv.writer(splits_fh)
+        splits.writerow(["image", "label", "split"])
+        for i in tqdm(range(n), desc="synth", unit="img", disable=not progress, mininterval=1.0):
+            label = labels[i % len(labels)]
+            image_id = f"s{i:07d}-{int(rng.integers(1 << 32)):08x}"
+            draw_item(label, rng, (size, size)).save(images / f"{image_id}.jpg", quality=85)
+            sender = 1000 + i // per_sender
+            is_kids = i % kids_every == kids_every - 1
+            split = "test" if sender % test_every == 0 else "validation" if i % 10 == 3 else "train"
+            rows.writerow([image_id, sender, label, "true" if is_kids else "false"])
+            splits.writerow([image_id, label, split])
+            counts[label] += 1
+            kids += is_kids
+    return SyntheticResult(root=str(root), n=n, labels=counts, kids=kids, senders=(n - 1) // per_sender + 1)

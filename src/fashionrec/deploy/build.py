@@ -37,6 +37,7 @@ from fashionrec.index.recall import recall_at_k, tune_ef_search
 
 CHUNK = 256   # images decoded at a time (bounded memory whatever the inventory size)
 log = logging.getLogger(__name__)
+INVENTORY_IMAGES = "images"   # <bundles>/images/: the inventory photos copied out of the shards, by sha256
 
 
 @dataclass
@@ -214,7 +215,19 @@ def read_inventory(cfg: DeployConfig, catalog: Path | None = None) -> pd.DataFra
     path = inventory_file(cfg, catalog)
     if catalog is not None or cfg.catalog is not None:
         return read_catalog(path)
-    return catalog_from_manifest(path)
+    return with_image_files(catalog_from_manifest(path), path, cfg.bundles / INVENTORY_IMAGES)
+
+
+def with_image_files(table: pd.DataFrame, manifest: Path, dest: Path) -> pd.DataFrame:
+    """The validated photos live in tar shards; servers answer /items/{id}/image from a file: each item's
+    photo is copied out once into `dest` (content-addressed, beside the bundles, so the serving pods that
+    mount the bundles see it), and the bundle's inventory root becomes that folder."""
+    from fashionrec.data.manifest import read_manifest
+    from fashionrec.data.shards import extract_images
+
+    sha = read_manifest(manifest).set_index("id")["sha256"]
+    shas = [sha.get(i) for i in table["item_id"]]
+    return table.assign(image=extract_images(table["image"].tolist(), dest, shas))
 
 
 def build_bundle(cfg: DeployConfig, source: ModelSource, catalog: Path | None = None) -> Built:
