@@ -41,7 +41,7 @@ from fashionrec.evaluate.retrieval import (
     instance_retrieval,
     query_latency,
 )
-from fashionrec.index import KINDS, build_index, resolve_kind
+from fashionrec.index import IN_PROCESS, build_index, resolve_kind
 from fashionrec.models.base import EmbeddingModel, ModelCard
 from fashionrec.models.store import load_model
 from fashionrec.runtime.embed import embed_images
@@ -96,7 +96,7 @@ def read_config(params: Mapping[str, Any]) -> EvalConfig:
     """The `evaluate` section, checked (`EvaluateSection`: every error names its parameter; its fields are
     the defaults). An index kind's parameters are those set (the index classes default the rest)."""
     s = check(EvaluateSection, params, "evaluate", error=EvaluationError)
-    kinds = {name: getattr(s.index, name) for name in KINDS}
+    kinds = {name: getattr(s.index, name) for name in IN_PROCESS}   # evaluation searches in-process
     kind_params = {name: kind.model_dump(exclude_unset=True) if kind else {} for name, kind in kinds.items()}
     return EvalConfig(
         backend=s.backend, device=s.device, batch_size=s.batch_size, flip_tta=s.flip_tta,
