@@ -25,9 +25,10 @@ from tests.e2e.utils import (
     kit,
     noisy_model,
     register,
-    slow_model,
     start,
+    url_catalog,
 )
+from tests.gate import GatedServer
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +46,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     a = kit.export_model(models / "a", seed=1)
     b = kit.export_model(models / "b", seed=2)
     noisy = noisy_model(a, models / "noisy" / "model.onnx")
-    slow = slow_model(b, models / "slow" / "model.onnx")
-    catalog = kit.make_catalog(root / "inventory", 40, seed=1)
+    local_catalog = kit.make_catalog(root / "inventory", 40, seed=1)
+    images = GatedServer(root=local_catalog.parent).__enter__()
+    catalog = url_catalog(local_catalog, images.url)
 
     port = kit.free_port()
     mlflow_uri = f"http://127.0.0.1:{port}"
@@ -78,7 +80,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         phase("mlflow up")
         client = MlflowClient(mlflow_uri)
         versions = {key: register(client, mlflow, path) for key, path in
-                    (("a", a), ("b", b), ("missing", a), ("noisy", noisy), ("a_again", a), ("slow", slow))}
+                    (("a", a), ("b", b), ("missing", a), ("noisy", noisy), ("a_again", a), ("held", b))}
         gone = Path(client.get_model_version_download_uri(NAME, versions["missing"]).removeprefix("file://"))
         assert gone.is_dir(), gone
         shutil.rmtree(gone)
@@ -115,7 +117,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack = Stack(root=root, params_file=params_file, bundles=root / "bundles", mlflow_uri=mlflow_uri,
                       client=client, versions=versions, servers=servers, stream=None,  # type: ignore[arg-type]
                       query=catalog.parent / "images" / "item005.jpg", deployer_port=deployer_port,
-                      deployer_log=root / "deployer.log", env=env, procs=procs)
+                      deployer_log=root / "deployer.log", env=env, images=images, procs=procs)
         stack.start_deployer()
         for i, url in enumerate(servers):
             kit.wait_http(f"{url}/readyz", timeout=120, proc=procs[f"serve{i}"])
@@ -133,6 +135,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stream.stop()
         for proc in reversed(list(procs.values())):
             kit.stop(proc)
+        images.close()
         if old_uri is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:

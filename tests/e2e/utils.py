@@ -4,7 +4,10 @@ and a request stream against all three.
 
 Registered versions of `fashionrec` (tiny SimpleCNN models exported by the project's exporter):
 1 = model A, 2 = model B, 3 = A with its artifacts deleted, 4 = A plus noise (fails the smoke test),
-5 = A again (a new version: a new bundle), 6 = B made slow (a build long enough to kill mid-way).
+5 = A again (a new version: a new bundle), 6 = B again (the build the test kills mid-way).
+
+The inventory's images are served over HTTP by a gated server (tests/gate.py): the test holds an image
+request to know, whatever the machine's speed, that the deployer is in the middle of a build.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
+from tests.gate import GatedServer
 from tests.serving import utils as kit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,23 +61,16 @@ def noisy_model(src: Path, dst: Path) -> Path:
     return _edit_outputs(src, dst, extra)
 
 
-def slow_model(src: Path, dst: Path, matmuls: int = 48, size: int = 768) -> Path:
-    """Same embeddings, but each call also multiplies big matrices (result times zero): a slow build, several
-    seconds on one quiet thread (6 matmuls were done within the test's 0.5 s on a quiet machine)."""
-    def extra(graph: onnx.GraphProto) -> None:
-        graph.initializer.extend([
-            numpy_helper.from_array(np.full((size, size), 1.0 / size, np.float32), "slow_w"),
-            numpy_helper.from_array(np.array([size, size], np.int64), "slow_shape"),
-            numpy_helper.from_array(np.array(0.0, np.float32), "slow_zero")])
-        nodes = [helper.make_node("ReduceMean", ["image"], ["slow_m"], keepdims=0),
-                 helper.make_node("Expand", ["slow_m", "slow_shape"], ["slow_0"])]
-        for i in range(matmuls):
-            nodes.append(helper.make_node("MatMul", [f"slow_{i}", "slow_w"], [f"slow_{i + 1}"]))
-        nodes += [helper.make_node("ReduceSum", [f"slow_{matmuls}"], ["slow_sum"], keepdims=0),
-                  helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nil"]),
-                  helper.make_node("Add", ["embedding_raw", "slow_nil"], ["embedding"])]
-        graph.node.extend(nodes)
-    return _edit_outputs(src, dst, extra)
+def url_catalog(catalog: Path, base_url: str) -> Path:
+    """The same catalog with every image as a URL under `base_url` (the CSV's folder served there)."""
+    lines = catalog.read_text().splitlines()
+    out = [lines[0]]
+    for line in lines[1:]:
+        item_id, image, rest = line.split(",", 2)
+        out.append(f"{item_id},{base_url}/{image},{rest}")
+    path = catalog.with_name("catalog-urls.csv")
+    path.write_text("\n".join(out) + "\n")
+    return path
 
 
 def start(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
@@ -124,6 +120,15 @@ class Stream:
                 return entry
         return None
 
+    def wait_answered(self, since: float, timeout: float) -> None:
+        """Until every server has answered a request after `since` (fails after timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all((e := self.latest(i)) and e[1] > since for i in range(len(self.urls))):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"not every server answered within {timeout} s")
+
     def wait_all(self, model_version: str, timeout: float, since: float) -> float:
         """Seconds from `since` until every server answered with `model_version` (fails after timeout)."""
         deadline = since + timeout
@@ -144,19 +149,27 @@ class Stack:
     bundles: Path
     mlflow_uri: str
     client: Any
-    versions: dict[str, str]          # a, b, missing, noisy, a_again, slow -> registered version
+    versions: dict[str, str]          # a, b, missing, noisy, a_again, held -> registered version
     servers: list[str]
     stream: Stream
     query: Path
     deployer_port: int
     deployer_log: Path
     env: dict[str, str]
+    images: GatedServer               # serves the inventory's images; holds them when the test says
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     webhook_id: str | None = None
 
     @property
     def deployer_url(self) -> str:
         return f"http://127.0.0.1:{self.deployer_port}"
+
+    def webhooks(self, outcome: str = "accepted") -> float:
+        """How many webhook deliveries the deployer counted with this outcome (its /metrics)."""
+        with urllib.request.urlopen(f"{self.deployer_url}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        line = f'fashionrec_deployer_webhooks_total{{outcome="{outcome}"}} '
+        return sum(float(row[len(line):]) for row in text.splitlines() if row.startswith(line))
 
     def status(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.deployer_url}/status", timeout=10) as resp:

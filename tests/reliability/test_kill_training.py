@@ -1,9 +1,15 @@
 """`kill -9` a `fashionrec train` process mid-run: `--resume` finishes it, and the result matches an
-uninterrupted run (same history and weights within float tolerance), logged into the same MLflow run."""
+uninterrupted run (same history and weights within float tolerance), logged into the same MLflow run.
+
+"Mid-run" is an event the test controls, not a guess at how long an epoch takes: the run talks to MLflow
+through a gated proxy (tests/gate.py) that holds the request logging epoch KILL_AT's metrics. The process is
+then blocked after training that epoch and before its checkpoint, and is killed there.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -11,18 +17,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.gate import GatedServer
+
 EPOCHS = 8
+KILL_AT = 3          # the epoch whose metrics log is held: checkpoints 1..KILL_AT-1 exist then
 CLI = str(Path(sys.executable).with_name("fashionrec"))
 
 
 def project(tiny_validated, root: Path) -> Path:
-    """A params.yaml under root: the tiny dataset's params, simple_cnn slowed to a few hundred ms/epoch."""
+    """A params.yaml under root: the tiny dataset's params, simple_cnn for EPOCHS epochs."""
     tree = yaml.safe_load((tiny_validated.root / "params.yaml").read_text())
     tree["train"].update(manifest=str(tiny_validated.validated / "manifest.parquet"), models_dir="models",
                          cache_dir=".cache/features", checkpoints_dir=".cache/checkpoints", device="cpu")
@@ -36,9 +44,19 @@ def train_cmd(params: Path, *extra: str) -> list[str]:
     return [CLI, "train", "simple_cnn", "-p", str(params), *extra]
 
 
-def env() -> dict[str, str]:
+def env(**extra: str) -> dict[str, str]:
     """The test's environment (MLFLOW_TRACKING_URI names the fixture's server), one thread for determinism."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
+
+
+def logs_epoch(epoch: int):
+    """Matches MLflow's log-batch request carrying the per-epoch metrics of `epoch`."""
+    def match(method: str, path: str, body: bytes) -> bool:
+        if method != "POST" or not path.endswith("/runs/log-batch"):
+            return False
+        metrics = json.loads(body or b"{}").get("metrics", [])
+        return any(m.get("key") == "val_micro_f1" and int(m.get("step", -1)) == epoch for m in metrics)
+    return match
 
 
 def history(root: Path) -> list[dict[str, float]]:
@@ -56,26 +74,22 @@ def test_kill_9_mid_training_then_resume_matches_an_uninterrupted_run(tiny_valid
     print(f"uninterrupted run: {time.monotonic() - t0:.1f} s")
 
     last = tmp_path / "split" / ".cache" / "checkpoints" / "simple_cnn" / "last.pt"
-    proc = subprocess.Popen(train_cmd(split_params), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env(), cwd=split_params.parent, start_new_session=True)
-    rng = np.random.default_rng(7)
-    try:
-        seen: set[float] = set()
-        deadline = time.monotonic() + 240
-        while len(seen) < 3 and time.monotonic() < deadline and proc.poll() is None:
-            if last.is_file():
-                seen.add(last.stat().st_mtime)
-            time.sleep(0.01)
-        assert proc.poll() is None, "training ended before it could be killed: make its epochs longer"
-        time.sleep(float(rng.uniform(0.05, 0.25)))   # land inside the next epoch
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
+    with GatedServer(upstream=mlflow_server) as proxy:
+        proxy.gate.arm(logs_epoch(KILL_AT))
+        proc = subprocess.Popen(train_cmd(split_params), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env(MLFLOW_TRACKING_URI=proxy.url), cwd=split_params.parent,
+                                start_new_session=True)
+        try:
+            proxy.gate.wait_arrived(timeout=600)    # epoch KILL_AT trained, its checkpoint not yet written
+            assert proc.poll() is None, "the run must be blocked on the held request"
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     killed_at = torch.load(last, weights_only=False)
-    assert 2 <= killed_at["epoch"] < EPOCHS
+    assert killed_at["epoch"] == KILL_AT - 1
     assert not (tmp_path / "split" / "models" / "simple_cnn" / "model.pt").exists()
     client = MlflowClient(tracking_uri=mlflow_server)
     assert client.get_run(killed_at["run_id"]).info.status == "RUNNING"   # nobody could end it

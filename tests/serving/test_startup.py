@@ -36,7 +36,7 @@ def test_empty_bundles_folder_waits_not_ready_then_follows_current(tmp_path: Pat
                 assert http.get("/readyz").status_code == 503
 
                 result = deploy_with(params, rebuild=True)   # the deployer: build, smoke-test, activate
-                deadline = time.monotonic() + 15
+                deadline = time.monotonic() + 120
                 while time.monotonic() < deadline and http.get("/readyz").status_code != 200:
                     time.sleep(0.2)
                 ready = http.get("/readyz")

@@ -31,6 +31,7 @@ from fashionrec.bundle.store import (
 )
 from fashionrec.core.errors import DataError, SmokeTestFailed
 from fashionrec.data.images import open_image
+from fashionrec.deploy.catalog import fetch_image
 from fashionrec.deploy.config import DeployConfig
 
 
@@ -50,9 +51,9 @@ class RolloutResult:
 def smoke_test(bundle_dir: Path, cfg: DeployConfig) -> dict[str, Any]:
     """Load the bundle exactly as a server would and ask it a few questions.
 
-    Sample items are re-embedded from their images through the bundle's model: each must come out as
-    its stored embedding (model and index belong together) and find itself among its top-k. The index
-    must reach `min_recall` against exact search on the stored embeddings.
+    Sample items are re-embedded from their images (files, or URLs fetched again) through the bundle's
+    model: each must come out as its stored embedding (model and index belong together) and find itself
+    among its top-k. The index must reach `min_recall` against exact search on the stored embeddings.
     """
     from fashionrec.index.brute import BruteIndex
     from fashionrec.index.recall import recall_at_k
@@ -66,10 +67,9 @@ def smoke_test(bundle_dir: Path, cfg: DeployConfig) -> dict[str, Any]:
     answered, similarities = 0, []
     for row in rows.tolist():
         source = state.image_source(row)
-        if not isinstance(source, Path):
-            continue   # URL images are not fetched again here; the stored embedding is queried below
         try:
-            vector = state.embed([open_image(source)])[0]
+            image = source if isinstance(source, Path) else fetch_image(str(source), cfg.max_image_bytes)
+            vector = state.embed([open_image(image)])[0]
         except DataError as exc:
             raise SmokeTestFailed(f"{bundle_dir.name}: item {state.item_ids[row]}: {exc}") from exc
         similarity = float(vector @ stored[row])
@@ -82,7 +82,7 @@ def smoke_test(bundle_dir: Path, cfg: DeployConfig) -> dict[str, Any]:
             raise SmokeTestFailed(f"{bundle_dir.name}: item {state.item_ids[row]} is not among its own "
                                   f"top-{k}")
         answered += 1
-    for row in rows.tolist():  # the stored vectors too, so a bundle of URL images is still queried
+    for row in rows.tolist():  # the stored vectors too: the index answers for them
         if not state.search(stored[row], k):
             raise SmokeTestFailed(f"{bundle_dir.name}: empty answer for item {state.item_ids[row]}")
     sample = np.sort(rng.choice(state.size, size=min(cfg.index.recall_queries, state.size), replace=False))
