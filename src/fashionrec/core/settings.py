@@ -333,6 +333,16 @@ class CandidateBlock(BaseModel):
     arch: Literal["pixels", "simple_cnn", "efficientnet"]
 
 
+class DistributedSection(Section):
+    """`train.distributed`: one DDP job of nodes x procs_per_node ranks (1 x 1: one plain process)."""
+
+    nodes: PosInt = 1
+    procs_per_node: PosInt = 1
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    master_port: Port = 29500
+    timeout_s: PosFloat = 3600.0
+
+
 class TrainSection(Section):
     manifest: str | None = None
     models_dir: str = "models"
@@ -341,6 +351,7 @@ class TrainSection(Section):
     device: Device = "auto"
     candidates: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["pixels"])
     models: dict[str, CandidateBlock] = Field(default_factory=dict)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
 
 
 # --- images, k8s, kfp ----------------------------------------------------------------------------------
