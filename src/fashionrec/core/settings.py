@@ -432,6 +432,18 @@ class KfpLocal(Section):
     tiny: dict[str, Any] = Field(default_factory=dict)   # dotted overrides, checked once applied
 
 
+class KfpTrainer(Section):
+    """`kfp.trainer`: the train step submits a Kubeflow Trainer TrainJob (kfp.local: trains in-process)."""
+
+    enabled: bool = True
+    runtime: str = "torch-distributed"
+    image: str | None = None              # the nodes' image; null: kfp.image
+    namespace: str | None = None          # null: the step's own namespace
+    workspace_size: str = "50Gi"
+    timeout_s: PosInt = 86_400
+    poll_s: PosInt = 15
+
+
 class KfpSection(Section):
     image: str | None = None
     package: str = "pipelines/training_pipeline.yaml"
@@ -450,6 +462,7 @@ class KfpSection(Section):
     resources: dict[str, Resources] = Field(default_factory=dict)
     schedule: KfpSchedule = Field(default_factory=KfpSchedule)
     local: KfpLocal = Field(default_factory=KfpLocal)
+    trainer: KfpTrainer = Field(default_factory=KfpTrainer)
 
 
 class ParamsTree(Section):

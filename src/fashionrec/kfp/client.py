@@ -83,6 +83,9 @@ def pipeline_arguments(params: Params, *, local: bool = False, repo: str | None 
         mlflow = {k: v for k, v in mlflow.items() if k not in ("tracking_uri", "artifact_root")}
         args["bundles_dir"] = str(kfp["bundles_mount"])
     args["mlflow_params"] = mlflow
+    trainer = dict(kfp.get("trainer") or {})
+    args["trainer_params"] = {**trainer, "image": trainer.get("image") or kfp.get("image"),
+                              "enabled": bool(trainer.get("enabled", True)) and not local}
     args["seed"] = int(params.get("seed", DEFAULT_SEED))
     return without_nulls(args)
 

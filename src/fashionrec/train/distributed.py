@@ -46,7 +46,7 @@ class DistributedConfig:
 
         def pick(name: str, env_name: str) -> int:
             raw = env.get(env_name)
-            if raw is None:
+            if raw is None or raw.strip().lower() in ("auto", "cpu", "gpu"):   # torchrun's words: params
                 return int(block.get(name, getattr(cls, name)))
             try:
                 value = int(raw)
