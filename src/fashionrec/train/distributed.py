@@ -136,9 +136,10 @@ def all_sum(values: Sequence[float], rank: Rank) -> list[float]:
     """Element-wise sums over ranks (float64, so a sum does not depend on the number of ranks' rounding)."""
     if not rank.distributed:
         return [float(v) for v in values]
-    t = torch.tensor(list(values), dtype=torch.float64)
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor(list(values), dtype=torch.float64, device=on)   # nccl reduces CUDA tensors only
     dist.all_reduce(t)
-    return t.tolist()
+    return t.cpu().tolist()
 
 
 def gather(obj: Any, rank: Rank) -> list[Any]:
