@@ -87,7 +87,14 @@ def test_the_trainjob_it_submits(compiled, tiny_validated, tmp_path: Path) -> No
     [container] = pod["containers"]
     assert container["name"] == "node"
     assert container["volumeMounts"] == [{"name": "kfp-workspace", "mountPath": WORKSPACE_MOUNT}]
-    assert container["env"][0]["valueFrom"]["configMapKeyRef"]["key"] == "tracking_uri"   # no secret inline
+    # MLflow reaches the nodes as references to the cluster's ConfigMap and Secret, never as values
+    env = {e["name"]: e["valueFrom"] for e in container["env"]}
+    mlflow = compiled.params.section("kfp")["mlflow"]
+    assert env["MLFLOW_TRACKING_URI"] == {"configMapKeyRef": {"name": mlflow["config_map"],
+                                                              "key": "tracking_uri"}}
+    for key, name in mlflow["secret_env"].items():
+        assert env[name] == {"secretKeyRef": {"name": mlflow["secret"], "key": key}}
+    assert all("value" not in e for e in container["env"])
     # the job's inputs are staged on the workspace: the manifest points at the copied images
     from fashionrec.data.manifest import read_manifest
 

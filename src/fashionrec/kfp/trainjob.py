@@ -67,10 +67,17 @@ def job_request(name: str, image: str, candidate: str, job_dir: Path, trainer: M
     return TrainJobRequest(
         name=name, image=image, runtime=str(trainer.get("runtime") or "torch-distributed"), nodes=nodes,
         procs_per_node=procs, command=command, resources=per_node_resources(getattr(tc, "resources", None)),
-        env=list(getattr(tc, "env", None) or []), volumes=list(getattr(tc, "volumes", None) or []),
+        env=_merged_env(getattr(tc, "env", None) or [], trainer.get("env") or []),
+        volumes=list(getattr(tc, "volumes", None) or []),
         volume_mounts=list(getattr(tc, "volume_mounts", None) or []),
         tolerations=list(getattr(tc, "tolerations", None) or []),
         node_selector=dict(getattr(tc, "node_selector", None) or {}))
+
+
+def _merged_env(task_env: list[dict[str, Any]], refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The step's passed-through env, plus the MLflow references (kfp.mlflow) it does not already set."""
+    names = {e.get("name") for e in task_env}
+    return [*task_env, *(r for r in refs if r.get("name") not in names)]
 
 
 def submit(backend: Any, req: TrainJobRequest) -> str:
