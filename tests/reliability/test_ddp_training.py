@@ -199,3 +199,43 @@ def test_a_rank_killed_mid_epoch_fails_the_job_by_name_and_resume_matches(tiny_v
         assert torch.allclose(wa[key], wb[key], rtol=1e-4, atol=1e-6), key
     run = MlflowClient(tracking_uri=mlflow_server).get_run(killed_at["run_id"])
     assert run.info.status == "FINISHED"
+
+
+def test_a_checkpoint_of_two_processes_resumes_in_one(tiny_validated, mlflow_server: str,
+                                                       tmp_path: Path) -> None:
+    """Nothing in a checkpoint depends on the number of ranks: a 2-process run whose launcher is killed
+    after epoch 1 (its ranks die with it) continues in 1 process, into the same MLflow run, from epoch 2."""
+    manifest = validated_with_odd_train(tiny_validated, tmp_path)
+    params = project(tiny_validated, tmp_path / "run", manifest, epochs=3)
+    last = params.parent / ".cache/checkpoints/simple_cnn/last.pt"
+    with GatedServer(upstream=mlflow_server) as proxy:
+        proxy.gate.arm(logs_epoch(2))
+        proc = subprocess.Popen([CLI, "train", "simple_cnn", "-p", str(params), "--nproc", "2"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env(MLFLOW_TRACKING_URI=proxy.url), cwd=params.parent,
+                                start_new_session=True)
+        try:
+            proxy.gate.wait_arrived(timeout=600)    # epoch 1's checkpoint written, epoch 2's not
+            ranks = psutil.Process(proc.pid).children(recursive=True)
+            assert {r.environ().get("RANK") for r in ranks} >= {"0", "1"}
+            os.killpg(proc.pid, signal.SIGKILL)     # the launcher: its ranks run in sessions of their own
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        _, alive = psutil.wait_procs(ranks, timeout=60)
+        assert not alive, f"ranks outlived their launcher: {alive}"   # they die with it
+    stopped = torch.load(last, weights_only=False)
+    assert stopped["epoch"] == 1 and stopped["world_size"] == 2
+
+    done = train(params, "--resume")                       # one process
+    result = json.loads(done.stdout[done.stdout.index("{"):])
+    assert result["resumed_from_epoch"] == 1 and result["epochs_run"] == 3
+    assert result["run_id"] == stopped["run_id"]
+    rows = history(params.parent)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[0] == pytest.approx({k: float(v) for k, v in stopped["history"][0].items()})
+    finished = torch.load(last, weights_only=False)
+    assert finished["epoch"] == 3 and finished["world_size"] == 1
+    run = MlflowClient(tracking_uri=mlflow_server).get_run(stopped["run_id"])
+    assert run.info.status == "FINISHED"

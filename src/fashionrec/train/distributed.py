@@ -98,6 +98,22 @@ class Rank:
 SINGLE = Rank()    # the one process of a run that is not distributed
 
 
+def die_with_launcher() -> None:
+    """Make this rank die with the process that started it. torch's launcher starts ranks in their own
+    sessions, so a launcher killed outright (SIGKILL, OOM) would leave them training on, unseen, holding
+    the GPUs and the checkpoint; the kernel kills them instead (Linux; elsewhere nothing changes)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import os
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:      # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # --- the process group ---------------------------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ from fashionrec.train.distributed import (
     all_sum,
     barrier,
     check_equal_steps,
+    die_with_launcher,
     gather,
     per_rank_batch,
     plain_batch_norm,
@@ -182,6 +183,8 @@ def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: P
     started = time.perf_counter()
     env = os.environ if env is None else env
     rank = Rank.from_env(env)
+    if rank.distributed:
+        die_with_launcher()
     block = candidate_block(section, candidate)
     cfg = train_config(candidate, block)
     arch_config(candidate, block)
