@@ -3,7 +3,7 @@
     fetch_data (data/subset at data_rev, through DVC) -> validate -> check_lineage
         If changed:
             score_champion (the champion re-scored on this run's test split)
-            ParallelFor(candidates) { train -> evaluate } -> Collected -> select (the fair gate)
+            ParallelFor(candidates) { train (a Kubeflow Trainer TrainJob) -> evaluate } -> Collected -> select
                 If gate passed: export -> register -> deploy
                 Else:           record_rejection ("no change")
         Else: record_no_change (data, code and params equal the champion's lineage: nothing trained)
@@ -12,8 +12,11 @@ Parameters mirror params.yaml (one dict per section, the candidates as a list of
 plus `repo` and `data_rev`; their defaults are params.yaml's at compile time.
 The `kfp` section shapes the spec itself: the image, CPU and memory requests of every task, each
 candidate's GPUs (kfp.accelerators) with the GPU pool's node selector and toleration, retries of train and
-evaluate, and the Kubernetes Secrets/ConfigMap the MLflow and DVC settings come from. Compile with
-`fashionrec kfp compile`; run locally with `fashionrec kfp local`; schedule with `fashionrec kfp schedule`.
+evaluate, and the Kubernetes Secrets/ConfigMap the MLflow and DVC settings come from. The train step's
+resources, GPUs, toleration, env and volumes pass through (`dsl.TaskConfig`) to the TrainJob it submits
+(kfp.trainer); the run's workspace volume (`dsl.PipelineConfig`) carries the job's data and outputs.
+Compile with `fashionrec kfp compile`; run locally with `fashionrec kfp local`; schedule with
+`fashionrec kfp schedule`.
 """
 
 import sys
@@ -84,7 +87,9 @@ def uncached(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-@dsl.pipeline(name=KFP["pipeline_name"], description=__doc__.splitlines()[0])
+@dsl.pipeline(name=KFP["pipeline_name"], description=__doc__.splitlines()[0],
+              pipeline_config=dsl.PipelineConfig(workspace=dsl.WorkspaceConfig(
+                  size=str(KFP["trainer"]["workspace_size"]))))
 def training_pipeline(
     repo: str = D["repo"],
     data_rev: str = D["data_rev"],
@@ -99,6 +104,7 @@ def training_pipeline(
     index_params: dict = D["index_params"],
     serve_params: dict = D["serve_params"],
     mlflow_params: dict = D["mlflow_params"],
+    trainer_params: dict = D["trainer_params"],
     seed: int = D["seed"],
     bundles_dir: str = D["bundles_dir"],
 ):
@@ -124,7 +130,8 @@ def training_pipeline(
         with dsl.ParallelFor(candidates, parallelism=int(KFP["training_parallelism"])) as candidate:
             trained = with_retries(uses_mlflow(placed(resources(train(
                 candidate=candidate, train_params=train_params, mlflow_params=mlflow_params, seed=seed,
-                validated=validated, subset=images), "train"), candidate)))
+                validated=validated, subset=images, trainer_params=trainer_params,
+                workspace_path=dsl.WORKSPACE_PATH_PLACEHOLDER), "train"), candidate)))
             scored = with_retries(uses_mlflow(resources(evaluate(
                 evaluate_params=evaluate_params, mlflow_params=mlflow_params, seed=seed,
                 model=trained.outputs["model"], validated=validated, subset=images), "evaluate")))

@@ -139,17 +139,38 @@ def train(candidate: Annotated[str, typer.Argument(help="Candidate name (a block
           epochs: Annotated[int | None, typer.Option(help="Epochs (overrides the candidate's).")] = None,
           lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
           batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
-          device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None) -> None:
-    """Train one candidate and write models/<candidate>/ (model, card, history, loss curve, MLflow run)."""
+          device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+          nproc: Annotated[int | None, typer.Option(
+              help="DDP processes on this node (train.distributed.procs_per_node).")] = None,
+          nnodes: Annotated[int | None, typer.Option(
+              help="Nodes of the DDP job (train.distributed.nodes).")] = None) -> None:
+    """Train one candidate and write models/<candidate>/ (model, card, history, loss curve, MLflow run).
+
+    With more than one process (train.distributed, --nproc/--nnodes, or the cluster's PET_* variables)
+    this command launches the ranks (torchrun's launcher) and each rank runs this same command."""
+    import os
+    import sys
+
+    from fashionrec.train.distributed import DistributedConfig, Rank, launch
+    from fashionrec.train.loop import check_world
     from fashionrec.train.loop import train as run
 
     m = f"train__models__{candidate}__"
     p = load(params, sets, **{m + "epochs": epochs, m + "lr": lr, m + "batch_size": batch_size},
-             train__device=device)
+             train__device=device, train__distributed__procs_per_node=nproc, train__distributed__nodes=nnodes)
     s = p.section("train")
-    report(run(candidate, s, manifest=p.path(s["manifest"]), out_dir=p.path(s["models_dir"]) / candidate,
-               cache_dir=p.path(s["cache_dir"]), checkpoint_dir=p.path(s["checkpoints_dir"]) / candidate,
-               tracking_params=p, seed=int(p.get("seed", DEFAULT_SEED)), resume=resume))
+    rank = Rank.from_env(os.environ)
+    shape = DistributedConfig.from_section(s, os.environ)
+    if not rank.distributed and shape.world_size > 1:
+        check_world(candidate, s, shape.world_size)
+        launch(sys.argv[1:], shape, os.environ)
+        return
+    result = run(candidate, s, manifest=p.path(s["manifest"]), out_dir=p.path(s["models_dir"]) / candidate,
+                 cache_dir=p.path(s["cache_dir"]), checkpoint_dir=p.path(s["checkpoints_dir"]) / candidate,
+                 tracking_params=p, seed=int(p.get("seed", DEFAULT_SEED)), resume=resume)
+    if rank.main:
+        report(result)
+
 
 
 @app.command()
@@ -450,3 +471,7 @@ def kfp_schedule(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, h
     from fashionrec.kfp.client import schedule
 
     report(schedule(load(params, sets), host, cron, package, name, experiment, token))
+
+
+if __name__ == "__main__":   # `python -m fashionrec.cli`: how the DDP launcher starts each rank
+    main()

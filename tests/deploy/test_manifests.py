@@ -60,7 +60,10 @@ def test_every_expected_object_is_there() -> None:
         ("PersistentVolumeClaim", "fashionrec-inventory"), ("Deployment", "fashionrec-serve"),
         ("Service", "fashionrec-serve"), ("HorizontalPodAutoscaler", "fashionrec-serve"),
         ("PodDisruptionBudget", "fashionrec-serve"), ("Deployment", "fashionrec-deployer"),
-        ("Service", "fashionrec-deployer"), ("NetworkPolicy", "fashionrec-deployer-webhook")])
+        ("Service", "fashionrec-deployer"), ("NetworkPolicy", "fashionrec-deployer-webhook"),
+        ("Role", "fashionrec-trainjob-submitter"), ("RoleBinding", "fashionrec-trainjob-submitter"),
+        ("ClusterRole", "fashionrec-trainer-runtimes-reader"),
+        ("ClusterRoleBinding", "fashionrec-trainer-runtimes-reader")])
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert sorted(kustomization["resources"]) == sorted(files), "kustomization.yaml must list every manifest"
@@ -169,3 +172,26 @@ def test_image_references_come_from_params() -> None:
     executors = spec["deploymentSpec"]["executors"]
     assert {e["container"]["image"] for e in executors.values()} == {IMAGES["pipeline"]}, \
         "pipelines/training_pipeline.yaml is stale: make pipeline-compile"
+
+
+def test_the_pipeline_may_submit_and_watch_trainjobs() -> None:
+    """What the kubeflow SDK calls in the train step (kfp.trainer) is granted to the account bound, and no
+    more than reading elsewhere: create/get/delete trainjobs, read runtimes, read the job's pods."""
+    def allowed(rules: list[dict[str, Any]], group: str, resource: str) -> set[str]:
+        return {verb for r in rules if group in r["apiGroups"] and resource in r["resources"]
+                for verb in r["verbs"]}
+
+    role = find("Role", "fashionrec-trainjob-submitter")["rules"]
+    assert {"create", "get", "list", "watch", "delete"} <= allowed(role, "trainer.kubeflow.org", "trainjobs")
+    assert allowed(role, "trainer.kubeflow.org", "trainingruntimes") == {"get", "list"}
+    for resource in ("pods", "pods/log", "events"):
+        assert allowed(role, "", resource) == {"get", "list", "watch"}, resource
+    cluster = find("ClusterRole", "fashionrec-trainer-runtimes-reader")["rules"]
+    assert allowed(cluster, "trainer.kubeflow.org", "clustertrainingruntimes") == {"get", "list"}
+    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in cluster)
+    for kind, ref_kind, name in (("RoleBinding", "Role", "fashionrec-trainjob-submitter"),
+                                 ("ClusterRoleBinding", "ClusterRole", "fashionrec-trainer-runtimes-reader")):
+        binding = find(kind, name)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": ref_kind, "name": name}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner",
+                                        "namespace": "kubeflow"}]

@@ -409,6 +409,16 @@ class CandidateBlock(BaseModel):
     arch: Literal["pixels", "simple_cnn", "efficientnet"]
 
 
+class DistributedSection(Section):
+    """`train.distributed`: one DDP job of nodes x procs_per_node ranks (1 x 1: one plain process)."""
+
+    nodes: PosInt = 1
+    procs_per_node: PosInt = 1
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    master_port: Port = 29500
+    timeout_s: PosFloat = 3600.0
+
+
 class TrainSection(Section):
     manifest: str = "data/validated/catalog/manifest.parquet"
     models_dir: str = "models"
@@ -417,6 +427,7 @@ class TrainSection(Section):
     device: Device = "auto"
     candidates: Annotated[list[str], Field(min_length=1)] | None = None   # null: every block of `models`
     models: dict[str, CandidateBlock] = Field(default_factory=dict)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
 
 
 # --- images, k8s, kfp ----------------------------------------------------------------------------------
@@ -497,6 +508,18 @@ class KfpLocal(Section):
     tiny: dict[str, Any] = Field(default_factory=dict)   # dotted overrides, checked once applied
 
 
+class KfpTrainer(Section):
+    """`kfp.trainer`: the train step submits a Kubeflow Trainer TrainJob (kfp.local: trains in-process)."""
+
+    enabled: bool = True
+    runtime: str = "torch-distributed"
+    image: str | None = None              # the nodes' image; null: kfp.image
+    namespace: str | None = None          # null: the step's own namespace
+    workspace_size: str = "50Gi"
+    timeout_s: PosInt = 86_400
+    poll_s: PosInt = 15
+
+
 class KfpSection(Section):
     image: str | None = None
     package: str = "pipelines/training_pipeline.yaml"
@@ -515,6 +538,7 @@ class KfpSection(Section):
     resources: dict[str, Resources] = Field(default_factory=dict)
     schedule: KfpSchedule = Field(default_factory=KfpSchedule)
     local: KfpLocal = Field(default_factory=KfpLocal)
+    trainer: KfpTrainer = Field(default_factory=KfpTrainer)
 
 
 class ParamsTree(Section):

@@ -83,8 +83,23 @@ def pipeline_arguments(params: Params, *, local: bool = False, repo: str | None 
         mlflow = {k: v for k, v in mlflow.items() if k not in ("tracking_uri", "artifact_root")}
         args["bundles_dir"] = str(kfp["bundles_mount"])
     args["mlflow_params"] = mlflow
+    trainer = dict(kfp.get("trainer") or {})
+    args["trainer_params"] = {**trainer, "image": trainer.get("image") or kfp.get("image"),
+                              "enabled": bool(trainer.get("enabled", True)) and not local,
+                              "env": mlflow_env_refs(kfp.get("mlflow") or {})}
     args["seed"] = int(params.get("seed", DEFAULT_SEED))
     return without_nulls(args)
+
+
+def mlflow_env_refs(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tasks' MLflow variables as Kubernetes EnvVar references to the ConfigMap and Secret (kfp.mlflow),
+    for pods the pipeline does not create itself (a TrainJob's nodes): names, never values."""
+    refs = []
+    for kind, ref in (("config_map", "configMapKeyRef"), ("secret", "secretKeyRef")):
+        if spec.get(kind):
+            refs += [{"name": env, "valueFrom": {ref: {"name": spec[kind], "key": key}}}
+                     for key, env in (spec.get(f"{kind}_env") or {}).items()]
+    return refs
 
 
 def project_root() -> Path:

@@ -107,16 +107,23 @@ def to_input(pixels: np.ndarray | torch.Tensor, prep: Preprocessing) -> torch.Te
     return ((x - mean) / std).movedim(-1, -3).contiguous()
 
 
-def shift_flip(pixels: torch.Tensor, generator: torch.Generator, max_shift: int) -> torch.Tensor:
-    """Cheap augmentation of a uint8 (B, H, W, 3) batch: random mirror and a random shift (edge-padded)."""
+def shift_flip(pixels: torch.Tensor, generator: torch.Generator, max_shift: int,
+               rows: slice | None = None, batch: int | None = None) -> torch.Tensor:
+    """Cheap augmentation of a uint8 (B, H, W, 3) batch: random mirror and a random shift (edge-padded).
+
+    `pixels` may be rows `rows` of a batch of `batch` images (one rank's slice): the draws are made for
+    the whole batch, so every image gets what it would get in one process.
+    """
     b, h, w, _ = pixels.shape
+    n = b if batch is None else batch
+    rows = rows if rows is not None else slice(0, n)
     out = pixels.clone()
-    flip = torch.rand(b, generator=generator) < 0.5
+    flip = (torch.rand(n, generator=generator) < 0.5)[rows]
     out[flip] = out[flip].flip(2)
     if max_shift > 0:
         padded = torch.nn.functional.pad(out.permute(0, 3, 1, 2).float(), [max_shift] * 4, mode="replicate")
-        dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
-        dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+        dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)[rows]
+        dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)[rows]
         out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
         out = out.permute(0, 2, 3, 1).to(torch.uint8)
     return out

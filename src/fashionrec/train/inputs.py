@@ -6,8 +6,9 @@
   and step (center crop or its mirror);
 - `efficientnet` `full`: raw images through a DataLoader with random resized crop, flip, colour jitter.
 
-Every source yields (inputs, targets, indices) batches in an order fixed by a generator seeded per epoch,
-so a resumed run sees the same batches as an uninterrupted one.
+Every source yields (inputs, targets, indices, global batch size) batches in an order fixed by a generator
+seeded per epoch, so a resumed run sees the same batches as an uninterrupted one. Under DDP each rank gets
+its slice of every global batch (`rank`), so all ranks take the same number of steps.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from fashionrec.models.base import EmbeddingModel
 from fashionrec.models.efficientnet import EfficientNetLite
 from fashionrec.train.config import TrainConfig
 from fashionrec.train.data import ImageDataset, Split, TrainingData, shift_flip, to_input
+from fashionrec.train.distributed import SINGLE, Rank, rank_slice
 from fashionrec.train.features import backbone_features, cached_pixels
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]   # x, y, indices, size of the global batch
+ValBatch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -52,19 +55,21 @@ class ArrayInputs:
     def n_train(self) -> int:
         return len(self.train_x)
 
-    def train_batches(self, generator: torch.Generator, batch_size: int) -> Iterator[Batch]:
+    def train_batches(self, generator: torch.Generator, batch_size: int,
+                      rank: Rank = SINGLE) -> Iterator[Batch]:
         order = torch.randperm(len(self.train_x), generator=generator)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            if len(idx) < 2:          # batch norm needs two samples
+            if len(idx) < max(2, rank.world_size):   # batch norm needs two samples; every rank one
                 continue
-            x = self.train_x[idx]
+            mine = rank_slice(len(idx), rank)
+            x = self.train_x[idx[mine]]
             if self.kind == "pixels":
-                x = to_input(shift_flip(x, generator, self.max_shift), self.prep)
+                x = to_input(shift_flip(x, generator, self.max_shift, mine, len(idx)), self.prep)
             else:
-                pick = torch.randint(0, len(self.train_views), (len(idx),), generator=generator)
-                x = x[torch.arange(len(idx)), torch.tensor(self.train_views)[pick]].float()
-            yield x, self.train_y[idx], idx
+                pick = torch.randint(0, len(self.train_views), (len(idx),), generator=generator)[mine]
+                x = x[torch.arange(len(x)), torch.tensor(self.train_views)[pick]].float()
+            yield x, self.train_y[idx[mine]], idx[mine], len(idx)
 
     def forward(self, model: EmbeddingModel, x: torch.Tensor,
                 views: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,12 +89,15 @@ class ArrayInputs:
         return torch.cat([model.cached_pooled(x[i:i + 128].float().to(device)).float().cpu()
                           for i in range(0, len(x), 128)])
 
-    def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Validation batches; activations keep their views axis (see `forward(..., views=True)`)."""
-        for start in range(0, len(self.val_x), batch_size):
-            x = self.val_x[start:start + batch_size]
+    def val_batches(self, batch_size: int, rank: Rank = SINGLE) -> Iterator[ValBatch]:
+        """Validation batches of the rank's part; activations keep their views axis (see
+        `forward(..., views=True)`)."""
+        part = rank_slice(len(self.val_x), rank)
+        for start in range(part.start, part.stop, batch_size):
+            end = min(start + batch_size, part.stop)
+            x = self.val_x[start:end]
             x = to_input(x, self.prep) if self.kind == "pixels" else x.float()
-            yield x, self.val_y[start:start + batch_size]
+            yield x, self.val_y[start:end]
 
 
 @dataclass
@@ -103,25 +111,31 @@ class ImageInputs:
     def n_train(self) -> int:
         return len(self.train)
 
-    def train_batches(self, generator: torch.Generator, batch_size: int) -> Iterator[Batch]:
-        # Workers seed their transforms from the loader's generator: same epoch seed, same augmentations.
-        loader_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    def train_batches(self, generator: torch.Generator, batch_size: int,
+                      rank: Rank = SINGLE) -> Iterator[Batch]:
+        # Workers seed their transforms from the loader's generator: same epoch seed, same augmentations
+        # (each rank its own stream). A rank's loader reads only its slices of the global batches.
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator)) + rank.rank
+        loader_gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(self.train), generator=generator).tolist()
-        loader = DataLoader(torch.utils.data.Subset(self.train, order), batch_size=batch_size,
-                            num_workers=self.num_workers, generator=loader_gen,
-                            drop_last=len(order) > batch_size, pin_memory=torch.cuda.is_available())
-        pos = 0
-        for x, y in loader:
-            idx = torch.tensor(order[pos:pos + len(x)])
-            pos += len(x)
-            yield x, y, idx
+        full_only = len(order) > batch_size
+        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        batches = [b for b in batches
+                   if (len(b) == batch_size or not full_only) and len(b) >= rank.world_size]
+        mine = [b[rank_slice(len(b), rank)] for b in batches]
+        loader = DataLoader(self.train, batch_sampler=mine, num_workers=self.num_workers,
+                            generator=loader_gen, pin_memory=torch.cuda.is_available())
+        for (x, y), idx, whole in zip(loader, mine, batches, strict=True):
+            yield x, y, torch.tensor(idx), len(whole)
 
     def forward(self, model: EmbeddingModel, x: torch.Tensor,
                 views: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return model(x)
 
-    def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        yield from DataLoader(self.val, batch_size=batch_size, num_workers=self.num_workers)
+    def val_batches(self, batch_size: int, rank: Rank = SINGLE) -> Iterator[ValBatch]:
+        part = rank_slice(len(self.val), rank)
+        yield from DataLoader(torch.utils.data.Subset(self.val, range(part.start, part.stop)),
+                              batch_size=batch_size, num_workers=self.num_workers)
 
     @torch.no_grad()
     def train_pooled(self, model: EfficientNetLite, device: torch.device) -> torch.Tensor:

@@ -3,6 +3,11 @@
 Device-agnostic (CUDA with autocast when present, else CPU), seeded, resumable from the checkpoint written
 after every epoch, early stopping on validation micro-F1 with the best weights kept, logged to MLflow
 (params, per-epoch metrics, tags `data_version` and `git_commit`, the model folder and the loss curve).
+
+The same function runs as every rank of a DDP job (`train.distributed`, train/distributed.py): each rank
+trains on its slice of every global batch and validates its part of the validation split; rank 0 alone
+logs to MLflow and writes checkpoints and outputs, and every rank resumes from the same checkpoint, which
+holds nothing that depends on the number of ranks.
 """
 
 from __future__ import annotations
@@ -10,8 +15,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +31,7 @@ from fashionrec.core.config import DEFAULT_SEED, Params
 from fashionrec.core.errors import TrainingError
 from fashionrec.evaluate.metrics import accuracy, micro_f1
 from fashionrec.models.base import EmbeddingModel
-from fashionrec.models.factory import arch_config, build_model, new_card
+from fashionrec.models.factory import ARCHES, arch_config, arch_of, build_model, new_card
 from fashionrec.models.losses import LossConfig, compute_loss
 from fashionrec.models.store import save_model
 from fashionrec.runtime.torch_runner import resolve_device
@@ -38,6 +44,21 @@ from fashionrec.train.checkpoint import (
 )
 from fashionrec.train.config import TrainConfig, train_config
 from fashionrec.train.data import TrainingData, load_training_data, to_input
+from fashionrec.train.distributed import (
+    SINGLE,
+    DistributedConfig,
+    Rank,
+    all_sum,
+    barrier,
+    check_equal_steps,
+    die_with_launcher,
+    gather,
+    per_rank_batch,
+    plain_batch_norm,
+    process_group,
+    sync_batch_norm,
+    worker_device,
+)
 from fashionrec.train.features import cached_pixels
 from fashionrec.train.inputs import ArrayInputs, ImageInputs, as_numpy, make_inputs
 from fashionrec.train.report import plot_history, write_history
@@ -70,6 +91,14 @@ def candidate_block(section: dict[str, Any], candidate: str) -> dict[str, Any]:
     return dict(models[candidate])
 
 
+def check_world(candidate: str, section: dict[str, Any], world_size: int) -> None:
+    """Before launching ranks: the candidate's global batch must split evenly over them."""
+    block = candidate_block(section, candidate)
+    if ARCHES[arch_of(candidate, block)][1].iterative:
+        per_rank_batch(train_config(candidate, block).batch_size, Rank(0, world_size, 0),
+                       f"train.models.{candidate}")
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str, pct_start: float = 0.25) -> float:
     """Multiplier of the peak learning rate at optimizer step `step` of `total`."""
     if schedule == "constant" or total <= 0:
@@ -99,19 +128,25 @@ def param_groups(model: EmbeddingModel, cfg: TrainConfig) -> list[dict[str, Any]
 
 @torch.no_grad()
 def validate(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs, loss_cfg: LossConfig,
-             device: torch.device, amp: torch.dtype | None) -> dict[str, float]:
+             device: torch.device, amp: torch.dtype | None, rank: Rank = SINGLE) -> dict[str, float]:
     """Validation loss (the training's classification loss, comparable with train_loss when no metric
-    loss is added), micro-F1 (sigmoid >= 0.5 over all labels) and category accuracy."""
+    loss is added), micro-F1 (sigmoid >= 0.5 over all labels) and category accuracy. Under DDP each rank
+    scores its part and every rank gets the scores of the whole split (same early-stopping decisions)."""
     model.eval()
     plain = dataclasses.replace(loss_cfg, metric_loss="none")
     losses, logits_all, targets_all = [], [], []
-    for x, y in inputs.val_batches(128):
+    for x, y in inputs.val_batches(128, rank):
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             emb, logits = inputs.forward(model, x.to(device), views=True)
         loss, _ = compute_loss(plain, emb, logits, y.to(device))
         losses.append(float(loss) * len(y))
         logits_all.append(as_numpy(logits))
         targets_all.append(y.numpy())
+    if rank.distributed:
+        parts = gather((losses, logits_all, targets_all), rank)
+        losses = [v for part in parts for v in part[0]]
+        logits_all = [a for part in parts for a in part[1]]
+        targets_all = [a for part in parts for a in part[2]]
     logits = np.concatenate(logits_all)
     targets = np.concatenate(targets_all).astype(bool)
     n = loss_cfg.n_classes
@@ -137,17 +172,24 @@ def fit_once(model: EmbeddingModel, data: TrainingData, cache_dir: Path, cfg: Tr
 
 def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: Path, cache_dir: Path,
           checkpoint_dir: Path, tracking_params: Params, seed: int = DEFAULT_SEED, resume: bool = False,
-          on_epoch_end: EpochCallback | None = None) -> TrainResult:
+          on_epoch_end: EpochCallback | None = None, env: Mapping[str, str] | None = None) -> TrainResult:
     """Train `candidate` (a block of `section['models']`) on the validated manifest; write out_dir.
 
     `on_epoch_end(epoch, record)` runs after each epoch's checkpoint (progress reporting, tests that
-    interrupt a run). With `resume`, training continues from `checkpoint_dir/last.pt`.
+    interrupt a run). With `resume`, training continues from `checkpoint_dir/last.pt`. `env` (default:
+    the process environment) says whether this process is one rank of a DDP job (torchrun's RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); a rank other than 0 returns a result without run or outputs.
     """
     started = time.perf_counter()
+    env = os.environ if env is None else env
+    rank = Rank.from_env(env)
+    if rank.distributed:
+        die_with_launcher()
     block = candidate_block(section, candidate)
     cfg = train_config(candidate, block)
     arch_config(candidate, block)
-    device = torch.device(resolve_device(str(section.get("device", "auto")), "train.device"))
+    device = worker_device(torch.device(resolve_device(str(section.get("device", "auto")), "train.device")),
+                           rank)
     amp = None
     if device.type == "cuda":
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -161,6 +203,25 @@ def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: P
     loss_cfg = LossConfig(n_classes=len(data.classes), label_smoothing=cfg.label_smoothing,
                           ce_weight=cfg.ce_weight, metric_loss=cfg.metric_loss,
                           metric_weight=cfg.metric_weight, temperature=cfg.temperature, margin=cfg.margin)
+    with process_group(rank, device, DistributedConfig.from_section(section, env)):
+        if not rank.main:   # a worker rank: steps in time with rank 0, which logs and writes
+            if model.iterative:
+                _fit(model, data, cfg, loss_cfg, device, amp, cache_dir, checkpoint_dir, checkpoint, seed, fp,
+                     "", on_epoch_end, rank)
+            return TrainResult(candidate, "", 0, 0, math.nan, math.nan,
+                               round(time.perf_counter() - started, 1), "", device.type)
+        return _train_and_log(candidate, block, model, data, cfg, loss_cfg, device, amp, cache_dir,
+                              checkpoint_dir, checkpoint, seed, fp, manifest, out_dir, tracking_params,
+                              on_epoch_end, rank, started)
+
+
+def _train_and_log(candidate: str, block: dict[str, Any], model: EmbeddingModel, data: TrainingData,
+                   cfg: TrainConfig, loss_cfg: LossConfig, device: torch.device, amp: torch.dtype | None,
+                   cache_dir: Path, checkpoint_dir: Path, checkpoint: dict[str, Any] | None, seed: int,
+                   fp: str, manifest: Path, out_dir: Path, tracking_params: Params,
+                   on_epoch_end: EpochCallback | None, rank: Rank, started: float) -> TrainResult:
+    """Rank 0's training: the MLflow run around the epoch loop, then the model folder."""
+    card = model.card
     experiment_id = tracking.configure(tracking_params)
     import mlflow
 
@@ -170,7 +231,7 @@ def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: P
         if not checkpoint:
             mlflow.log_params(tracking.flatten({
                 "candidate": candidate, "seed": seed, "device": device.type, "n_train": len(data.train),
-                "n_validation": len(data.validation), **block}))
+                "n_validation": len(data.validation), "world_size": rank.world_size, **block}))
         if not model.iterative:
             history = [fit_once(model, data, cache_dir, cfg, loss_cfg, device)]
             mlflow.log_metrics({k: v for k, v in history[0].items() if k != "epoch"
@@ -179,7 +240,7 @@ def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: P
         else:
             history, best_epoch, stopped, start_epoch = _fit(
                 model, data, cfg, loss_cfg, device, amp, cache_dir, checkpoint_dir, checkpoint, seed, fp,
-                run.info.run_id, on_epoch_end)
+                run.info.run_id, on_epoch_end, rank)
         best = next(row for row in history if row["epoch"] == best_epoch)
         epochs_run = len(history) if model.iterative else 0
         model.card.extra = {"epochs_run": epochs_run, "best_epoch": best_epoch,
@@ -213,13 +274,25 @@ def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: P
 def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: LossConfig,
          device: torch.device, amp: torch.dtype | None, cache_dir: Path, checkpoint_dir: Path,
          checkpoint: dict[str, Any] | None, seed: int, fp: str, run_id: str,
-         on_epoch_end: EpochCallback | None) -> tuple[list[dict[str, Any]], int, bool, int | None]:
-    """The epoch loop; returns (history, best epoch, stopped early, epoch resumed from)."""
+         on_epoch_end: EpochCallback | None,
+         rank: Rank = SINGLE) -> tuple[list[dict[str, Any]], int, bool, int | None]:
+    """The epoch loop; returns (history, best epoch, stopped early, epoch resumed from).
+
+    Under DDP (`rank.distributed`) the model runs wrapped in DistributedDataParallel with batch norms over
+    the global batch; each rank's loss is weighted by its share of the global batch, so the averaged
+    gradient is the global batch's. Dropout draws from a generator seeded per epoch and rank.
+    """
     import mlflow
 
+    where = f"train.models.{model.card.candidate}"
     if cfg.epochs < 1:
-        raise TrainingError(f"train.models.{model.card.candidate}.epochs: {cfg.epochs}; need at least 1")
+        raise TrainingError(f"{where}.epochs: {cfg.epochs}; need at least 1")
+    per_rank_batch(cfg.batch_size, rank, where)
+    if rank.local_rank != 0:
+        barrier(rank)      # the node's rank 0 fills the caches first; the others then read them
     inputs = make_inputs(model, data, cfg, cache_dir, device)
+    if rank.local_rank == 0:
+        barrier(rank)
     seed_everything(seed)  # filling a cache draws random numbers; a warm cache must not change the run
     steps = math.ceil(inputs.n_train() / cfg.batch_size)
     if cfg.max_steps_per_epoch:
@@ -230,6 +303,11 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
     if not groups:
         raise TrainingError(f"{model.card.candidate}: nothing to train (every parameter is frozen)")
     optimizer = optimizer_cls(groups)
+    step_model: torch.nn.Module = _Forward(model, inputs)
+    if rank.distributed:
+        sync_batch_norm(model)
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            step_model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     warmup = round(cfg.warmup_epochs * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule, cfg.pct_start))
@@ -252,34 +330,42 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
             start = cfg.epochs + 1
     stopped = bool(checkpoint and checkpoint.get("stopped"))
     epochs = tqdm(range(start, cfg.epochs + 1), desc=f"train {model.card.candidate}", unit="epoch",
-                  initial=start - 1, total=cfg.epochs)
+                  initial=start - 1, total=cfg.epochs, disable=not rank.main)
     for epoch in epochs:
         model.set_train_mode(cfg.bn_train)
+        if rank.distributed:   # a rank's dropout masks depend on the epoch, not on how many ranks ran before
+            torch.manual_seed(seed * 100_003 + epoch * 1_009 + rank.rank)
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        total_loss, seen = 0.0, 0
-        batches = tqdm(inputs.train_batches(generator, cfg.batch_size), total=steps, leave=False,
-                       desc=f"epoch {epoch}", unit="batch")
-        for step, (x, y, idx) in enumerate(batches):
+        total_loss, seen, taken = 0.0, 0, 0
+        batches = tqdm(inputs.train_batches(generator, cfg.batch_size, rank), total=steps, leave=False,
+                       desc=f"epoch {epoch}", unit="batch", disable=not rank.main)
+        for step, (x, y, idx, n_global) in enumerate(batches):
             if step >= steps:
                 break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                emb, logits = inputs.forward(model, x)
+                emb, logits = step_model(x)
             sample_w = weights[category[idx].to(device)] if weights is not None else None
             loss, _ = compute_loss(loss_cfg, emb, logits, y, sample_w)
             if not torch.isfinite(loss):
                 raise TrainingError(f"{model.card.candidate}: loss became {float(loss)} at epoch {epoch} "
                                     f"step {step}; lower train.models.{model.card.candidate}.lr")
+            # DDP averages the ranks' gradients: weight by the rank's share of the global batch
+            share = len(y) * rank.world_size / n_global
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss * share if share != 1 else loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
             total_loss += float(loss.detach()) * len(y)
             seen += len(y)
+            taken += 1
             batches.set_postfix(loss=f"{total_loss / seen:.4f}")
+        check_equal_steps(taken, epoch, rank)
+        total_loss, seen = all_sum([total_loss, seen], rank)
         record = {"epoch": epoch, "train_loss": total_loss / max(seen, 1),
-                  **validate(model, inputs, loss_cfg, device, amp), "lr": optimizer.param_groups[-1]["lr"]}
+                  **validate(model, inputs, loss_cfg, device, amp, rank),
+                  "lr": optimizer.param_groups[-1]["lr"]}
         history.append(record)
         if record["val_micro_f1"] > best_f1 + cfg.min_delta:
             best_f1, best_epoch, bad_epochs = record["val_micro_f1"], epoch, 0
@@ -287,21 +373,38 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
         else:
             bad_epochs += 1
         stopped = bad_epochs >= cfg.patience and epoch < cfg.epochs
-        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
         epochs.set_postfix(val_f1=f"{record['val_micro_f1']:.4f}", acc=f"{record['val_accuracy']:.4f}")
-        save_checkpoint(checkpoint_dir, {
-            "fingerprint": fp, "epoch": epoch, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "history": history,
-            "best_f1": best_f1, "best_epoch": best_epoch, "best_state": best_state, "bad_epochs": bad_epochs,
-            "stopped": stopped, "run_id": run_id})
+        if rank.main:
+            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+            save_checkpoint(checkpoint_dir, {
+                "fingerprint": fp, "epoch": epoch, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "history": history,
+                "best_f1": best_f1, "best_epoch": best_epoch, "best_state": best_state,
+                "bad_epochs": bad_epochs, "stopped": stopped, "run_id": run_id,
+                "world_size": rank.world_size})
         if on_epoch_end is not None:
             on_epoch_end(epoch, copy.deepcopy(record))
         if stopped:
             tqdm.write(f"{model.card.candidate}: early stop after epoch {epoch} "
                        f"(no val micro-F1 gain for {cfg.patience} epochs)")
             break
+    plain_batch_norm(model)
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.after_fit(lambda: inputs.train_pooled(model, device))
+    if rank.main:
+        model.after_fit(lambda: inputs.train_pooled(model, device))
     return history, best_epoch, stopped, (start - 1 if checkpoint else None)
+
+
+class _Forward(torch.nn.Module):
+    """One training forward (`inputs.forward(model, x)`) as a module, so DDP can wrap it whatever the
+    inputs are (pixels, cached activations, images)."""
+
+    def __init__(self, model: EmbeddingModel, inputs: ArrayInputs | ImageInputs) -> None:
+        super().__init__()
+        self.model = model
+        self.inputs = inputs
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs.forward(self.model, x)
