@@ -228,7 +228,7 @@ IndexValue = int | float | str
 class MilvusParams(Section):
     """`index.milvus`: the inventory in a Milvus collection per bundle (the token: from `token_env`)."""
 
-    uri: str = "http://127.0.0.1:19530"
+    uri: str | None = None
     token_env: str = "FASHIONREC_MILVUS_TOKEN"
     db_name: str = ""
     backend: Literal["lite", "server"] = "lite"

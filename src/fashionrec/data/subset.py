@@ -383,7 +383,7 @@ def write_shards(df: pd.DataFrame, out: Path, shard_size: int) -> tuple[pd.DataF
     for old in (out / SHARDS, out / "images"):  # images/: the layout before shards
         shutil.rmtree(old, ignore_errors=True)
     paths, shards, keys, missing = [], [], [], []
-    base = str(df.attrs.get("base", "/"))
+    base = str(df.attrs.get("base") or "/")
     records = df[["id", "path", "label", "category", "labels", "kids", "sender_id", "split", "sha256"]]
     with ShardWriter(out, shard_size) as writer:
         for row in tqdm(records.itertuples(index=False), total=len(df), desc="subset", unit="img",

@@ -38,7 +38,7 @@ POLL_S = 0.2   # wait between looks at an index build or a load (bounded by buil
 class MilvusSettings:
     """`index.milvus` (core/settings.py `MilvusParams` holds the defaults and checks)."""
 
-    uri: str = "http://127.0.0.1:19530"
+    uri: str | None = None            # no default server: a cluster's comes from its ConfigMap
     token_env: str = "FASHIONREC_MILVUS_TOKEN"
     db_name: str = ""
     backend: str = "lite"
@@ -83,6 +83,9 @@ class MilvusStore:
     def __init__(self, settings: MilvusSettings) -> None:
         self.settings = settings
         self._token = os.environ.get(settings.token_env, "")
+        if not settings.uri:
+            raise DataError("params index.milvus.uri is not set: name the Milvus server (a cluster's, e.g. "
+                            "http://milvus:19530, or a local `milvus-lite server --port P`)")
         try:
             from pymilvus import MilvusClient
         except ImportError as exc:
