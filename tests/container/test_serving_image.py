@@ -68,7 +68,8 @@ def test_serves_a_mounted_bundle_with_its_versions(image_bundle: ImageBundle, ti
         print(f"container start to /readyz: {time.monotonic() - server.started:.1f} s")
         version = image_bundle.manifest["version"]
         model_version = image_bundle.manifest["model"]["version"]
-        assert ready == {"status": "ready", "model_version": model_version, "index_version": version}
+        assert ready == {"status": "ready", "busy": False, "model_version": model_version,
+                         "index_version": version}
         code, health = get(server.url + "/healthz")
         assert code == 200 and health["provider"] == "CPUExecutionProvider"
 

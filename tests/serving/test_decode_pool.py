@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,10 @@ def with_pool(body: Callable[[DecodePool], Any], workers: int = 1, memory_mb: in
             return await body(pool)
         finally:
             await pool.close()
-    return asyncio.run(run())
+    # a loop of its own, on a thread of its own: the session may already run one on this thread
+    # (pytest-playwright's sync API does, after the browser tests)
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, run()).result()
 
 
 async def until(check: Callable[[], bool]) -> None:
