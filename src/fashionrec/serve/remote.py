@@ -16,15 +16,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
-from fashionrec.bundle.format import EMBEDDINGS, MODEL, PREP, is_url, verify_bundle
+from fashionrec.bundle.format import MODEL, PREP, is_url, verify_bundle
 from fashionrec.core.errors import BundleError
 from fashionrec.data.images import Preprocessing
 from fashionrec.index.milvus import MilvusIndex, MilvusSettings, filter_expression
 from fashionrec.runtime.session import DEFAULT_PROVIDERS, OnnxSession, create_session
-from fashionrec.serve.hits import Hit
+from fashionrec.serve.hits import BundleModel, Hit
 
 
 class _RemoteRows(Mapping[str, int]):
@@ -65,7 +62,7 @@ class _RemoteColumn:
         return self._index.size
 
 
-class MilvusServingState:
+class MilvusServingState(BundleModel):
     """A bundle's model + its collection on a Milvus server, with `serve.state.ServingState`'s interface
     (not its subclass: that one reads the item table, which a replica of this kind never holds). Built
     once, never mutated afterwards."""
@@ -90,20 +87,6 @@ class MilvusServingState:
     @property
     def size(self) -> int:
         return self.index.size
-
-    @property
-    def provider(self) -> str:
-        return self.session.provider
-
-    def stored_embeddings(self) -> np.ndarray:
-        """The bundle's (N, D) item embeddings, memory-mapped read-only (deploy smoke tests only)."""
-        return np.load(self.folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
-
-    def embed(self, images: list[Image.Image]) -> np.ndarray:
-        """RGB images -> (B, D) L2-normalised embeddings, through the bundle's own model."""
-        batch = np.stack([self.prep(img) for img in images])
-        emb = np.asarray(self.session.run(batch)["embedding"], np.float32)
-        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
     def search(self, vector: Any, k: int, category: str | None = None,
                kids: bool | None = None) -> list[Hit]:

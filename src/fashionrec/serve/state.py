@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
-from fashionrec.bundle.format import EMBEDDINGS, is_url
+from fashionrec.bundle.format import is_url
 from fashionrec.bundle.load import LoadedBundle, load_bundle
 from fashionrec.core.errors import BundleError
 from fashionrec.data.images import Preprocessing
 from fashionrec.index.base import NeighbourIndex
 from fashionrec.runtime.session import DEFAULT_PROVIDERS, OnnxSession, create_session
-from fashionrec.serve.hits import Hit
+from fashionrec.serve.hits import BundleModel, Hit
 
 if TYPE_CHECKING:
     from fashionrec.serve.remote import MilvusServingState
@@ -32,7 +31,7 @@ __all__ = ["Hit", "ServingState", "load_state"]
 
 
 
-class ServingState:
+class ServingState(BundleModel):
     """Everything one answer needs. Built once, never mutated afterwards."""
 
     def __init__(self, bundle: LoadedBundle, session: OnnxSession, index: NeighbourIndex,
@@ -59,20 +58,6 @@ class ServingState:
     @property
     def size(self) -> int:
         return len(self.item_ids)
-
-    @property
-    def provider(self) -> str:
-        return self.session.provider
-
-    def stored_embeddings(self) -> np.ndarray:
-        """The bundle's (N, D) item embeddings, memory-mapped read-only (checked at load; for smoke tests)."""
-        return np.load(self.folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
-
-    def embed(self, images: list[Image.Image]) -> np.ndarray:
-        """RGB images -> (B, D) L2-normalised embeddings, through the bundle's own model."""
-        batch = np.stack([self.prep(img) for img in images])
-        emb = np.asarray(self.session.run(batch)["embedding"], np.float32)
-        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
     def mask(self, category: str | None, kids: bool | None) -> np.ndarray | None:
         if category is None and kids is None:
