@@ -11,8 +11,9 @@ def evaluate(evaluate_params: dict, mlflow_params: dict, seed: int, model: Input
              validated: Input[Dataset], subset: Input[Dataset], metrics: Output[Metrics], plots: Output[HTML],
              reports: Output[Artifact]):
     """`fashionrec evaluate <candidate>`: the `metrics` file is metrics/<candidate>.json (nested; select
-    reads it) and its scalars are logged flat for the KFP UI; `plots` shows the confusion matrix and the
-    query -> top-5 grid; `reports` holds them with per_class.csv."""
+    reads it) and its scalars are logged flat for the KFP UI; `plots` shows the confusion matrix, the
+    query -> top-5 grid and the confusion matrices by group; `reports` holds every report file (per_class.csv,
+    per_category.csv, misses.csv and the pictures)."""
     from pathlib import Path
 
     from fashionrec.core.config import numeric_leaves
@@ -26,6 +27,8 @@ def evaluate(evaluate_params: dict, mlflow_params: dict, seed: int, model: Input
         metrics.log_metric(key, value)
     metrics.metadata["candidate"] = result.candidate
     pictures = [("confusion matrix (test split)", out / "confusion_matrix.png"),
-                ("test query -> top-5 of the inventory", out / "retrieval_grid.png")]
+                ("test query -> top-5 of the inventory", out / "retrieval_grid.png"),
+                ("true -> predicted category by group (misses.csv counts the pairs)",
+                 out / "confusion_by_group.png")]
     Path(plots.path).write_text(image_page(f"{result.candidate}: evaluation", pictures,
                                            f"backend {result.backend}; {result.counts}"))

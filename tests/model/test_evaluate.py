@@ -14,6 +14,7 @@ import torch
 from fashionrec.core.errors import EvaluationError
 from fashionrec.data.manifest import read_dataset, read_manifest
 from fashionrec.evaluate.evaluate import evaluate
+from fashionrec.evaluate.groups import confusion_by_group_png, misses_by_pair
 from fashionrec.models.factory import build_model, new_card
 from fashionrec.models.store import save_model
 from fashionrec.runtime.torch_runner import embed_model
@@ -115,7 +116,8 @@ def test_evaluate_a_trained_candidate_logs_into_its_training_run(tiny_validated,
     assert run.data.tags["evaluated"] == "true" and run.data.tags["evaluate.index"] == "balltree"
     logged = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert logged == {f"evaluation/{n}" for n in ("simple_cnn.json", "per_class.csv", "confusion_matrix.png",
-                                                  "retrieval_grid.png", "per_category.csv", "by_group.png")}
+                                                  "retrieval_grid.png", "per_category.csv", "by_group.png",
+                                                  "misses.csv", "confusion_by_group.png")}
 
 
 def test_catalog_and_benchmark_are_scored_by_group_and_category(tiny_validated, pixels_dir: Path,
@@ -147,6 +149,35 @@ def test_catalog_and_benchmark_are_scored_by_group_and_category(tiny_validated, 
     assert result.counts["test"] == len(test)
 
 
+def test_misses_by_pair_counts_a_hand_built_case(tmp_path: Path) -> None:
+    truth = np.array(["a", "a", "a", "b", "b", "c"])
+    kids = np.array([True, True, False, False, True, False])
+    answers = {"argmax": np.array(["a", "b", "b", "b", "a", "a"]),
+               "nearest": np.array(["a", "a", "c", "b", "b", "c"])}
+    table = misses_by_pair(truth, answers, kids)
+    assert table.to_dict("records") == [
+        {"group": "all", "kind": "argmax", "true": "a", "predicted": "b", "count": 2,
+         "share": pytest.approx(2 / 3)},
+        {"group": "all", "kind": "argmax", "true": "b", "predicted": "a", "count": 1, "share": 0.5},
+        {"group": "all", "kind": "argmax", "true": "c", "predicted": "a", "count": 1, "share": 1.0},
+        {"group": "all", "kind": "nearest", "true": "a", "predicted": "c", "count": 1,
+         "share": pytest.approx(1 / 3)},
+        {"group": "kids", "kind": "argmax", "true": "a", "predicted": "b", "count": 1, "share": 0.5},
+        {"group": "kids", "kind": "argmax", "true": "b", "predicted": "a", "count": 1, "share": 1.0},
+        {"group": "adults", "kind": "argmax", "true": "a", "predicted": "b", "count": 1, "share": 1.0},
+        {"group": "adults", "kind": "argmax", "true": "c", "predicted": "a", "count": 1, "share": 1.0},
+        {"group": "adults", "kind": "nearest", "true": "a", "predicted": "c", "count": 1, "share": 1.0},
+    ]
+    # No miss at all: an empty table with the columns; a group without photos still gets its panel.
+    right = misses_by_pair(truth, {"argmax": truth}, kids)
+    assert right.empty and list(right.columns) == ["group", "kind", "true", "predicted", "count", "share"]
+    path = confusion_by_group_png(truth, answers, np.zeros(6, dtype=bool), ["c", "b", "a", "unused"],
+                                  tmp_path / "c.png", "hand-built")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"predicted\[nearest\] has shape \(5,\)"):
+        misses_by_pair(truth, {"argmax": truth, "nearest": truth[:5]}, kids)
+
+
 def test_missing_run_reference_fails_before_any_work(tiny_validated, pixels_dir: Path,
                                                      tmp_path: Path) -> None:
     with pytest.raises(EvaluationError, match="mlflow.json"):
@@ -155,15 +186,17 @@ def test_missing_run_reference_fails_before_any_work(tiny_validated, pixels_dir:
     assert not (tmp_path / "m.json").exists() and not (tmp_path / "r").exists()
 
 
-def _copy_with_splits(project, tmp_path: Path, change) -> Path:
-    """A validated folder whose manifest has its splits changed by `change` (absolute image paths)."""
-    df = read_manifest(project.validated)
+def _copy_with_splits(project, tmp_path: Path, change, source: Path | None = None) -> Path:
+    """A validated folder (`source`, the benchmark's by default) whose manifest is changed by `change`
+    (absolute image paths)."""
+    source = source or project.validated
+    df = read_manifest(source)
     df["path"] = df["abspath"]
     df = change(df.drop(columns=["abspath"]))
     out = tmp_path / "validated"
     out.mkdir()
     df.to_parquet(out / "manifest.parquet", index=False)
-    shutil.copy(project.validated / "dataset.json", out / "dataset.json")
+    shutil.copy(source / "dataset.json", out / "dataset.json")
     return out
 
 
@@ -230,3 +263,41 @@ def test_cli_runs_the_stage_and_reports_errors_in_one_line(tiny_validated, pixel
     assert failed.returncode == 1
     assert failed.stderr.strip().splitlines()[-1].startswith("error: model file not found")
     assert "no_such_candidate" in failed.stderr
+
+
+def test_misses_add_up_to_what_each_group_got_wrong(tiny_validated, pixels_dir: Path, tmp_path: Path) -> None:
+    """A catalog whose test split has a kids' dress labelled pants and an adults' pants labelled shoes: the
+    misses by category pair hold those pairs and add up, per group and kind, to the photos missed."""
+    def relabel(df: pd.DataFrame) -> pd.DataFrame:
+        test = df["split"] == "test"
+        kids_dress = df.index[test & df["kids"] & (df["category"] == "dress")][0]
+        adults_pants = df.index[test & ~df["kids"] & (df["category"] == "pants")][0]
+        df.loc[kids_dress, "category"], df.loc[adults_pants, "category"] = "pants", "shoes"
+        return df
+
+    data = _copy_with_splits(tiny_validated, tmp_path, relabel, tiny_validated.catalog_validated)
+    metrics_path, reports = tmp_path / "m.json", tmp_path / "r"
+    result = evaluate(pixels_dir, data, metrics_path, reports, eval_params(tiny_validated), progress=False)
+    tree = json.loads(metrics_path.read_text())
+    misses = pd.read_csv(reports / "misses.csv")
+    assert list(misses.columns) == ["group", "kind", "true", "predicted", "count", "share"]
+    assert (misses["true"] != misses["predicted"]).all() and (misses["count"] > 0).all()
+    assert list(misses["count"]) == sorted(misses["count"], reverse=True)
+    pairs = set(misses[["group", "kind", "true", "predicted"]].itertuples(index=False, name=None))
+    for kind in ("argmax", "nearest"):
+        assert {("kids", kind, "pants", "dress"), ("adults", kind, "shoes", "pants"),
+                ("all", kind, "pants", "dress"), ("all", kind, "shoes", "pants")} <= pairs
+    summed = misses.groupby(["group", "kind"])["count"].sum()
+    n = tree["kids"]["n"] + tree["adults"]["n"]
+    groups = {"all": {"n": n, "accuracy": tree["test"]["accuracy"],
+                      "precision_at_1": tree["retrieval"]["precision_at_1"]},
+              "kids": tree["kids"], "adults": tree["adults"]}
+    for group, values in groups.items():
+        for kind, key in (("argmax", "accuracy"), ("nearest", "precision_at_1")):
+            wrong = round(values["n"] * (1 - values[key]))
+            assert wrong >= 1 and summed[(group, kind)] == wrong, (group, kind)
+    photos = pd.read_csv(reports / "per_category.csv").set_index(["group", "category"])["n"]
+    for row in misses.itertuples():
+        assert row.share == pytest.approx(row.count / photos[(row.group, row.true)], abs=1e-4)
+    assert (reports / "confusion_by_group.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {str(reports / "misses.csv"), str(reports / "confusion_by_group.png")} <= set(result.reports)

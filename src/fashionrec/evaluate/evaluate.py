@@ -5,8 +5,10 @@ embedded once (ONNX Runtime by default), the inventory goes into the index servi
 results become `metrics/<candidate>.json` (nested, for `dvc metrics`), pictures and a per-class CSV in
 `reports/evaluate/<candidate>/`, and metrics + artifacts in the candidate's MLflow training run.
 Every test split is also scored per group (`kids`, `adults`) and per category (`per_category.csv`,
-`by_group.png`); with a `benchmark` folder (the published top-10 split) its test split is scored too,
-under `benchmark.*`, reusing the embeddings of the images both folders hold.
+`by_group.png`), and the catalog test split's misses are counted by (true, predicted) category pair per
+group, for the classifier and the nearest item (`misses.csv`, `confusion_by_group.png`); with a `benchmark`
+folder (the published top-10 split) its test split is scored too, under `benchmark.*`, reusing the
+embeddings of the images both folders hold.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from fashionrec.core.tracking import RUN_REF, read_run_ref
 from fashionrec.data.images import open_image
 from fashionrec.data.manifest import read_manifest
 from fashionrec.evaluate import metrics as m
-from fashionrec.evaluate.groups import by_category, by_group, by_group_png
+from fashionrec.evaluate.groups import (
+    by_category,
+    by_group,
+    by_group_png,
+    confusion_by_group_png,
+    misses_by_pair,
+)
 from fashionrec.evaluate.instance import Augmentation, make_queries, sample_sources
 from fashionrec.evaluate.plots import GridRow, confusion_matrix_png, retrieval_grid_png
 from fashionrec.evaluate.retrieval import (
@@ -319,7 +327,9 @@ def evaluate(model_dir: Path, data_dir: Path, metrics_path: Path, reports_dir: P
     t_instance = time.perf_counter() - t_instance
 
     truth = test["category"].to_numpy()
-    correct = np.array(card.classes)[out.logits[:len(test), :len(card.classes)].argmax(1)] == truth
+    answers = {"argmax": np.array(card.classes)[out.logits[:len(test), :len(card.classes)].argmax(1)],
+               "nearest": inventory["category"].to_numpy()[indices[:, 0]]}
+    correct = answers["argmax"] == truth
     relevant = inventory["category"].to_numpy()[indices[:, :max(RETRIEVAL_KS)]] == truth[:, None]
     kids = test["kids"].to_numpy(dtype=bool)
     tree: dict[str, Any] = {"test": scores, "retrieval": retrieval, "instance": instance, "latency": latency,
@@ -349,11 +359,17 @@ def evaluate(model_dir: Path, data_dir: Path, metrics_path: Path, reports_dir: P
     table.to_csv(per_category_path, index=False, float_format="%.4f")
     groups_path = by_group_png(table, reports_dir / "by_group.png",
                                f"{card.candidate}: category of the nearest item, kids and adults")
+    misses_path = reports_dir / "misses.csv"
+    misses_by_pair(truth, answers, kids).to_csv(misses_path, index=False, float_format="%.4f")
+    confusion_groups_path = confusion_by_group_png(
+        truth, answers, kids, card.classes, reports_dir / "confusion_by_group.png",
+        f"{card.candidate}: {data_dir.name} test split, true -> predicted category by group")
     metrics_path = Path(metrics_path)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(tree, indent=2) + "\n")
 
-    files = [metrics_path, per_class_path, cm_path, grid_path, per_category_path, groups_path]
+    files = [metrics_path, per_class_path, cm_path, grid_path, per_category_path, groups_path, misses_path,
+             confusion_groups_path]
     tags = {"evaluate.backend": out.backend, "evaluate.index": index.kind}
     run_id = log_to_training_run(model_dir, tree, files, tags) if cfg.mlflow else None
     return EvaluateResult(

@@ -87,3 +87,84 @@ def by_group_png(table: pd.DataFrame, path: Path, title: str, metric: str = "pre
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# --- misses by category pair ---------------------------------------------------------------------------
+
+ALL_GROUPS = ("all", *GROUPS)
+KIND_TITLES = {"argmax": "classifier argmax", "nearest": "nearest item (precision@1)"}
+MISS_COLUMNS = ["group", "kind", "true", "predicted", "count", "share"]
+
+
+def _checked(truth: np.ndarray, predicted: dict[str, np.ndarray],
+             kids: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    truth = np.asarray(truth).astype(str)
+    answers = {kind: np.asarray(p).astype(str) for kind, p in predicted.items()}
+    kids = np.asarray(kids, dtype=bool)
+    for name, arr in {"kids": kids, **{f"predicted[{k}]": v for k, v in answers.items()}}.items():
+        if arr.shape != truth.shape:
+            raise ValueError(f"misses: {name} has shape {arr.shape}, the true categories {truth.shape}")
+    return truth, answers, {"all": np.ones(len(truth), dtype=bool), **group_masks(kids)}
+
+
+def misses_by_pair(truth: np.ndarray, predicted: dict[str, np.ndarray], kids: np.ndarray) -> pd.DataFrame:
+    """Every miss counted by (group, kind, true, predicted), most frequent first, so the next lever is picked
+    from the pairs that cost the most. `predicted` maps a kind (`argmax`: the classifier, `nearest`: the
+    category of the nearest inventory item) to one category per photo; `share` is the count over the true
+    category's photos in that group. A group's counts of a kind add up to its photos minus its hits."""
+    truth, answers, masks = _checked(truth, predicted, kids)
+    rows = []
+    for g, (group, mask) in enumerate(masks.items()):
+        for k, (kind, answer) in enumerate(answers.items()):
+            miss = mask & (answer != truth)
+            pairs = pd.Series(list(zip(truth[miss], answer[miss], strict=True)), dtype=object).value_counts()
+            for (true, guess), count in pairs.items():
+                n = int((mask & (truth == true)).sum())
+                rows.append({"group": group, "kind": kind, "true": true, "predicted": guess,
+                             "count": int(count), "share": count / n, "_g": g, "_k": k})
+    if not rows:
+        return pd.DataFrame(columns=MISS_COLUMNS)
+    table = pd.DataFrame(rows).sort_values(["count", "_g", "_k", "true", "predicted"],
+                                           ascending=[False, True, True, True, True])
+    return table[MISS_COLUMNS].reset_index(drop=True)
+
+
+def confusion_by_group_png(truth: np.ndarray, predicted: dict[str, np.ndarray], kids: np.ndarray,
+                           classes: list[str], path: Path, title: str) -> Path:
+    """One row-normalised confusion matrix per group (columns) and kind (rows): colour is the share of the
+    true category's photos in that group, numbers are counts; only categories the test split holds or
+    predicts, in `classes` order, and each true category's photo count beside its name."""
+    truth, answers, masks = _checked(truth, predicted, kids)
+    seen = set(truth.tolist()).union(*(set(a.tolist()) for a in answers.values()))
+    names = [c for c in classes if c in seen] + sorted(seen - set(classes))
+    position = {c: i for i, c in enumerate(names)}
+    n = len(names)
+    size = max(4.0, 0.38 * n + 2.2)
+    fig, axes = plt.subplots(len(answers), len(masks), figsize=(size * len(masks), size * len(answers)),
+                             squeeze=False)
+    for r, (kind, answer) in enumerate(answers.items()):
+        for c, (group, mask) in enumerate(masks.items()):
+            ax = axes[r, c]
+            counts = np.zeros((n, n), dtype=np.int64)
+            np.add.at(counts, ([position[t] for t in truth[mask]], [position[p] for p in answer[mask]]), 1)
+            rows = counts.sum(axis=1, keepdims=True)
+            share = np.divide(counts, rows, out=np.full(counts.shape, np.nan), where=rows > 0)
+            ax.imshow(np.ma.masked_invalid(share), cmap="Blues", vmin=0.0, vmax=1.0)
+            for i, j in zip(*np.nonzero(counts), strict=True):
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if share[i, j] > 0.6 else ("black" if i == j else "#cf222e"))
+            ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=7)
+            ax.set_yticks(range(n), [f"{name} ({rows[i, 0]})" for i, name in enumerate(names)], fontsize=7)
+            ax.set_xlabel("predicted", fontsize=8)
+            ax.set_ylabel("true (photos)", fontsize=8)
+            hits = int(np.trace(counts))
+            total = int(mask.sum())
+            rate = f"{hits / total:.3f}" if total else "n/a"
+            ax.set_title(f"{group}: {KIND_TITLES.get(kind, kind)}\n{total} photos, right {rate}", fontsize=9)
+    fig.suptitle(f"{title}\n(colour: share of the true category's photos in the group; red: misses)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / (size * len(answers))))   # 0.7 in for the two-line title
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
