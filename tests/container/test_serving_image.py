@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from fashionrec.data.manifest import read_manifest
+from fashionrec.data.shards import read_image_bytes
 from tests.container.utils import (
     ROOT,
     SERVE_IMAGE,
@@ -76,15 +78,16 @@ def test_serves_a_mounted_bundle_with_its_versions(image_bundle: ImageBundle, ti
         # a photo that is one of the inventory items comes back first, as itself
         test_ids = tiny_validated.source.splits["test"]
         query_id = test_ids[0]
-        query = next((tiny_validated.subset / "images").glob(f"{query_id}.*"))
-        code, answer = post_image(server.url, query.read_bytes())
+        photos_of = read_manifest(tiny_validated.validated).set_index("id")["abspath"]
+        query = read_image_bytes(photos_of[query_id])   # the photo, out of its subset shard
+        code, answer = post_image(server.url, query)
         assert code == 200, answer
         assert (answer["model_version"], answer["index_version"]) == (model_version, version)
         assert len(answer["items"]) == 5
         assert answer["items"][0]["item_id"] == query_id and answer["items"][0]["score"] > 0.99
         # the item's image is served from the read-only inventory mount
         with urllib.request.urlopen(f"{server.url}/items/{query_id}/image", timeout=10) as resp:
-            assert resp.read() == query.read_bytes()
+            assert resp.read() == query
 
         # a real clothing photo (where the dataset is on disk): five items, same versions
         photos = sorted(REAL_PHOTOS.glob("*.jpg"))[:1] if REAL_PHOTOS.is_dir() else []
@@ -105,7 +108,8 @@ def test_waits_not_ready_on_an_empty_volume_until_a_bundle_is_activated(
         tiny_validated, image_model: Path, tmp_path: Path) -> None:
     bundles = tmp_path / "bundles"
     bundles.mkdir()
-    inventory = tiny_validated.subset / "images"
+    inventory = tmp_path / "inventory"   # the photos are copied beside the bundles by the deploy
+    inventory.mkdir()
     port = free_port()
     with serve_image(bundles, inventory, port, tmp_path / "serve.log", tag="empty") as server:
         health = wait_status(server, "/healthz", 200, START_TIMEOUT_S)
