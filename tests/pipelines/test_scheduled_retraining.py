@@ -161,7 +161,8 @@ def test_run1_registers_a_champion_with_lineage_and_deploys(project: Project, ru
     [loop] = sorted(run.glob("for-loop-*"))
     metrics = json.loads((loop / "evaluate" / "metrics").read_text())
     assert 0.0 <= metrics["test"]["micro_f1"] <= 1.0 and "top5" in metrics["instance"]
-    assert (loop / "evaluate" / "plots").read_text().count("data:image/png;base64,") == 2
+    plots = (loop / "evaluate" / "plots").read_text()   # confusion matrix, top-5 grid, misses by group
+    assert plots.count("data:image/png;base64,") == 3 and "misses.csv" in plots
     assert (loop / "train" / "loss_curve").read_text().count("data:image/png;base64,") == 1
     ref = json.loads((loop / "train" / "model" / "mlflow.json").read_text())
     assert MlflowClient().get_run(ref["run_id"]).data.tags["evaluated"] == "true"
