@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fashionrec.bundle.format import EMBEDDINGS
+from fashionrec.bundle.format import EMBEDDINGS, is_url
 from fashionrec.data.images import Preprocessing
 from fashionrec.runtime.session import OnnxSession
 
@@ -23,11 +23,22 @@ class Hit:
 
 
 class BundleModel:
-    """The model side of a serving state; subclasses set `folder`, `session` and `prep`."""
+    """The model side of a serving state; subclasses set `folder`, `session`, `prep` and
+    `inventory_root`."""
 
     folder: Path
     session: OnnxSession
     prep: Preprocessing
+    inventory_root: Path | None
+
+    def resolve_image(self, image: str) -> Path | str | None:
+        """An item's image: its URL, or its file inside the inventory root (None if it would escape it)."""
+        if is_url(image):
+            return image
+        if self.inventory_root is None or Path(image).is_absolute():
+            return None
+        path = (self.inventory_root / image).resolve()
+        return path if path.is_relative_to(self.inventory_root) else None
 
     @property
     def provider(self) -> str:

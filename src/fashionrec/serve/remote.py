@@ -114,12 +114,7 @@ class MilvusServingState(BundleModel):
         if found is None:
             return None
         image = str(found["image"])
-        if is_url(image):
-            return image
-        if self.inventory_root is None or Path(image).is_absolute():
-            return None
-        path = (self.inventory_root / image).resolve()
-        return path if path.is_relative_to(self.inventory_root) else None
+        return self.resolve_image(image)
 
 
 def load_milvus_state(folder: Path, manifest: dict[str, Any], inventory_root: Path | None,

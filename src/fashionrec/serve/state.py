@@ -92,12 +92,7 @@ class ServingState(BundleModel):
     def image_source(self, row: int) -> Path | str | None:
         """The item's image file inside the inventory root, or its URL; None if it would escape the root."""
         image = self.images[row]
-        if is_url(image):
-            return image
-        if self.inventory_root is None or Path(image).is_absolute():
-            return None
-        path = (self.inventory_root / image).resolve()
-        return path if path.is_relative_to(self.inventory_root) else None
+        return self.resolve_image(image)
 
 
 def load_state(bundle_dir: Path, inventory_root: Path | None = None, intra_op_threads: int = 0,
