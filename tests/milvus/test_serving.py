@@ -88,8 +88,9 @@ def test_three_replicas_two_switches_and_a_rollback_never_fail_or_mix(
         back = roll_back_deploy(config(params), by="test", reason="rollback under traffic")
         assert back.version == second.version
         wait_for(second.version)
-        count = len(seen)
+        count, deadline = len(seen), time.monotonic() + 60
         while len(seen) < count + 6 and all(t.is_alive() for t in threads):
+            assert time.monotonic() < deadline, "no answers after the rollback"
             time.sleep(0.05)   # a few answers after the rollback
     finally:
         stop_flag.set()
