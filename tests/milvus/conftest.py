@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.milvus.auth_proxy import AuthProxy
 from tests.serving.utils import free_port, stop
 
 
@@ -91,3 +92,13 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     return Assets(model_a=export_model(base / "model_a", seed=1),
                   model_b=export_model(base / "model_b", seed=2),
                   catalog=make_catalog(base / "inventory", 40, seed=1))
+
+
+@pytest.fixture
+def guarded(lite: LiteServer) -> Iterator[AuthProxy]:
+    """The session's milvus-lite behind a front that, like a server with authorization on, checks tokens."""
+    proxy = AuthProxy(f"127.0.0.1:{lite.port}", token="root:right-token").start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()

@@ -128,3 +128,25 @@ def test_a_collection_left_by_a_dead_deploy_is_dropped_at_the_next_activation(tm
 
 def collection_name(bundle: str) -> str:
     return json.loads((Path(bundle) / "manifest.json").read_text())["index"]["collection"]
+
+
+def test_a_wrong_token_fails_the_deploy_naming_the_uri_never_the_token_and_keeps_the_live_bundle(
+        tmp_path: Path, assets, guarded, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TOKEN_ENV, guarded.token)
+    params = milvus_params(tmp_path, assets.model_a, assets.catalog, guarded.uri, "t_token")
+    first = deploy_with(params)
+    wrong = "root:wrong-token-value"
+    monkeypatch.setenv(TOKEN_ENV, wrong)
+    refused_before = guarded.refused
+    with pytest.raises(FashionrecError) as info:
+        deploy_with(params, model=str(assets.model_b))
+    message = str(info.value)
+    assert guarded.uri in message and "authentication" in message.lower(), message
+    assert wrong not in message and "wrong-token" not in message and TOKEN_ENV in message
+    assert guarded.refused > refused_before   # the front really refused it: not some other failure
+    assert current_version(config(params).bundles) == first.version
+    assert [p.name for p in config(params).bundles.iterdir() if p.name.startswith("v")] == [first.version]
+    monkeypatch.setenv(TOKEN_ENV, guarded.token)   # the live bundle still answers from its collection
+    state = load_state(Path(first.bundle))
+    assert state.search(np.asarray(state.stored_embeddings()[3]), 1)[0].fields["item_id"] == "item003"
+    assert store(guarded.uri, "t_token").collections() == [collection_name(first.bundle)]

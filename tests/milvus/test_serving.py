@@ -210,3 +210,34 @@ def test_a_frozen_engine_is_a_bounded_503_never_a_hang(tmp_path: Path, assets, l
             assert again.status_code == 200, again.text
     finally:
         stop(proc)
+
+
+def test_a_token_the_server_stops_accepting_is_a_503_saying_so_and_recovers(
+        tmp_path: Path, assets, guarded, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Secret rotated on the server before the replicas: every call is refused (UNAUTHENTICATED), the
+    replica answers 503 with Retry-After and /healthz names the URI and the token's variable, never the
+    token; once the server accepts its token again, it answers."""
+    monkeypatch.setenv("FASHIONREC_MILVUS_TOKEN", guarded.token)
+    params = milvus_params(tmp_path, assets.model_a, assets.catalog, guarded.uri, "t_rotated", timeout_s=5.0)
+    deploy_with(params)
+    proc, url = start_server(params, tmp_path / "server.log")
+    payload = (assets.catalog.parent / "images" / "item004.jpg").read_bytes()
+    accepted = guarded.token
+    try:
+        with httpx.Client(base_url=url, timeout=ANSWER_BOUND_S) as http:
+            assert post(http, payload).status_code == 200
+            guarded.token = "root:rotated-on-the-server"
+            refused = post(http, payload)
+            assert refused.status_code == 503 and refused.headers.get("Retry-After"), refused.text
+            body = refused.json()
+            assert body["error"] == "index_unavailable" and guarded.uri in body["message"]
+            assert "authentication failed" in body["message"] and "FASHIONREC_MILVUS_TOKEN" in body["message"]
+            assert accepted not in refused.text and "right-token" not in refused.text
+            health = http.get("/healthz").json()
+            assert "authentication failed" in health["index"]["last_error"]
+            assert "right-token" not in json.dumps(health)
+            guarded.token = accepted
+            again = post(http, payload)
+            assert again.status_code == 200 and again.json()["items"][0]["item_id"] == "item004", again.text
+    finally:
+        stop(proc)

@@ -72,7 +72,26 @@ class MilvusSettings:
                             f"'{self.backend}' backend (index.milvus.backend); it builds {allowed}")
 
 
-def _reason(exc: BaseException, token: str) -> str:
+def _refused_credentials(exc: BaseException) -> bool:
+    """Whether the server refused the token: gRPC UNAUTHENTICATED anywhere in the chain (pymilvus wraps it
+    in a generic 'Fail connecting ... illegal connection params or server unavailable')."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        code = getattr(seen, "code", None)
+        name = getattr(code(), "name", "") if callable(code) else ""
+        if name == "UNAUTHENTICATED" or "auth check failure" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _reason(exc: BaseException, token: str, token_env: str = "") -> str:
+    """What went wrong, never the token itself."""
+    if _refused_credentials(exc):
+        where = f"${token_env}" if token_env else "the token variable"
+        return f"authentication failed: the server refused the token in {where} (wrong, expired or missing)"
     text = str(getattr(exc, "message", "") or exc) or type(exc).__name__
     return text.replace(token, "***") if token else text
 
@@ -96,8 +115,9 @@ class MilvusStore:
             self.client = MilvusClient(uri=settings.uri, token=self._token, db_name=settings.db_name,
                                        timeout=settings.timeout_s, dedicated=True)
         except Exception as exc:  # refused, unresolvable, timed out, authentication
-            raise IndexUnavailable(f"Milvus at {settings.uri} unreachable: {_reason(exc, self._token)}") \
-                from None
+            what = "refused the connection" if _refused_credentials(exc) else "unreachable"
+            raise IndexUnavailable(f"Milvus at {settings.uri} {what}: "
+                                   f"{_reason(exc, self._token, settings.token_env)}") from None
 
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """`fn(*args, timeout=timeout_s, **kwargs)`; any failure -> IndexUnavailable naming URI and `what`."""
@@ -106,7 +126,7 @@ class MilvusStore:
             return fn(*args, **kwargs)
         except Exception as exc:
             raise IndexUnavailable(f"Milvus at {self.settings.uri}: {what} failed: "
-                                   f"{_reason(exc, self._token)}") from None
+                                   f"{_reason(exc, self._token, self.settings.token_env)}") from None
 
     def close(self) -> None:
         with contextlib.suppress(Exception):   # closing a dead connection is not an error
