@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from fashionrec.core.errors import TrainingError
 
@@ -75,6 +78,38 @@ def resolve_recipe(train: Mapping[str, Any], cuda_available: bool) -> Recipe:
     return Recipe(name=name, reason=reason, candidates=tuple(names), explicit=bool(explicit))
 
 
-def recipe_file_data(recipe: Recipe) -> dict[str, Any]:
-    """What `fashionrec recipe` writes to RECIPE_FILE: DVC reads `recipe.candidates` (dvc.yaml vars)."""
-    return {"recipe": recipe.to_dict()}
+HEADER = ("# Written by `fashionrec recipe` (make repro runs it) from params.yaml train.recipe/recipes\n"
+          "# and this machine's CUDA: dvc.yaml's train@/evaluate@ stages iterate over recipe.candidates.\n"
+          "# A record, not configuration (params.yaml is): committed with dvc.lock.\n")
+
+
+def read_recipe_file(path: Path) -> dict[str, Any] | None:
+    """The recipe recorded in `path` (None: no file, or not a recipe file)."""
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise TrainingError(f"{path}: not YAML ({exc}); rewrite it with `fashionrec recipe`") from exc
+    return data.get("recipe") if isinstance(data, dict) else None
+
+
+def write_recipe_file(path: Path, recipe: Recipe) -> bool:
+    """Record `recipe` in `path` for DVC; True when the candidate list changed (the file was absent or
+    listed others: what DVC parsed is stale). Another reason for the same list is rewritten, not stale."""
+    before = read_recipe_file(path)
+    if before != recipe.to_dict():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(HEADER + yaml.safe_dump({"recipe": recipe.to_dict()}, sort_keys=False))
+    return (before or {}).get("candidates") != list(recipe.candidates)
+
+
+def check_member(candidate: str, recipe: Recipe) -> None:
+    """Refuse to train `candidate` outside the resolved recipe (a stale models/recipe.yaml under DVC, or a
+    GPU candidate asked for on a CPU machine), saying how to force it."""
+    if candidate not in recipe.candidates:
+        raise TrainingError(
+            f"train {candidate}: not in the {recipe.name} recipe ({recipe.reason}): "
+            f"{list(recipe.candidates)}. DVC: run `fashionrec recipe` (make repro does) and `dvc repro` "
+            f"again; by hand: force it with --set train.recipe=<cpu|cuda> or "
+            f"--set train.candidates=[{candidate}]")
