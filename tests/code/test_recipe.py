@@ -3,9 +3,13 @@ which is injected (no torch mocking); and the candidate-block rules that refuse 
 
 from __future__ import annotations
 
+import json
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fashionrec.core.config import load_params
 from fashionrec.core.errors import ParamsError, TrainingError
@@ -85,3 +89,50 @@ def test_the_project_blocks_say_what_they_use(train: dict) -> None:
     for name in ("efficientnet_lite0_gpu", "efficientnet_lite2_gpu"):
         assert train["models"][name]["embedding"] == "centered" and train["models"][name]["mode"] == "full"
     assert train["models"]["efficientnet_lite2_gpu"]["variant"] == "lite2"
+
+
+# --- the CLI: `fashionrec recipe` (DVC's list) and `fashionrec train` (refuses outside the recipe) --------
+
+
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    from fashionrec.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fashionrec", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_recipe_writes_the_list_and_check_refuses_a_stale_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    record = tmp_path / "models" / "recipe.yaml"
+    code, out, _ = cli(monkeypatch, capsys, "recipe", "-p", str(params), "-s", "train.device=cpu")
+    assert code == 0 and json.loads(out)["changed"] is True
+    cpu = yaml.safe_load(record.read_text())["recipe"]
+    recipes = yaml.safe_load(params.read_text())["train"]["recipes"]
+    assert cpu["name"] == "cpu" and cpu["candidates"] == recipes["cpu"]
+    # the same answer again: current, --check passes and writes one file per candidate for DVC's deps
+    code, _, _ = cli(monkeypatch, capsys, "recipe", "-p", str(params), "-s", "train.device=cpu", "--check",
+                     "--out", str(tmp_path / "reports" / "recipe"))
+    assert code == 0
+    assert json.loads((tmp_path / "reports/recipe/efficientnet_lite0.json").read_text()) == {
+        "candidate": "efficientnet_lite0", "recipe": "cpu"}
+    # a GPU machine (here: forced) with the CPU-made file: --check rewrites it and fails
+    code, _, err = cli(monkeypatch, capsys, "recipe", "-p", str(params), "-s", "train.recipe=cuda", "--check")
+    assert code == 1 and "models/recipe.yaml was stale" in err and "run `dvc repro` again" in err
+    assert yaml.safe_load(record.read_text())["recipe"]["name"] == "cuda"
+
+
+def test_train_refuses_a_candidate_outside_the_recipe(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    code, _, err = cli(monkeypatch, capsys, "train", "efficientnet_lite0_gpu",
+                       "-p", str(ROOT / "params.yaml"), "--device", "cpu")
+    assert code == 1
+    assert err.startswith("error: train efficientnet_lite0_gpu: not in the cpu recipe (train.device: cpu)")
+    assert "--set train.recipe=<cpu|cuda>" in err and "\n" not in err.strip()
