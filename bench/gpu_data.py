@@ -48,8 +48,9 @@ def shrink(src: Path, dst: Path, side: int, quality: int) -> int:
     return total
 
 
-def stages(work: Path) -> Path:
-    """ingest, subset catalog and validate catalog on the shrunk copy; returns the data folder."""
+def stages(work: Path, overrides: list[str]) -> Path:
+    """ingest, subset catalog and validate catalog on the shrunk copy (params.yaml plus `overrides`);
+    returns the data folder."""
     data = work / "data"
     sets = {
         "ingest": ["ingest.source=" + str(work / "source"), "ingest.out=" + str(data / "manifest"),
@@ -61,7 +62,7 @@ def stages(work: Path) -> Path:
     }
     for step, extra in (("ingest", []), ("subset", ["catalog"]), ("validate", ["catalog"])):
         cmd = [sys.executable, "-m", "fashionrec.cli", step, *extra, "-p", str(ROOT / "params.yaml")]
-        for s in sets[step]:
+        for s in [*sets[step], *overrides]:
             cmd += ["-s", s]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if done.returncode:
@@ -85,16 +86,19 @@ def main() -> None:
     ap.add_argument("--qualities", type=int, nargs="+", default=[75, 65, 55, 45, 35],
                     help="JPEG qualities tried, best first, until the tar fits")
     ap.add_argument("--work", type=Path, default=ROOT / ".gpu")
+    ap.add_argument("--source", type=Path, default=None, help="dataset folder (default: ingest.shared_path)")
+    ap.add_argument("--set", "-s", dest="sets", action="append", default=[],
+                    help="params override for the three stages (a smoke run on a small dataset)")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     ingest = params.section("ingest")
-    source = resolve_source(ingest["source"], shared_path=params.path(ingest["shared_path"]),
-                            download_url=None, download_dir=None).path
+    source = args.source or resolve_source(ingest["source"], shared_path=params.path(ingest["shared_path"]),
+                                           download_url=None, download_dir=None).path
     for quality in args.qualities:
         shutil.rmtree(args.work / "source", ignore_errors=True)
         shutil.rmtree(args.work / "data", ignore_errors=True)
         shrink(source, args.work / "source", args.side, quality)
-        tar = pack(args.work, stages(args.work))
+        tar = pack(args.work, stages(args.work, args.sets))
         mb = tar.stat().st_size / 2**20
         print(f"side {args.side} quality {quality}: {tar} {mb:.1f} MiB")
         if mb <= args.max_mb:

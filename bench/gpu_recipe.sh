@@ -20,7 +20,8 @@
 #   2. carry [".gpu/data.tar"]  bash bench/gpu_recipe.sh run efficientnet_lite0 efficientnet_lite0_gpu
 #   3. no carry                 bash bench/gpu_recipe.sh run efficientnet_lite2_gpu
 # (.gpu/site and .gpu/data, git-ignored, stay on the warm machine between calls.) EPOCHS=N caps every
-# candidate's epochs when the time left is short (the JSON records epochs_run).
+# candidate's epochs when the time left is short (the JSON records epochs_run). DEVICE=cpu evaluates on
+# the CPU (a smoke run of this script on a machine without a GPU, on a small dataset).
 set -uo pipefail
 step=${1:?usage: bash bench/gpu_recipe.sh setup | run CANDIDATE...}
 shift
@@ -50,7 +51,7 @@ run)
     [ "$C" = efficientnet_lite0 ] && S+=(-s train.recipe=cpu)   # the cpu recipe, run on this GPU
     [ -n "${EPOCHS:-}" ] && S+=(--epochs "$EPOCHS")
     E=(-s evaluate.models_dir=/tmp/m -s evaluate.data=.gpu/data/validated/catalog -s evaluate.benchmark=null
-       -s evaluate.metrics_dir=/tmp/metrics -s evaluate.reports=/tmp/reports -s evaluate.device=cuda)
+       -s evaluate.metrics_dir=/tmp/metrics -s evaluate.reports=/tmp/reports -s "evaluate.device=${DEVICE:-cuda}")
     start=$(date +%s)
     python3 -c "$F" train "$C" "${S[@]}" 2>&1 | quiet 30
     train_s=$(( $(date +%s) - start ))
