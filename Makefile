@@ -40,6 +40,8 @@ repro: install
 	@test -d .dvc || $(BIN)/dvc init -q
 	@# data/additions (new photos, DVC-tracked) starts as two CSV headers; a fresh clone has no DVC cache
 	@test -d data/additions || $(BIN)/python -c "from fashionrec.data.versions import new_additions as n; n('data/additions')"
+	@# the candidates of this machine's recipe (params.yaml train.recipe/recipes: cuda where a GPU is present)
+	$(BIN)/fashionrec recipe >/dev/null
 	$(BIN)/dvc repro
 	@echo "Outputs: data/ (manifest, subset, validated), reports/ (validation Data Docs, plots), models/, metrics/"
 

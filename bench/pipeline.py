@@ -27,6 +27,7 @@ from common import ROOT, Run, table
 
 from fashionrec.core.config import set_dotted
 from fashionrec.data.versions import new_additions
+from fashionrec.train.recipe import RECIPE_FILE, cuda_present, resolve_recipe, write_recipe_file
 
 TINY_EXTRA = {
     "train.candidates": ["pixels", "simple_cnn", "efficientnet_lite0"],   # dvc.yaml's select needs all three
@@ -60,6 +61,7 @@ def make_copy(work: Path, source: str) -> Path:
     for key, value in overrides.items():
         set_dotted(tree, key, value)
     (proj / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    write_recipe_file(proj / RECIPE_FILE, resolve_recipe(tree["train"], cuda_present()))   # dvc.yaml's vars
     new_additions(proj / str(tree["ingest"].get("additions") or "data/additions"))  # ingest's dep
     return proj
 

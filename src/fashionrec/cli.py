@@ -133,6 +133,35 @@ def synth(n: Annotated[int, typer.Argument(help="Number of photos to write.")],
 
 
 @app.command()
+def recipe(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+           check: Annotated[bool, typer.Option(
+               help="DVC's `recipe` stage: fail (after rewriting it) when the file was stale.")] = False,
+           out: Annotated[Path | None, typer.Option(
+               help="Also write OUT/<candidate>.json, {candidate, recipe}: the `recipe` stage's output, "
+                    "one train@ dependency each.")] = None
+           ) -> None:
+    """Resolve the candidates this machine trains (train.recipe, train.recipes, CUDA) and record them in
+    models/recipe.yaml, the list dvc.yaml's train@/evaluate@ stages iterate over (`make repro` runs this
+    first). With --check a stale file is rewritten and the command fails: DVC parsed the old list, so
+    `dvc repro` must run again."""
+    from fashionrec.train.recipe import RECIPE_FILE, cuda_present, resolve_recipe, write_recipe_file
+
+    p = load(params, sets)
+    resolved = resolve_recipe(p.section("train"), cuda_present())
+    path = p.path(RECIPE_FILE)
+    changed = write_recipe_file(path, resolved)
+    if check and changed:
+        raise FashionrecError(f"{RECIPE_FILE} was stale: this machine trains the {resolved.name} recipe "
+                              f"({resolved.reason}): {list(resolved.candidates)}; rewritten, run `dvc repro` "
+                              "again")
+    if out is not None:   # one file per candidate: adding one to the list retrains only that one
+        out.mkdir(parents=True, exist_ok=True)
+        for name in resolved.candidates:
+            (out / f"{name}.json").write_text(json.dumps({"candidate": name, "recipe": resolved.name}) + "\n")
+    report({**resolved.to_dict(), "file": str(path), "changed": changed})
+
+
+@app.command()
 def train(candidate: Annotated[str, typer.Argument(help="Candidate name (a block of train.models).")],
           params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
           resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
@@ -154,11 +183,14 @@ def train(candidate: Annotated[str, typer.Argument(help="Candidate name (a block
     from fashionrec.train.distributed import DistributedConfig, Rank, launch
     from fashionrec.train.loop import check_world
     from fashionrec.train.loop import train as run
+    from fashionrec.train.recipe import check_member, cuda_present, resolve_recipe
 
     m = f"train__models__{candidate}__"
     p = load(params, sets, **{m + "epochs": epochs, m + "lr": lr, m + "batch_size": batch_size},
              train__device=device, train__distributed__procs_per_node=nproc, train__distributed__nodes=nnodes)
     s = p.section("train")
+    if candidate in (s.get("models") or {}):   # (an unknown name: the loop says so, listing the known)
+        check_member(candidate, resolve_recipe(s, cuda_present()))
     rank = Rank.from_env(os.environ)
     shape = DistributedConfig.from_section(s, os.environ)
     if not rank.distributed and shape.world_size > 1:
@@ -213,14 +245,14 @@ def select(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
            ) -> None:
     """Gate: pick the best candidate by the primary metric, check thresholds and the champion."""
     from fashionrec.core.tracking import configure
-    from fashionrec.registry.steps import candidate_names
     from fashionrec.registry.steps import select as run
+    from fashionrec.train.recipe import cuda_present, resolve_recipe
 
     p = load(params, sets, select__out=out)
     configure(p)
     s = p.section("select")
-    report(run(p.path(s["metrics_dir"]), candidate_names(p.section("train")), p.path(s["out"]), s,
-               name=registry_name(p)))
+    candidates = list(resolve_recipe(p.section("train"), cuda_present()).candidates)   # as train@ had
+    report(run(p.path(s["metrics_dir"]), candidates, p.path(s["out"]), s, name=registry_name(p)))
 
 
 @app.command()

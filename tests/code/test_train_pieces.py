@@ -93,7 +93,7 @@ def test_compute_loss_adds_ce_and_metric_parts_and_weights_samples() -> None:
 def test_candidate_blocks_of_the_project_params_parse() -> None:
     params = load_params(ROOT / "params.yaml")
     section = params.section("train")
-    assert set(section["candidates"]) <= set(section["models"])
+    assert set(section["recipes"]["cpu"]) | set(section["recipes"]["cuda"]) <= set(section["models"])
     for name, block in section["models"].items():
         train_config(name, block)
         card = new_card(name, block, ["a", "b"], ["a", "b", "kids"])

@@ -1,5 +1,6 @@
-"""The candidate list lives in params alone: `dvc exp run -S train.candidates=[...]` trains, evaluates,
-gates and exports exactly those candidates, through the project's real dvc.yaml on the tiny dataset."""
+"""The candidate list lives in params alone: train.candidates=[...] (after `fashionrec recipe`, which
+`make repro` runs) trains, evaluates, gates and exports exactly those candidates, through the project's
+real dvc.yaml on the tiny dataset; a stale models/recipe.yaml stops `dvc repro` at the `recipe` stage."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from fashionrec.core.config import set_dotted
 from fashionrec.data.versions import new_additions
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("ingest", "subset", "validate", "train", "evaluate", "select", "export")
+STAGES = ("recipe", "ingest", "subset", "validate", "train", "evaluate", "select", "export")
 
 
 def test_dvc_yaml_names_no_candidate() -> None:
@@ -29,7 +30,7 @@ def test_exp_run_with_other_candidates_gates_and_exports_those(tiny_source, tmp_
     repo = tmp_path / "project"
     repo.mkdir()
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    pipeline = {"stages": {k: stages[k] for k in STAGES}}
+    pipeline = {"vars": ["models/recipe.yaml"], "stages": {k: stages[k] for k in STAGES}}
     (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
     for key, value in {**tree["kfp"]["local"]["tiny"], "ingest.source": str(tiny_source.root),
@@ -57,13 +58,20 @@ def test_exp_run_with_other_candidates_gates_and_exports_those(tiny_source, tmp_
     new_additions(repo / "data" / "additions")   # ingest's dependency: no new photos yet
     run("git", "init", "-q")
     run("dvc", "init", "-q")
+    run("fashionrec", "recipe")
     run("dvc", "repro", "select")
     first = json.loads((repo / "reports/select/decision.json").read_text())
     assert [r["candidate"] for r in first["ranking"]] == ["pixels"]
     run("git", "add", "-A")
     run("git", "commit", "-q", "-m", "baseline: pixels only")
 
-    out = run("dvc", "exp", "run", "-S", "train.candidates=[pixels,simple_cnn]", "export")
+    set_dotted(tree, "train.candidates", ["pixels", "simple_cnn"])
+    (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    stale = subprocess.run(["dvc", "repro", "export"], cwd=repo, env=env, capture_output=True, text=True,
+                           timeout=900)
+    assert stale.returncode != 0 and "models/recipe.yaml was stale" in stale.stdout + stale.stderr
+    assert "Running stage 'train@simple_cnn'" not in stale.stdout   # nothing trained on the stale list
+    out = run("dvc", "exp", "run", "export")   # the rewritten file lists simple_cnn now
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
     assert {"train@simple_cnn", "evaluate@simple_cnn", "select", "export"} <= ran
     assert "train@pixels" not in ran                       # unchanged candidate: cached, not retrained

@@ -81,6 +81,12 @@ def test_candidate_trains_saves_and_logs_its_run(tiny_validated, mlflow_server: 
     assert mlrun.data.tags["data_version"] == "sha256:" + manifest_hash[:16]  # no dvc.lock here
     assert len(mlrun.data.tags["git_commit"]) in (40, len("unknown"))
     assert mlrun.data.tags["candidate"] == candidate
+    tags = mlrun.data.tags   # where and how it trained: the recipe of its device, the device, the versions
+    on_gpu = result.device == "cuda"
+    assert tags["device"] == result.device and tags["recipe"] == ("cuda" if on_gpu else "cpu")
+    assert tags["torch_version"] == torch.__version__
+    assert tags["cuda_version"] == str(torch.version.cuda or "none")
+    assert tags["device_name"] == (torch.cuda.get_device_name() if on_gpu else "cpu")
     assert mlrun.data.params["arch"] == model.card.arch
     assert mlrun.data.metrics["best_val_micro_f1"] == pytest.approx(result.val_micro_f1)
     assert 0.0 <= mlrun.data.metrics["val_accuracy"] <= 1.0
@@ -90,6 +96,14 @@ def test_candidate_trains_saves_and_logs_its_run(tiny_validated, mlflow_server: 
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "model")}
     assert {"model/model.pt", "model/card.json"} <= artifacts
     assert [a.path for a in client.list_artifacts(result.run_id, "plots")] == ["plots/loss_curve.png"]
+
+
+def test_a_forced_recipe_is_the_runs_tag(tiny_validated, mlflow_server: str, tmp_path: Path) -> None:
+    """train.recipe forces the recipe whatever the device; the run says so (and why) in its tags."""
+    section = {**section_for(tiny_validated, "pixels"), "recipe": "cuda", "device": "cpu"}
+    result = run(tiny_validated, tmp_path, "pixels", section)
+    tags = MlflowClient(tracking_uri=mlflow_server).get_run(result.run_id).data.tags
+    assert (tags["recipe"], tags["recipe_reason"], tags["device"]) == ("cuda", "train.recipe: cuda", "cpu")
 
 
 def test_simple_cnn_learns_the_tiny_classes(tiny_validated, mlflow_server: str, tmp_path: Path) -> None:

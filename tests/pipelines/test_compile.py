@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fashionrec.core.config import load_params
 from fashionrec.core.errors import KfpError
 from fashionrec.kfp.client import check_image, pipeline_arguments
 from fashionrec.kfp.io import component_params, plain, without_nulls
@@ -103,7 +104,8 @@ def test_resources_image_retries_and_gpu(compiled):
         "componentInputParameter": "pipelinechannel--candidates-loop-item",
         "parameterExpressionSelector": 'parseJson(string_value)["gpus"]'}
     items = {c["name"]: c["gpus"] for c in pipeline_arguments(compiled.params)["candidates"]}
-    assert items == {"pixels": "0", "simple_cnn": "1", "efficientnet_lite0": "1"}
+    assert items == {"pixels": "0", "simple_cnn": "1", "efficientnet_lite0_gpu": "1",
+                     "efficientnet_lite2_gpu": "1"}   # the cuda recipe: kfp.gpu.pool
     assert compiled.k8s("train")["tolerations"] == [kfp["gpu"]["toleration"]]
     for task in TASKS:
         assert "nodeSelector" not in compiled.k8s(task.replace("_", "-")), task
@@ -153,12 +155,33 @@ def test_parameters_default_to_params_yaml(compiled):
     for name, value in want.items():
         assert plain(inputs[name]["defaultValue"]) == value, name
     names = [c["name"] for c in want["candidates"]]
-    assert names == compiled.params.get("train.candidates")
+    assert compiled.params.get("kfp.gpu.pool") is True   # the cluster has GPU nodes: the cuda recipe
+    assert names == compiled.params.get("train.recipes.cuda") and want["train_params"]["recipe"] == "cuda"
     assert "tracking_uri" not in want["mlflow_params"]  # the cluster's ConfigMap gives it
     assert (want["repo"], want["data_rev"]) == (compiled.params.get("kfp.data.repo"),
                                                 compiled.params.get("kfp.data.rev"))
     assert inputs["candidates"]["parameterType"] == "LIST"
     assert inputs["train_params"]["parameterType"] == "STRUCT"
+
+
+def test_the_accelerator_pool_decides_the_recipe_and_tasks_accept_their_params():
+    """kfp.gpu.pool picks the recipe (not the compiling machine's GPU); a forced train.recipe or an explicit
+    train.candidates wins; each train task's params (train_params + its loop item) pass the checks."""
+    params = load_params(ROOT / "params.yaml")
+    for pool, recipe in ((True, "cuda"), (False, "cpu")):
+        tree = load_params(ROOT / "params.yaml", [f"kfp.gpu.pool={str(pool).lower()}"])
+        args = pipeline_arguments(tree)
+        assert [c["name"] for c in args["candidates"]] == params.get(f"train.recipes.{recipe}")
+        assert args["train_params"]["recipe"] == recipe and "recipes" not in args["train_params"]
+        for item in args["candidates"]:
+            block = {k: v for k, v in item.items() if k not in ("name", "gpus")}
+            task = component_params({"train": {**args["train_params"], "candidates": [item["name"]],
+                                               "models": {item["name"]: block}}}, args["mlflow_params"], 0)
+            assert task.section("train")["recipe"] == recipe
+    forced = pipeline_arguments(load_params(ROOT / "params.yaml", ["train.recipe=cpu"]))
+    assert [c["name"] for c in forced["candidates"]] == params.get("train.recipes.cpu")
+    explicit = pipeline_arguments(load_params(ROOT / "params.yaml", ["train.candidates=[pixels]"]))
+    assert [c["name"] for c in explicit["candidates"]] == ["pixels"]
 
 
 def test_committed_spec_is_current(compiled):

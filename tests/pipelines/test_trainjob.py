@@ -12,7 +12,7 @@ import pytest
 from kfp import dsl
 
 from fashionrec.core.errors import TrainingError
-from fashionrec.kfp.client import pipeline_arguments
+from fashionrec.kfp.client import cluster_recipe, pipeline_arguments, train_params_of
 from fashionrec.kfp.io import component_params
 from fashionrec.kfp.trainjob import run_trainjob
 from fashionrec.models.store import load_model
@@ -40,7 +40,7 @@ def task_config(compiled, gpus: int) -> dsl.TaskConfig:
 def tree_for(tiny_validated, nodes: int, procs: int, **model: Any) -> dict[str, Any]:
     """The component's params tree for simple_cnn, as the train step builds it."""
     section = tiny_validated.params.section("train")
-    train = {k: v for k, v in section.items() if k not in ("candidates", "models")}
+    train = train_params_of(section, cluster_recipe(section, tiny_validated.params.section("kfp")))
     train["distributed"] = {**train["distributed"], "nodes": nodes, "procs_per_node": procs}
     train["device"] = "cpu"
     block = {**section["models"]["simple_cnn"], "epochs": 1, "size": 32, "batch_size": 4, **model}

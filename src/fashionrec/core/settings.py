@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from fashionrec.core.errors import FashionrecError, ParamsError
 
@@ -400,13 +400,58 @@ class ServeSection(Section):
 # --- train ---------------------------------------------------------------------------------------------
 
 
+# Keys a candidate block may set only where another key makes them count: (key, arch or None for any,
+# the condition under which it is read, as (other key, its default, the values that read it), why).
+# A block setting one where it is not read is refused, so that no block names a setting it does not get.
+_READ_WHEN: list[tuple[str, str | None, tuple[str, Any, tuple[Any, ...]], str]] = [
+    ("trainable_blocks", "efficientnet", ("mode", "finetune", ("finetune",)),
+     "only mode finetune trains a number of last blocks"),
+    ("cosine_scale", "efficientnet", ("head", "linear", ("cosine",)), "only head cosine scales its logits"),
+    ("views", "efficientnet", ("mode", "finetune", ("frozen", "finetune")),
+     "only cached inputs (mode frozen|finetune) have views; mode full augments raw images"),
+    ("crop_scale", "efficientnet", ("mode", "finetune", ("full",)),
+     "only mode full crops raw images; frozen|finetune train on cached views"),
+    ("color_jitter", "efficientnet", ("mode", "finetune", ("full",)),
+     "only mode full jitters raw images; frozen|finetune train on cached views"),
+    ("backbone_lr_mult", "efficientnet", ("mode", "finetune", ("finetune", "full")),
+     "mode frozen trains no backbone layer"),
+    ("drop_connect", "efficientnet", ("mode", "finetune", ("finetune", "full")),
+     "mode frozen trains no block to drop"),
+    ("pct_start", None, ("schedule", "cosine", ("onecycle",)),
+     "only schedule onecycle warms up over pct_start"),
+    ("warmup_epochs", None, ("schedule", "cosine", ("cosine",)),
+     "only schedule cosine warms up over warmup_epochs (onecycle: pct_start)"),
+    ("temperature", None, ("metric_loss", "none", ("supcon",)), "only metric_loss supcon has a temperature"),
+    ("margin", None, ("metric_loss", "none", ("triplet",)), "only metric_loss triplet has a margin"),
+]
+_TRAINS = ("simple_cnn", "efficientnet")   # architectures with a training loop (pixels has none)
+
+
 class CandidateBlock(BaseModel):
     """`train.models.<name>`: its `arch` here; the architecture's and training keys are checked, by name,
-    with the model code (`fashionrec.train.config.train_config`, run at every train and evaluate start)."""
+    with the model code (`fashionrec.train.config.train_config`, run at every train and evaluate start).
+    Here: combinations where a key would be silently ignored, or would say what the model does not do."""
 
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
     arch: Literal["pixels", "simple_cnn", "efficientnet"]
+
+    @model_validator(mode="after")
+    def _no_ignored_keys(self) -> CandidateBlock:
+        block = {"arch": self.arch, **(self.model_extra or {})}
+        for key, arch, (other, default, reads), why in _READ_WHEN:
+            value = block.get(other, default)
+            if key in block and arch in (None, self.arch) and value not in reads:
+                raise ValueError(f"{key} is set but {other} is {value!r}: {why}")
+        weight, loss = block.get("metric_weight", 0.0), block.get("metric_loss", "none")
+        if self.arch in _TRAINS and (loss == "none") != (not weight):
+            raise ValueError(f"metric_loss {loss!r} with metric_weight {weight!r}: a metric loss needs a "
+                             "positive weight, and a weight needs a metric loss")
+        if self.arch == "efficientnet" and "embedding_dim" in block and "embedding" not in block:
+            raise ValueError("embedding_dim is set without embedding: the default embedding (centered) is "
+                             "the 1280-d pooled features and embedding_dim only sizes the classifier's z; "
+                             "say embedding: centered | pooled | pca | projection")
+        return self
 
 
 class DistributedSection(Section):
@@ -419,15 +464,30 @@ class DistributedSection(Section):
     timeout_s: PosFloat = 3600.0
 
 
+Names = Annotated[list[str], Field(min_length=1)]
+
+
 class TrainSection(Section):
     manifest: str = "data/validated/catalog/manifest.parquet"
     models_dir: str = "models"
     cache_dir: str = ".cache/features"
     checkpoints_dir: str = ".cache/checkpoints"
     device: Device = "auto"
-    candidates: Annotated[list[str], Field(min_length=1)] | None = None   # null: every block of `models`
+    recipe: Literal["auto", "cpu", "cuda"] = "auto"   # auto: cuda where the run has a GPU (train.recipe)
+    recipes: dict[Literal["cpu", "cuda"], Names] = Field(default_factory=dict)   # each recipe's candidates
+    candidates: Names | None = None   # null: the recipe's (no recipes: every block of `models`)
     models: dict[str, CandidateBlock] = Field(default_factory=dict)
     distributed: DistributedSection = Field(default_factory=DistributedSection)
+
+    @model_validator(mode="after")
+    def _names_have_blocks(self) -> TrainSection:
+        named = [(f"recipes.{r}", names) for r, names in self.recipes.items()]
+        named += [("candidates", self.candidates)] if self.candidates else []
+        for where, names in named:
+            missing = [n for n in names if n not in self.models]
+            if missing:
+                raise ValueError(f".{where}: {missing} have no block in train.models ({sorted(self.models)})")
+        return self
 
 
 # --- images, k8s, kfp ----------------------------------------------------------------------------------
@@ -483,6 +543,7 @@ class Toleration(Section):
 
 
 class KfpGpu(Section):
+    pool: bool = False                    # the cluster has GPU nodes: train.recipe auto resolves to cuda
     accelerator: str = "nvidia.com/gpu"
     limit: PosInt = 1
     toleration: Toleration | None = None
@@ -604,6 +665,9 @@ def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
         sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
         bound = next(iter(ctx.values()))
         what = f"expected a value {sign[kind]} {bound}"
+    elif kind == "value_error":   # a cross-key rule: its own sentence (".sub.key: why" names a key below)
+        msg = str(ctx.get("error", error.get("msg", kind)))
+        return f"{key}{msg}" if msg.startswith(".") else f"{key}: {msg}"
     elif kind == "too_short":
         what = f"expected at least {ctx.get('min_length')} item(s)"
     elif kind == "too_long":

@@ -144,6 +144,8 @@ def init_project(root: Path, project: Path, params_tree: dict[str, Any], remote:
     root, project = Path(root).resolve(), Path(project).resolve()
     root.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(project / "dvc.yaml", root / "dvc.yaml")
+    (root / "models").mkdir(exist_ok=True)   # dvc.yaml's vars: the recipe file must exist to parse it
+    shutil.copyfile(project / "models" / "recipe.yaml", root / "models" / "recipe.yaml")
     shutil.copytree(project / "src", root / "src", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
     (root / "params.yaml").write_text(yaml.safe_dump(params_tree, sort_keys=False))

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from fashionrec.core.config import DEFAULT_SEED, Params, check_tree, set_dotted
-from fashionrec.core.errors import KfpError
+from fashionrec.core.errors import KfpError, TrainingError
 from fashionrec.core.files import sha256_file
 from fashionrec.core.tracking import configure, tracking_uri
 from fashionrec.kfp.io import without_nulls
+from fashionrec.train.recipe import Recipe, resolve_recipe
 
 SECTIONS = ("validate", "evaluate", "select", "export", "register", "index", "serve")
 PIPELINE_MODULE = "pipelines.training_pipeline"
@@ -43,19 +44,39 @@ def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
     return Params(tree=tree, root=params.root)
 
 
-def candidates_of(train: dict[str, Any], kfp: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The loop items: `{"name", "gpus", **train.models[candidate]}` for each of train.candidates; `gpus`
-    (a string, as the accelerator limit wants it) from kfp.accelerators, "0" when absent."""
+def cluster_recipe(train: dict[str, Any], kfp: dict[str, Any] | None = None, local: bool = False) -> Recipe:
+    """The recipe a run of the pipeline trains. On a cluster the accelerator pool decides (kfp.gpu.pool:
+    the cluster has GPU nodes, so train.recipe auto takes `cuda`), not the compiling machine; a local run
+    (kfp.local) trains here, so this machine's CUDA decides."""
+    if local:
+        from fashionrec.train.recipe import cuda_present
+
+        gpu = cuda_present()
+    else:
+        gpu = bool(((kfp or {}).get("gpu") or {}).get("pool"))
+    try:
+        return resolve_recipe(train, cuda_available=gpu)
+    except TrainingError as exc:
+        raise KfpError(f"params {exc}") from None
+
+
+def candidates_of(train: dict[str, Any], kfp: dict[str, Any] | None = None,
+                  recipe: Recipe | None = None) -> list[dict[str, Any]]:
+    """The loop items: `{"name", "gpus", **train.models[candidate]}` for each candidate of `recipe`
+    (default: `cluster_recipe`); `gpus` (a string, as the accelerator limit wants it) from
+    kfp.accelerators, "0" when absent."""
     kfp = kfp or {}
-    names = train.get("candidates") or []
+    names = (recipe or cluster_recipe(train, kfp)).candidates
     models = train.get("models") or {}
-    if not isinstance(names, list) or not names:
-        raise KfpError(f"params train.candidates: expected a non-empty list of names, got {names!r}")
-    missing = [n for n in names if n not in models]
-    if missing:
-        raise KfpError(f"params train.candidates: {missing} have no block in train.models ({sorted(models)})")
     gpus = {str(k): int(v or 0) for k, v in (kfp.get("accelerators") or {}).items()}
     return [{"name": str(n), "gpus": str(gpus.get(str(n), 0)), **models[n]} for n in names]
+
+
+def train_params_of(train: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
+    """The train section every train task gets, less the candidate lists (each task trains its loop item)
+    and with `recipe` fixed, so the runs' `recipe` tag is the pipeline's decision, not the pod's guess."""
+    rest = {k: v for k, v in train.items() if k not in ("candidates", "models", "recipes")}
+    return {**rest, "recipe": recipe.name}
 
 
 def pipeline_arguments(params: Params, *, local: bool = False, repo: str | None = None,
@@ -67,8 +88,9 @@ def pipeline_arguments(params: Params, *, local: bool = False, repo: str | None 
     kfp = params.section("kfp")
     train = params.section("train")
     args: dict[str, Any] = {f"{name}_params": params.section(name) for name in SECTIONS}
-    args["candidates"] = candidates_of(train, kfp)
-    args["train_params"] = {k: v for k, v in train.items() if k not in ("candidates", "models")}
+    recipe = cluster_recipe(train, kfp, local=local)
+    args["candidates"] = candidates_of(train, kfp, recipe)
+    args["train_params"] = train_params_of(train, recipe)
     data = kfp.get("data") or {}
     args["repo"] = str(repo or data.get("repo") or "")
     args["data_rev"] = str(data_rev or data.get("rev") or "main")

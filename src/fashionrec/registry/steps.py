@@ -45,7 +45,7 @@ DEFAULT_NAME = "fashionrec"
 def candidate_names(train: Mapping[str, Any]) -> list[str]:
     """Candidate names from the train params: `candidates` (else `models`) as a mapping, a list of names
     or of {name: ...} entries."""
-    raw = train.get("candidates", train.get("models"))
+    raw = train.get("candidates") or train.get("models")
     if isinstance(raw, Mapping):
         return [str(k) for k in raw]
     if isinstance(raw, Sequence) and not isinstance(raw, str):

@@ -61,6 +61,7 @@ from fashionrec.train.distributed import (
 )
 from fashionrec.train.features import cached_pixels
 from fashionrec.train.inputs import ArrayInputs, ImageInputs, as_numpy, make_inputs
+from fashionrec.train.recipe import resolve_recipe
 from fashionrec.train.report import plot_history, write_history
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
@@ -97,6 +98,18 @@ def check_world(candidate: str, section: dict[str, Any], world_size: int) -> Non
     if ARCHES[arch_of(candidate, block)][1].iterative:
         per_rank_batch(train_config(candidate, block).batch_size, Rank(0, world_size, 0),
                        f"train.models.{candidate}")
+
+
+def run_environment_tags(section: dict[str, Any], device: torch.device) -> dict[str, str]:
+    """Where and how a run trained: the recipe (cpu|cuda, and why), the device and its name, the torch,
+    CUDA and cuDNN versions (a run's figures depend on them; the MLflow UI filters on tags)."""
+    on_gpu = device.type == "cuda"
+    recipe = resolve_recipe(section, cuda_available=on_gpu)
+    cudnn = torch.backends.cudnn.version() if on_gpu else None
+    return {"recipe": recipe.name, "recipe_reason": recipe.reason, "device": device.type,
+            "device_name": torch.cuda.get_device_name(device) if on_gpu else "cpu",
+            "torch_version": torch.__version__, "cuda_version": str(torch.version.cuda or "none"),
+            "cudnn_version": str(cudnn or "none")}
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, pct_start: float = 0.25) -> float:
@@ -212,20 +225,22 @@ def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: P
                                round(time.perf_counter() - started, 1), "", device.type)
         return _train_and_log(candidate, block, model, data, cfg, loss_cfg, device, amp, cache_dir,
                               checkpoint_dir, checkpoint, seed, fp, manifest, out_dir, tracking_params,
-                              on_epoch_end, rank, started)
+                              on_epoch_end, rank, started, run_environment_tags(section, device))
 
 
 def _train_and_log(candidate: str, block: dict[str, Any], model: EmbeddingModel, data: TrainingData,
                    cfg: TrainConfig, loss_cfg: LossConfig, device: torch.device, amp: torch.dtype | None,
                    cache_dir: Path, checkpoint_dir: Path, checkpoint: dict[str, Any] | None, seed: int,
                    fp: str, manifest: Path, out_dir: Path, tracking_params: Params,
-                   on_epoch_end: EpochCallback | None, rank: Rank, started: float) -> TrainResult:
-    """Rank 0's training: the MLflow run around the epoch loop, then the model folder."""
+                   on_epoch_end: EpochCallback | None, rank: Rank, started: float,
+                   env_tags: dict[str, str]) -> TrainResult:
+    """Rank 0's training: the MLflow run around the epoch loop, then the model folder (the run tagged
+    with `env_tags`: recipe, device, versions)."""
     card = model.card
     experiment_id = tracking.configure(tracking_params)
     import mlflow
 
-    tags = tracking.run_tags(tracking_params, manifest, candidate=candidate, arch=card.arch)
+    tags = tracking.run_tags(tracking_params, manifest, candidate=candidate, arch=card.arch, **env_tags)
     run = tracking.start_run(checkpoint["run_id"] if checkpoint else None, candidate, tags)
     try:
         if not checkpoint:
