@@ -130,6 +130,23 @@ def test_a_format_1_bundle_is_read_with_pyarrow_and_refused_clearly_without(
     assert len(load_bundle(new).items) == 40                           # format 2 needs no pyarrow
 
 
+def test_the_next_deploy_rebuilds_a_live_format_1_bundle_as_format_2(tmp_path, assets) -> None:
+    """An upgrade: the live bundle matches model, inventory and settings but is format 1, which the new
+    serving image cannot read; the deploy builds it again as format 2 instead of calling it unchanged."""
+    params = write_params(tmp_path, assets.model_a, assets.catalog)
+    first = deploy_with(params)
+    folder = Path(first.bundle)
+    old = as_format_1(folder, tmp_path / "old")
+    shutil.rmtree(folder)
+    old.rename(folder)
+    assert json.loads((folder / MANIFEST).read_text())["format"] == 1
+    again = deploy_with(params)
+    assert again.action == "built" and again.version != first.version
+    assert json.loads((Path(again.bundle) / MANIFEST).read_text())["format"] == 2
+    assert current_version(params.path("bundles")) == again.version
+    assert deploy_with(params).action == "unchanged"                   # and format 2 matches
+
+
 def valid_table(rows: int = 40) -> dict[str, list]:
     return {"item_id": [f"i{i}" for i in range(rows)], "title": [f"T {i}" for i in range(rows)],
             "category": ["shoes"] * rows, "kids": [i % 2 == 0 for i in range(rows)],
