@@ -146,12 +146,15 @@ def pip_mounts(cache: Path) -> list[str]:
     return [flag for m in mounts for flag in ("--volume", m)]
 
 
-def build(name: str, ref: str, base: str, pull: str, mounts: list[str]) -> dict[str, Any]:
-    """buildah bud of one Dockerfile (docker format, so HEALTHCHECK is kept; layers cached)."""
+def build(name: str, ref: str, base: str, pull: str, mounts: list[str],
+          extras: list[str] | None = None) -> dict[str, Any]:
+    """buildah bud of one Dockerfile (docker format, so HEALTHCHECK is kept; layers cached); `extras`: the
+    serving image's EXTRA_EXTRAS (images.serve_extras)."""
     dockerfile = ROOT / DOCKERFILES[name]
     ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
+    args = ["--build-arg", f"EXTRA_EXTRAS={','.join(extras)}"] if extras is not None else []
     cmd = ["buildah", "bud", "--isolation", "chroot", "--layers", "--force-rm", "--format", "docker",
-           f"--pull={pull}", "--build-arg", f"BASE={base}", "-f", str(dockerfile),
+           f"--pull={pull}", "--build-arg", f"BASE={base}", *args, "-f", str(dockerfile),
            "--ignorefile", str(ignore), "-t", ref, *mounts, str(ROOT)]
     started = time.monotonic()
     run(cmd)
@@ -187,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         base, pull = cfg["base"]["image"], "missing"
         base_info = {"ref": base, "from": "registry"}
     mounts = pip_mounts(cache)
-    built = {name: build(name, cfg[name], base, pull, mounts) for name in names}
+    built = {name: build(name, cfg[name], base, pull, mounts,
+                         extras=cfg["serve_extras"] if name == "serve" else None) for name in names}
+    if "serve" in built:
+        built["serve"]["extras"] = list(cfg["serve_extras"])
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
               "cpus": os.cpu_count(), "base": {**base_info, "mb": round(image_bytes(base) / 1e6, 1)},
               "images": built, "seconds": round(time.monotonic() - started, 1)}

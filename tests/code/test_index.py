@@ -229,3 +229,24 @@ def test_hnsw_graph_file_must_be_a_faiss_graph_of_these_embeddings(tmp_path) -> 
         build_index(data, "hnsw", graph_file=foreign)
     with pytest.raises(DataError, match="graph file not found"):
         build_index(data, "hnsw", graph_file=tmp_path / "missing")
+
+
+def test_a_kind_whose_library_is_missing_is_refused_naming_the_kind_and_extra(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serving image installs no Faiss unless asked (images.serve_extras): `hnsw` then fails with the
+    extra to install, never a bare ImportError; the exact kinds need nothing beyond NumPy."""
+    import sys
+
+    from fashionrec.core.errors import MissingDependency
+    from fashionrec.index import require_kind
+
+    data = normalised(50, 8, 13)
+    monkeypatch.setitem(sys.modules, "faiss", None)   # not importable, as where the extra is absent
+    with pytest.raises(MissingDependency) as err:
+        build_index(data, "hnsw")
+    assert not isinstance(err.value, ImportError)
+    assert "index kind 'hnsw'" in str(err.value) and "`hnsw` extra" in str(err.value)
+    assert "pip install 'fashionrec[hnsw]'" in str(err.value)
+    for kind in ("balltree", "brute"):
+        require_kind(kind)
+        assert build_index(data, kind).query(data[:2], 3)[1][:, 0].tolist() == [0, 1]

@@ -6,8 +6,10 @@ agrees with pyproject.toml (the serving set has no training dependency)."""
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -86,7 +88,10 @@ def test_context_has_every_copy_source_and_nothing_heavy(name: str) -> None:
 def test_serving_set_has_no_training_dependency() -> None:
     serving = requirement_names(PYPROJECT["dependencies"] + PYPROJECT["optional-dependencies"]["serve"])
     assert not serving & TRAINING
-    assert {"onnxruntime", "fastapi", "uvicorn", "faiss-cpu"} <= serving
+    assert {"onnxruntime", "fastapi", "uvicorn", "numpy"} <= serving
+    # issue 23 (the image's size budget): no tables, scikit-learn or Faiss in the default set
+    assert not serving & {"pandas", "pyarrow", "scikit-learn", "scipy", "faiss-cpu"}
+    assert requirement_names(PYPROJECT["optional-dependencies"]["hnsw"]) == {"faiss-cpu"}
     text = DOCKERFILES["serve"].read_text()
     assert "['optional-dependencies']['serve']" in text and "pip install --no-deps" in text
     steps = instructions(DOCKERFILES["serve"])
@@ -127,3 +132,18 @@ def test_pipeline_image_installs_the_pipeline_extra_with_the_pinned_torch() -> N
     pins = {r for r in extra if r.startswith(("torch==", "torchvision=="))}
     assert pins and all(pin in text for pin in pins), "the torch layer must install the pinned torch"
     assert requirement_names(extra) >= TRAINING - {"kfp-kubernetes"}
+
+
+@pytest.mark.parametrize(("extras", "faiss"), [("", False), ("hnsw", True), ("hnsw,milvus-client", True)])
+def test_serving_requirements_add_only_the_extras_asked_for(tmp_path: Path, extras: str, faiss: bool) -> None:
+    """The Dockerfile's own requirement step, run here: the base set + `serve`, plus EXTRA_EXTRAS (what
+    `make images` passes from images.serve_extras)."""
+    step = next(args for word, args in instructions(DOCKERFILES["serve"])
+                if word == "RUN" and "tomllib" in args)
+    command = step.split(" > /requirements.txt")[0].replace("/pyproject.toml", str(ROOT / "pyproject.toml"))
+    proc = subprocess.run(["sh", "-c", command.replace("python3 ", f"{sys.executable} ", 1)],
+                          capture_output=True, text=True, env={**os.environ, "EXTRA_EXTRAS": extras})
+    assert proc.returncode == 0, proc.stderr
+    names = requirement_names(proc.stdout.split())
+    assert ("faiss-cpu" in names) is faiss and ("pymilvus" in names) is ("milvus-client" in extras)
+    assert {"onnxruntime", "fastapi"} <= names and not names & {"pandas", "pyarrow", "scikit-learn"}

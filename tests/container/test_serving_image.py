@@ -1,9 +1,12 @@
 """The serving image, run for real: started from its own entrypoint as its own non-root user with a real
 bundle mounted read-only, it answers a photo with that bundle's versions and refuses a bad upload; torch is
-not in it; and on an empty bundles volume it waits, not ready, until a bundle is activated beside it."""
+not in it; the default image stays within its size budget (no pandas, pyarrow, scikit-learn, SciPy or
+Faiss: a kind whose extra it lacks is refused naming that extra); and on an empty bundles volume it waits,
+not ready, until a bundle is activated beside it."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from pathlib import Path
@@ -13,11 +16,13 @@ import pytest
 from fashionrec.data.manifest import read_manifest
 from fashionrec.data.shards import read_image_bytes
 from tests.container.utils import (
+    PARAMS,
     ROOT,
     SERVE_IMAGE,
     ImageBundle,
     build_bundle,
     get,
+    image_mb,
     post_image,
     run_in_image,
     serve_image,
@@ -60,6 +65,43 @@ def test_image_is_non_root_with_healthcheck_and_without_torch(serve_image_config
     assert torch.returncode == 42, f"`import torch` must fail with ModuleNotFoundError: {torch.stderr}"
     found = run_in_image(SERVE_IMAGE, ["python", "-c", FIND_FORBIDDEN], tag="probe")
     assert found.returncode == 0, f"training packages in the serving image: {found.stdout} {found.stderr}"
+
+
+# An index kind's extra absent from the image: the verdict of `require_kind('hnsw')` as an exit code
+HNSW_REFUSED = """
+import sys
+from fashionrec.core.errors import MissingDependency
+from fashionrec.index import require_kind
+try:
+    require_kind("hnsw")
+except MissingDependency as exc:
+    print(exc)
+    sys.exit(43 if "`hnsw` extra" in str(exc) else 1)
+sys.exit(0)
+"""
+LEFT_OUT = ("pandas", "pyarrow", "sklearn", "scipy", "faiss")   # issue 23: ~460 MB the server never used
+
+
+def test_default_image_is_within_its_budget_and_refuses_a_kind_it_lacks_by_name(
+        serve_image_config: dict) -> None:
+    images = PARAMS["images"]
+    extras = images.get("serve_extras") or []
+    report = ROOT / images["cache"] / "build.json"
+    assert report.is_file(), f"no {report}: `make images` writes it (the base image's reference)"
+    base = json.loads(report.read_text())["base"]["ref"]
+    above = image_mb(SERVE_IMAGE) - image_mb(base)
+    print(f"serving image: {above:.1f} MB above its base {base} (extras {extras})")
+    if not extras:   # the budget is the default image's; each extra adds its library
+        assert above <= images["max_serve_mb"], \
+            f"the serving image is {above:.1f} MB above its base, over images.max_serve_mb"
+        probe = f"import importlib.util, sys; sys.exit(len([m for m in {list(LEFT_OUT)!r} " \
+                "if importlib.util.find_spec(m)]))"
+        found = run_in_image(SERVE_IMAGE, ["python", "-c", probe], tag="left-out")
+        assert found.returncode == 0, f"{found.returncode} of {LEFT_OUT} are in the default serving image"
+    if "hnsw" not in extras:
+        refused = run_in_image(SERVE_IMAGE, ["python", "-c", HNSW_REFUSED], tag="hnsw")
+        assert refused.returncode == 43, f"hnsw must be refused naming its extra: {refused.stdout} " \
+                                         f"{refused.stderr}"
 
 
 def test_serves_a_mounted_bundle_with_its_versions(image_bundle: ImageBundle, tiny_validated,

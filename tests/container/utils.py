@@ -70,6 +70,13 @@ def require_image(ref: str = SERVE_IMAGE) -> dict[str, Any]:
     return json.loads(proc.stdout)["Docker"]["config"]
 
 
+def image_mb(ref: str) -> float:
+    """The image's size in the local store (all its layers, uncompressed), as `make images` reports it."""
+    out = subprocess.run(["podman", "image", "inspect", "--format", "{{.Size}}", ref],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip()) / 1e6
+
+
 def container_name(tag: str) -> str:
     return f"fashionrec-test-{os.getpid()}-{tag}"
 

@@ -109,9 +109,8 @@ def test_an_image_that_fails_at_first_is_missing_then_added_by_a_later_deploy(tm
     assert (third.items, third.embedded, third.parent) == (13, 1, first.version)
     assert current_version(bundles) == third.version
     bundle = load_bundle(Path(third.bundle))
-    assert bundle.items["item_id"].tolist()[-1] == "web001"
-    last = bundle.items.iloc[-1]
-    assert (last["title"], last["category"]) == ("Web shirt", "shirt")
+    assert bundle.items["item_id"][-1] == "web001"
+    assert (bundle.items.title[-1], bundle.items.category[-1]) == ("Web shirt", "shirt")
     old = load_bundle(Path(first.bundle))
     assert np.array_equal(bundle.embeddings[:12], old.embeddings)
     assert verify_bundle(Path(third.bundle))["items"]["missing"] == 0

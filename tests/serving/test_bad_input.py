@@ -150,8 +150,6 @@ def test_item_images_never_escape_the_inventory_folder(tmp_path, assets) -> None
     import shutil
     from pathlib import Path
 
-    import pandas as pd
-
     from fashionrec.bundle.format import ITEMS, MANIFEST, SUMS
     from fashionrec.core.files import sha256_file
     from fashionrec.serve.app import ServeConfig, create_app
@@ -163,10 +161,9 @@ def test_item_images_never_escape_the_inventory_folder(tmp_path, assets) -> None
     folder = Path(deploy_with(params, activate=False).bundle)
     for p in folder.iterdir():
         p.chmod(0o644)
-    items = pd.read_parquet(folder / ITEMS)
-    items.loc[0, "image"] = "../../../../../../etc/passwd"
-    items.loc[1, "image"] = "/etc/passwd"
-    items.to_parquet(folder / ITEMS, index=False)
+    items = json.loads((folder / ITEMS).read_text())
+    items["image"][:2] = ["../../../../../../etc/passwd", "/etc/passwd"]
+    (folder / ITEMS).write_text(json.dumps(items))
     manifest = json.loads((folder / MANIFEST).read_text())
     manifest["files"][ITEMS]["sha256"] = sha256_file(folder / ITEMS)
     (folder / MANIFEST).write_text(json.dumps(manifest))

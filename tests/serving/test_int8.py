@@ -68,7 +68,7 @@ def test_int8_bundle_embeds_items_and_queries_with_the_int8_model(assets, int8_m
     assert bundle.manifest["embeddings"] == {"model_sha256": sha256_file(int8_model), "precision": "int8"}
     assert sha256_file(bundle.model_file) == sha256_file(int8_model)
     image = Path(assets.catalog).parent / "images" / "item005.jpg"
-    row = bundle.items.index[bundle.items["item_id"] == "item005"][0]
+    row = bundle.items["item_id"].index("item005")
     stored = bundle.embeddings[row]
     # the stored vector is the int8 model's, which differs measurably from the fp32 model's
     assert float(stored @ embed(int8_model, image)) > 0.9999

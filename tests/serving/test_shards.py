@@ -25,7 +25,7 @@ def test_sharded_deploy_equals_one_pass_and_resumes_one_shard(tmp_path: Path, as
     params = write_params(tmp_path / "sharded", assets.model_a, assets.catalog, index__shard_size=7)
     sharded = deploy_with(params)
     a, b = load_bundle(Path(whole.bundle)), load_bundle(Path(sharded.bundle))
-    assert b.items["item_id"].tolist() == a.items["item_id"].tolist()
+    assert b.items["item_id"] == a.items["item_id"]
     np.testing.assert_allclose(b.embeddings, a.embeddings, atol=1e-5)
     shard_dir = params.root / "bundles" / ".shards"
     files = sorted(shard_dir.glob("shard-*.parquet"))
@@ -41,7 +41,7 @@ def test_sharded_deploy_equals_one_pass_and_resumes_one_shard(tmp_path: Path, as
                                                        shard_dir, 7, retries=0)
     assert stats == {"shards": 6, "embedded": 1, "reused": 5}
     np.testing.assert_allclose(embeddings, a.embeddings, atol=1e-5)
-    assert kept["item_id"].tolist() == a.items["item_id"].tolist() and skipped == []
+    assert kept["item_id"].tolist() == a.items["item_id"] and skipped == []
 
     # Another model's shards are never reused: the keys differ.
     other = resolve_model(str(assets.model_b), tmp_path / "model_b")

@@ -4,15 +4,18 @@
       model.onnx           the model that made the embeddings (queries must use the same one)
       preprocessing.json   Preprocessing.to_dict() (+ classes/labels)
       embeddings.npy       (N, D) float32, L2-normalised, row i = items row i
-      items.parquet        item_id, title, category, kids, attributes, image (relative to the inventory
-                           root, or a URL)
+      items.json           the item table, one list per column: item_id, title, category, kids,
+                           attributes, image (relative to the inventory root, or a URL)
       index.hnsw           only for kind `hnsw`: the graph in Faiss's HNSW graph format
       manifest.json        version, build time, model version, index kind/params/recall, counts, sha256s
       SHA256SUMS           `sha256sum -c` format, every file above including manifest.json
 
-No pickles: exact indexes are rebuilt from embeddings.npy at load (deterministic, a second for thousands of
-items). A folder is written under a temporary name and renamed into place, its files made read-only; a
-bundle whose checksums do not match is refused at load.
+Format 2 keeps the item table as JSON (the standard library reads it: a server needs neither pandas nor
+pyarrow, ~200 MB of its image); format 1 kept it as items.parquet, read where pyarrow is installed (the
+deployer, the pipeline venv) and refused with a clear message elsewhere. No pickles: exact indexes are
+rebuilt from embeddings.npy at load (deterministic, a second for thousands of items). A folder is written
+under a temporary name and renamed into place, its files made read-only; a bundle whose checksums do not
+match is refused at load.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from typing import Any
 from fashionrec.core.errors import BundleError
 from fashionrec.core.files import sha256_file
 
-FORMAT = 1
-MODEL, PREP, EMBEDDINGS, ITEMS = "model.onnx", "preprocessing.json", "embeddings.npy", "items.parquet"
+FORMAT = 2                   # what this code writes
+READABLE = (1, 2)            # what it reads (format 1: the item table in ITEMS_V1)
+MODEL, PREP, EMBEDDINGS, ITEMS = "model.onnx", "preprocessing.json", "embeddings.npy", "items.json"
+ITEMS_V1 = "items.parquet"
 GRAPH = "index.hnsw"
 MANIFEST, SUMS = "manifest.json", "SHA256SUMS"
 VERSION_RE = re.compile(r"^v(\d{4,})-\d{8}T\d{6}Z$")
@@ -66,6 +71,7 @@ def verify_bundle(folder: Path) -> dict[str, Any]:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
         raise BundleError(f"{folder / MANIFEST}: unreadable ({exc})") from exc
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{folder / MANIFEST}: format {manifest.get('format')!r}, this code reads {FORMAT}")
+    if manifest.get("format") not in READABLE:
+        raise BundleError(f"{folder / MANIFEST}: format {manifest.get('format')!r}, this code reads "
+                          f"{' and '.join(map(str, READABLE))}")
     return manifest

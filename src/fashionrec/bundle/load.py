@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from fashionrec.bundle.format import EMBEDDINGS, GRAPH, ITEMS, MANIFEST, MODEL, PREP, verify_bundle
+from fashionrec.bundle.format import EMBEDDINGS, GRAPH, ITEMS, ITEMS_V1, MANIFEST, MODEL, PREP, verify_bundle
+from fashionrec.bundle.items import ItemTable, read_items, read_items_v1
 from fashionrec.core.errors import BundleError
 from fashionrec.index import NeighbourIndex, build_index
 
@@ -21,7 +21,7 @@ class LoadedBundle:
 
     folder: Path
     manifest: dict[str, Any]
-    items: pd.DataFrame
+    items: ItemTable
     embeddings: np.ndarray
     preprocessing: dict[str, Any]
 
@@ -64,9 +64,9 @@ def load_bundle(folder: Path, verify: bool = True, mmap: bool = False) -> Loaded
     """
     folder = Path(folder).resolve()
     manifest = verify_bundle(folder) if verify else json.loads((folder / MANIFEST).read_text())
+    items = read_items_v1(folder / ITEMS_V1) if manifest.get("format") == 1 else read_items(folder / ITEMS)
     try:
         embeddings = np.load(folder / EMBEDDINGS, allow_pickle=False, mmap_mode="r" if mmap else None)
-        items = pd.read_parquet(folder / ITEMS)
         prep = json.loads((folder / PREP).read_text())
     except Exception as exc:
         raise BundleError(f"{folder}: cannot read bundle data ({type(exc).__name__}: {exc})") from exc
@@ -77,6 +77,5 @@ def load_bundle(folder: Path, verify: bool = True, mmap: bool = False) -> Loaded
                           f"{MODEL} is {model_sha[:12]}…: refused (queries would not match the inventory)")
     if embeddings.ndim != 2 or embeddings.shape[0] != len(items):
         raise BundleError(f"{folder}: {len(items)} items but embeddings of shape {embeddings.shape}")
-    items["attributes"] = items["attributes"].map(lambda a: [str(x) for x in a] if a is not None else [])
     return LoadedBundle(folder=folder, manifest=manifest, items=items, embeddings=embeddings,
                         preprocessing=prep)

@@ -13,6 +13,7 @@ import secrets
 import shutil
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,13 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from fashionrec.bundle.format import (
     EMBEDDINGS,
     FORMAT,
     GRAPH,
-    ITEM_COLUMNS,
     ITEMS,
     MANIFEST,
     MODEL,
@@ -34,6 +33,7 @@ from fashionrec.bundle.format import (
     SUMS,
     VERSION_RE,
 )
+from fashionrec.bundle.items import ItemTable, write_items
 from fashionrec.core.errors import BundleError
 from fashionrec.core.files import sha256_file
 from fashionrec.index import NeighbourIndex
@@ -108,7 +108,8 @@ class BundleContent:
     model_version: str
     model_uri: str
     embeddings: np.ndarray
-    items: pd.DataFrame              # ITEM_COLUMNS, `image` relative to inventory_root (or a URL)
+    items: Any                       # ITEM_COLUMNS by name (a DataFrame, an ItemTable), `image` relative to
+                                     # inventory_root (or a URL)
     inventory_root: str | None
     index_kind: str
     index_params: dict[str, Any]
@@ -160,7 +161,8 @@ def _next_version(bundles_dir: Path, now: datetime) -> str:
 
 def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
     """Write a new bundle version and return its folder (never overwrites one)."""
-    n = len(content.items)
+    items = ItemTable.from_columns(content.items)
+    n = len(items)
     if content.embeddings.shape[0] != n:
         raise BundleError(f"{n} items but {content.embeddings.shape[0]} embeddings")
     now = datetime.now(UTC)
@@ -172,9 +174,7 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
         shutil.copyfile(content.model_file, tmp / MODEL)
         (tmp / PREP).write_text(json.dumps(content.preprocessing, indent=2))
         np.save(tmp / EMBEDDINGS, np.ascontiguousarray(content.embeddings, np.float32), allow_pickle=False)
-        items = content.items[ITEM_COLUMNS].copy()
-        items["attributes"] = items["attributes"].map(list)
-        items.to_parquet(tmp / ITEMS, index=False)
+        write_items(tmp / ITEMS, items)
         if content.index_kind == "hnsw":
             content.index.save(tmp / GRAPH)  # type: ignore[attr-defined]
         prepared = content.prepare(version) if content.prepare is not None else {}
@@ -186,7 +186,7 @@ def write_bundle(bundles_dir: Path, content: BundleContent) -> Path:
             raise BundleError(f"the embeddings were made by model sha256 {content.embedded_with[:12]}… but "
                               f"the bundle's model {content.model_file} is {model_sha[:12]}…: inventory and "
                               "queries must come from one model (never fp32 embeddings with int8 queries)")
-        categories = content.items["category"].value_counts().sort_index()
+        categories = dict(sorted(Counter(items.category).items()))
         manifest = {
             "format": FORMAT, "version": version, "created_at": now.isoformat(timespec="seconds"),
             "model": {"version": content.model_version, "uri": content.model_uri,

@@ -58,6 +58,11 @@ class BundleError(FashionrecError):
     """A bundle is missing, incomplete or corrupted (the message names the file)."""
 
 
+class MissingDependency(FashionrecError):
+    """An optional dependency a feature needs (an index kind's library) is not installed here; the message
+    names the feature and the pyproject extra that installs it."""
+
+
 class SmokeTestFailed(BundleError):
     """A new bundle did not pass its smoke test; serving was not switched."""
 

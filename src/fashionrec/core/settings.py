@@ -507,6 +507,7 @@ class ImagesSection(Section):
     base: ImageBase = Field(default_factory=ImageBase)
     cache: str = ".cache/images"
     max_serve_mb: PosInt = 400
+    serve_extras: list[Literal["hnsw", "milvus-client"]] = Field(default_factory=list)
 
 
 class K8sSection(Section):

@@ -111,7 +111,7 @@ def relative_images(images: list[str]) -> tuple[list[str], str | None]:
 def absolute_images(bundle: LoadedBundle) -> list[str]:
     root = bundle.manifest["items"].get("inventory_root")
     return [p if is_url(p) or root is None else os.path.join(root, p)
-            for p in bundle.items["image"].astype(str)]
+            for p in bundle.items.image]
 
 
 def index_with_report(embeddings: np.ndarray, settings: IndexSettings, seed: int,
@@ -303,14 +303,15 @@ def _extend(cfg: DeployConfig, parent: str, new: pd.DataFrame, origin: str, adde
     """Bundle `parent` + the items of `new` (embedded with the parent's model); the parent's missing items
     stay listed unless `new` holds them. `added`: the catalog's hash, recorded in the source."""
     base = load_bundle(cfg.bundles / parent)
-    clash = sorted(set(new["item_id"]) & set(base.items["item_id"].astype(str)))
+    clash = sorted(set(new["item_id"]) & set(base.items.item_id))
     if clash:
         raise DataError(f"{origin}: {len(clash)} item_id(s) already in bundle {parent}: {clash[:10]}")
     prep = Preprocessing.from_dict(base.preprocessing)
     started = time.perf_counter()
     new_emb, kept, skipped = embed_catalog(new, base.model_file, prep, cfg.batch_size, cfg)
     embed_seconds = time.perf_counter() - started
-    old_items = base.items.assign(image=absolute_images(base))[kept.columns.intersection(base.items.columns)]
+    base_items = pd.DataFrame(base.items.to_dict())
+    old_items = base_items.assign(image=absolute_images(base))[kept.columns.intersection(base_items.columns)]
     items = pd.concat([old_items, kept[old_items.columns]], ignore_index=True)
     images, root = relative_images(items["image"].tolist())
     items = items.assign(image=images)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fashionrec.bundle.format import verify_bundle
+from fashionrec.bundle.format import FORMAT, verify_bundle
 from fashionrec.bundle.store import current_version, deploy_lock, list_versions, read_activations
 from fashionrec.core.errors import BundleError, FashionrecError, ModelSourceError
 from fashionrec.deploy.build import (
@@ -48,8 +48,11 @@ class Want:
     settings: str         # the index settings' fingerprint
 
     def matches(self, manifest: dict[str, Any]) -> bool:
+        """Same model, inventory and settings, in this code's bundle format: an older format (1: the item
+        table in Parquet, which the serving image cannot read) is rebuilt by the next deploy."""
         source = manifest.get("source") or {}
-        return (manifest.get("model", {}).get("version") == self.model_version
+        return (manifest.get("format") == FORMAT
+                and manifest.get("model", {}).get("version") == self.model_version
                 and source.get("inventory") == self.inventory and source.get("settings") == self.settings)
 
 

@@ -24,7 +24,7 @@ from fashionrec.serve.decode_pool import DecodePool
 from fashionrec.serve.handlers import add_exception_handlers
 from fashionrec.serve.holder import StateHolder
 from fashionrec.serve.lifespan import lifespan
-from fashionrec.serve.memory import tune_allocator, use_system_allocator_for_arrow
+from fashionrec.serve.memory import tune_allocator
 from fashionrec.serve.metrics import Metrics
 from fashionrec.serve.middleware import MULTIPART_SLACK, add_middleware
 from fashionrec.serve.routes import register_routes
@@ -59,7 +59,6 @@ def create_app(config: ServeConfig) -> FastAPI:
                               f"serve.decode_timeout_s ({config.decode_timeout_s}) positive")
     configure_logging(config.log_level)
     Image.MAX_IMAGE_PIXELS = config.max_image_pixels  # Pillow's own bomb limit, set explicitly
-    use_system_allocator_for_arrow()
     tune_allocator(config.malloc_mmap_threshold_kb * 1024, config.malloc_arena_max)
     holder = StateHolder(config.bundles, config.bundle, config.inventory_root, config.intra_op_threads,
                          allow_spinning=config.intra_op_spinning)

@@ -2,9 +2,8 @@
 
 glibc keeps the pages of freed heap memory mapped (per thread arena) until `malloc_trim`, so the
 transient copies made while a bundle loads (the ONNX graph before optimisation, the float64 index
-data, the item table) and a whole replaced bundle would otherwise stay in the RSS for good. Arrow's own
-default allocator (mimalloc) caches pages the same way and out of reach of `malloc_trim`, so the server
-reads parquet through the system allocator instead.
+data, the item table) and a whole replaced bundle would otherwise stay in the RSS for good. (The item
+table is JSON since bundle format 2: no Arrow allocator, whose cached pages `malloc_trim` cannot reach.)
 """
 
 from __future__ import annotations
@@ -72,10 +71,3 @@ def release_memory() -> bool:
         return False
     trim(0)
     return True
-
-
-def use_system_allocator_for_arrow() -> None:
-    """Route pyarrow (parquet reads of the item table) through malloc, which `release_memory` trims."""
-    import pyarrow as pa
-
-    pa.set_memory_pool(pa.system_memory_pool())

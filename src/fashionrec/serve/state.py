@@ -5,7 +5,7 @@ one (model version, index version) pair; the deploy smoke test drives the same o
 goes live. A state keeps only what answers need (session, index, item fields as lists): the bundle's
 embeddings are read into memory (never memory-mapped: a file truncated or rewritten on disk under a
 mapping kills the process with SIGBUS at the next search), handed to the index build (an exact index keeps
-them, BallTree and HNSW their own structures), and the item DataFrame is dropped once its columns are taken.
+them, BallTree and HNSW their own structures), and the item table's columns are kept as lists.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from fashionrec.bundle.format import is_url
 from fashionrec.bundle.load import LoadedBundle, load_bundle
 from fashionrec.core.errors import BundleError
 from fashionrec.data.images import Preprocessing
+from fashionrec.index import require_kind
 from fashionrec.index.base import NeighbourIndex
 from fashionrec.runtime.session import DEFAULT_PROVIDERS, OnnxSession, create_session
 from fashionrec.serve.hits import BundleModel, Hit
@@ -46,13 +47,13 @@ class ServingState(BundleModel):
         self.precision = bundle.precision   # the one model of the bundle embeds queries as it did items
         self.inventory_root = inventory_root.resolve() if inventory_root is not None else None
         items = bundle.items
-        self.item_ids: list[str] = items["item_id"].astype(str).tolist()
+        self.item_ids: list[str] = items.item_id
         self.rows = {item_id: i for i, item_id in enumerate(self.item_ids)}
-        self.titles: list[str] = items["title"].astype(str).tolist()
-        self.category = items["category"].astype(str).to_numpy()
-        self.kids = items["kids"].astype(bool).to_numpy()
-        self.attributes: list[list[str]] = items["attributes"].tolist()
-        self.images: list[str] = items["image"].astype(str).tolist()
+        self.titles: list[str] = items.title
+        self.category = np.array(items.category, dtype=str)
+        self.kids = np.array(items.kids, dtype=bool)
+        self.attributes: list[list[str]] = items.attributes
+        self.images: list[str] = items.image
         self.categories: list[str] = sorted(set(self.category.tolist()) - {""})
 
     @property
@@ -105,6 +106,7 @@ def load_state(bundle_dir: Path, inventory_root: Path | None = None, intra_op_th
         return load_milvus_state(Path(bundle_dir).resolve(), manifest, inventory_root, intra_op_threads,
                                  providers, allow_spinning)
     bundle = load_bundle(bundle_dir, verify=True, mmap=False)
+    require_kind(bundle.manifest["index"]["kind"])   # before the model: a missing extra refuses it at once
     session = create_session(bundle.model_file, providers=providers, intra_op_threads=intra_op_threads,
                              allow_spinning=allow_spinning)
     if "embedding" not in session.output_names:
