@@ -241,8 +241,8 @@ def build_bundle(cfg: DeployConfig, source: ModelSource, catalog: Path | None = 
         from fashionrec.deploy.shards import embed_in_shards
 
         embeddings, kept, skipped, shards = embed_in_shards(
-            table, embed, source.onnx_path, source.prep, cfg.shards_dir or cfg.bundles / ".shards",
-            cfg.shard_size, cfg.shard_retries)
+            table, embed, source.onnx_path, source.prep, cfg.shards_folder,
+            cfg.shard_size, cfg.shard_retries, embed_missing=cfg.embed_missing_shards)
     else:
         embeddings, kept, skipped = embed(table)
     embed_seconds = time.perf_counter() - started
