@@ -534,6 +534,7 @@ class KfpSection(Section):
     bundles_pvc: str | None = None
     bundles_mount: str = "/srv/bundles"
     training_parallelism: PosInt = 1
+    inventory_parallelism: PosInt = 1
     gpu: KfpGpu = Field(default_factory=KfpGpu)
     resources: dict[str, Resources] = Field(default_factory=dict)
     schedule: KfpSchedule = Field(default_factory=KfpSchedule)
