@@ -187,15 +187,14 @@ def training_pipeline(
                     index_params=index_params, serve_params=serve_params, mlflow_params=mlflow_params,
                     seed=seed, bundles_dir=bundles_dir, validated=validated, subset=images),
                     "plan_inventory").after(registered))))
-                with dsl.ParallelFor(planned.outputs["shards"],
-                                     parallelism=int(KFP["inventory_parallelism"])) as shard:
+                with dsl.ParallelFor(planned.output, parallelism=int(KFP["inventory_parallelism"])) as shard:
                     embedded = on_bundles(shard_placed(uses_mlflow(uncached(resources(embed_shard(
                         index_params=index_params, serve_params=serve_params, mlflow_params=mlflow_params,
-                        seed=seed, bundles_dir=bundles_dir, plan=planned.outputs["plan"], shard=shard,
-                        device=SHARD_DEVICE), "embed_shard")))))
+                        seed=seed, bundles_dir=bundles_dir, shard=shard, device=SHARD_DEVICE),
+                        "embed_shard")))))
                 on_bundles(uses_mlflow(uncached(resources(assemble_inventory(
                     index_params=index_params, serve_params=serve_params, mlflow_params=mlflow_params,
-                    seed=seed, bundles_dir=bundles_dir, plan=planned.outputs["plan"],
+                    seed=seed, bundles_dir=bundles_dir, plan=planned.output,
                     shards=dsl.Collected(embedded.output), validated=validated, subset=images),
                     "assemble_inventory"))))
             else:

@@ -43,15 +43,15 @@ def test_sharded_deploy_is_a_parallel_for_over_the_plan(sharded: Compiled) -> No
     assert set(tasks) == {"export", "register", "plan-inventory", loop_name, "assemble-inventory"}
     assert tasks["plan-inventory"]["dependentTasks"] == ["register"]
     loop = tasks[loop_name]
-    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--plan-inventory-shards"
-    assert loop["inputs"]["parameters"]["pipelinechannel--plan-inventory-shards"]["taskOutputParameter"] == {
-        "outputParameterKey": "shards", "producerTask": "plan-inventory"}
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--plan-inventory-Output"
+    assert loop["inputs"]["parameters"]["pipelinechannel--plan-inventory-Output"]["taskOutputParameter"] == {
+        "outputParameterKey": "Output", "producerTask": "plan-inventory"}
     assert loop["iteratorPolicy"]["parallelismLimit"] == sharded.params.get("kfp.inventory_parallelism") == 4
     body = sharded.spec["components"][f"comp-{loop_name}"]["dag"]["tasks"]
     assert set(body) == {"embed-shard"}
     embed = body["embed-shard"]
     assert embed["inputs"]["parameters"]["shard"] == {
-        "componentInputParameter": "pipelinechannel--plan-inventory-shards-loop-item"}
+        "componentInputParameter": "pipelinechannel--plan-inventory-Output-loop-item"}
     assert embed["inputs"]["parameters"]["device"] == {"runtimeValue": {"constant": "auto"}}   # on its GPU
     # a failed shard is retried alone: index.shard_retries times, kfp.retry's backoff
     retry = sharded.params.section("kfp")["retry"]
@@ -64,7 +64,7 @@ def test_sharded_deploy_is_a_parallel_for_over_the_plan(sharded: Compiled) -> No
     assert set(assemble["dependentTasks"]) == {loop_name, "plan-inventory"}
     inputs = assemble["inputs"]["parameters"]
     assert inputs["shards"]["taskOutputParameter"]["producerTask"] == loop_name
-    assert inputs["plan"]["taskOutputParameter"] == {"outputParameterKey": "plan",
+    assert inputs["plan"]["taskOutputParameter"] == {"outputParameterKey": "Output",
                                                      "producerTask": "plan-inventory"}
     # nothing reads the cache: the shard files on the claim are what resumes
     for task in (tasks["plan-inventory"], embed, assemble):

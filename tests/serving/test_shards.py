@@ -67,12 +67,12 @@ def test_planned_shards_embedded_apart_then_assembled(tmp_path: Path, assets) ->
     plan = plan_inventory(cfg)
     assert [(s["start"], s["stop"]) for s in plan.items()] == [(i, min(i + 7, 40)) for i in range(0, 40, 7)]
     assert plan_inventory(cfg) == plan   # deterministic: a task retried plans the same shards
-    # KFP hands the plan over as a protobuf Struct: every integer a float
-    as_struct = json.loads(json.dumps(plan.to_dict()), parse_int=float)
-    assert as_struct["shards"][1]["start"] == 7.0 and InventoryPlan.from_dict(as_struct) == plan
+    # KFP hands the items over as protobuf values: every integer a float
+    as_struct = json.loads(json.dumps(plan.items()), parse_int=float)
+    assert as_struct[1]["start"] == 7.0 and InventoryPlan.from_items(as_struct) == plan
     *first, last = plan.items()
     with ThreadPoolExecutor(2) as pool:   # the shards embed apart, in any order
-        done = list(pool.map(lambda item: embed_planned_shard(cfg, plan, item), reversed(first)))
+        done = list(pool.map(lambda item: embed_planned_shard(cfg, item), reversed(first)))
     assert sorted(d["shard"] for d in done) == [0, 1, 2, 3, 4] and {d["action"] for d in done} == {"embedded"}
     with pytest.raises(DataError, match=r"1 of 6 inventory shard\(s\) not embedded \(first: shard 5, items "
                                         r"35-39"):
@@ -81,9 +81,9 @@ def test_planned_shards_embedded_apart_then_assembled(tmp_path: Path, assets) ->
 
     written = Path(done[0]["file"])
     before = written.stat().st_mtime_ns
-    assert embed_planned_shard(cfg, plan, first[-1])["action"] == "reused"   # a retry does nothing twice
+    assert embed_planned_shard(cfg, first[-1])["action"] == "reused"   # a retry does nothing twice
     assert written.stat().st_mtime_ns == before
-    assert embed_planned_shard(cfg, plan, last)["action"] == "embedded"
+    assert embed_planned_shard(cfg, last)["action"] == "embedded"
     result = assemble_inventory(cfg, plan)
     assert result.action == "built" and current_version(cfg.bundles) == result.version
     built = load_bundle(Path(result.bundle))
@@ -94,7 +94,7 @@ def test_planned_shards_embedded_apart_then_assembled(tmp_path: Path, assets) ->
     again = plan_inventory(cfg)
     assert again.served == result.version and again.shards == []
     [skip] = again.items()
-    assert embed_planned_shard(cfg, again, skip)["action"] == "skipped"
+    assert embed_planned_shard(cfg, skip)["action"] == "skipped"
     assert assemble_inventory(cfg, again).action == "unchanged"
 
 
@@ -102,8 +102,10 @@ def test_planned_shard_refuses_a_foreign_shard(tmp_path: Path, assets) -> None:
     cfg = DeployConfig.from_params(write_params(tmp_path, assets.model_a, assets.catalog,
                                                 index__shard_size=16))
     plan = plan_inventory(cfg)
-    forged = {**plan.items()[0], "key": "0" * 16}
-    with pytest.raises(DataError, match="shard 0 .* is not in the plan"):
-        embed_planned_shard(cfg, plan, forged)
+    forged = {**plan.items()[0], "stop": 15}   # not the rows its key names
+    with pytest.raises(DataError, match=r"inventory shard 0 \(.*, items 0-14\) is not this plan's"):
+        embed_planned_shard(cfg, forged)
+    with pytest.raises(DataError, match="inventory plan: missing or malformed field"):
+        embed_planned_shard(cfg, {k: v for k, v in plan.items()[0].items() if k != "plan"})
     with pytest.raises(DataError, match="index.shard_size must be >= 1"):
         plan_inventory(cfg.with_(shard_size=0))

@@ -45,28 +45,34 @@ class InventoryPlan:
     shards: list[dict[str, Any]] = field(default_factory=list)   # Shard.to_dict() of each, in order
     served: str | None = None     # a bundle that already serves what is wanted: nothing to embed
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, value: dict[str, Any]) -> InventoryPlan:
-        try:
-            return cls(model=str(value["model"]), model_version=str(value["model_version"]),
-                       model_sha256=str(value["model_sha256"]), shards_dir=str(value["shards_dir"]),
-                       catalog=str(value.get("catalog") or ""),
-                       shards=[sharding.Shard.from_dict(s).to_dict() for s in value.get("shards") or []],
-                       served=value.get("served") or None)
-        except (KeyError, TypeError) as exc:
-            raise DataError(f"inventory plan: missing or malformed field ({exc}); expected the output of "
-                            "plan_inventory") from None
+    def common(self) -> dict[str, Any]:
+        """The fields every item carries (no nulls: a pipeline parameter cannot hold one)."""
+        return {k: v for k, v in asdict(self).items() if k != "shards" and v is not None}
 
     def items(self) -> list[dict[str, Any]]:
-        """The parallel loop's items: one per shard. Never empty (how an empty `ParallelFor` behaves
-        differs between KFP backends): nothing to embed is one item saying why."""
+        """The parallel loop's items: one per shard, each carrying the plan's common fields, so a task
+        needs its item alone (and the plan is one list: kfp.local iterates only a task's single output).
+        Never empty (an empty `ParallelFor` behaves differently across KFP backends): nothing to embed
+        is one item saying why."""
+        common = self.common()
         if self.shards:
-            return [dict(s) for s in self.shards]
-        return [{"number": -1, "start": 0, "stop": 0, "key": "",
+            return [{**s, "plan": common} for s in self.shards]
+        return [{"number": -1, "start": 0, "stop": 0, "key": "", "plan": common,
                  "skip": f"bundle {self.served} already serves {self.model_version} over this inventory"}]
+
+    @classmethod
+    def from_items(cls, items: list[dict[str, Any]]) -> InventoryPlan:
+        """The plan back from its loop items (as a pipeline hands them over: numbers may be floats)."""
+        try:
+            common = items[0]["plan"]
+            plan = cls(model=str(common["model"]), model_version=str(common["model_version"]),
+                       model_sha256=str(common["model_sha256"]), shards_dir=str(common["shards_dir"]),
+                       catalog=str(common.get("catalog") or ""), served=common.get("served") or None,
+                       shards=[sharding.Shard.from_dict(i).to_dict() for i in items if not i.get("skip")])
+        except (IndexError, KeyError, TypeError) as exc:
+            raise DataError(f"inventory plan: missing or malformed field ({exc!r}); expected the items "
+                            "plan_inventory returns") from None
+        return plan
 
 
 def _model(cfg: DeployConfig, model: str, version: str, workdir: Path) -> ModelSource:
@@ -101,27 +107,24 @@ def plan_inventory(cfg: DeployConfig, model: str | None = None) -> InventoryPlan
                          shards_dir=str(out), catalog=str(rows), shards=[s.to_dict() for s in shards])
 
 
-def embed_planned_shard(cfg: DeployConfig, plan: InventoryPlan, item: dict[str, Any]) -> dict[str, Any]:
-    """Embed one shard of `plan` into its Parquet file (a complete file already there is reused: a retried
-    or re-run task does nothing twice). Returns what it did, for the task's summary."""
+def embed_planned_shard(cfg: DeployConfig, item: dict[str, Any]) -> dict[str, Any]:
+    """Embed one shard (a loop item of `InventoryPlan.items`) into its Parquet file; a complete file
+    already there is reused (a retried or re-run task does nothing twice). Returns what it did."""
     if item.get("skip"):
-        return {"shard": None, "action": "skipped", "reason": str(item["skip"])}
+        return {"shard": -1, "action": "skipped", "reason": str(item["skip"])}
+    plan = InventoryPlan.from_items([item])
     shard = sharding.Shard.from_dict(item)
-    planned = [sharding.Shard.from_dict(s) for s in plan.shards]
-    if shard not in planned:
-        raise DataError(f"inventory shard {shard.number} ({shard.key}) is not in the plan "
-                        f"({len(planned)} shard(s) for model {plan.model_version})")
     out = Path(plan.shards_dir)
     path = out / shard.name
     if path.is_file():
         return {"shard": shard.number, "action": "reused", "file": str(path), "seconds": 0.0}
-    catalog = sharding.read_plan_catalog(Path(plan.catalog), planned)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fashionrec-model-") as tmp:
         source = _model(cfg, plan.model, plan.model_version, Path(tmp))
         if sha256_file(source.onnx_path) != plan.model_sha256:
             raise ModelSourceError(f"model '{plan.model}': the file fetched is not the one planned "
                                    f"(sha256 {plan.model_sha256[:12]}...); plan again")
+        catalog = sharding.read_plan_catalog(Path(plan.catalog), shard, plan.model_sha256, source.prep)
         embed = partial(embed_catalog, model_file=source.onnx_path, prep=source.prep,
                         batch_size=cfg.batch_size, cfg=cfg)
         written = sharding.embed_shard(shard, catalog, embed, out)

@@ -57,19 +57,22 @@ class Shard:
                 from None
 
 
+def shard_key(rows: pd.DataFrame, model_sha256: str, prep: Preprocessing) -> str:
+    """What a shard embeds: the model file, the preprocessing and its (item_id, image) rows."""
+    prep_blob = json.dumps(prep.to_dict(), sort_keys=True, default=str)
+    h = hashlib.sha256(f"{model_sha256}\n{prep_blob}\n".encode())
+    for item_id, image in zip(rows["item_id"].astype(str), rows["image"].astype(str), strict=True):
+        h.update(f"{item_id}\t{image}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def plan(catalog: pd.DataFrame, shard_size: int, model_sha256: str, prep: Preprocessing) -> list[Shard]:
     """The shards of a catalog, in order; each key names the model, preprocessing and rows it embeds."""
     if shard_size < 1:
         raise DataError(f"params index.shard_size must be >= 1 to embed in shards, got {shard_size}")
-    prep_blob = json.dumps(prep.to_dict(), sort_keys=True, default=str)
-    shards = []
-    for number, start in enumerate(range(0, len(catalog), shard_size)):
-        rows = catalog.iloc[start:start + shard_size]
-        h = hashlib.sha256(f"{model_sha256}\n{prep_blob}\n".encode())
-        for item_id, image in zip(rows["item_id"].astype(str), rows["image"].astype(str), strict=True):
-            h.update(f"{item_id}\t{image}\n".encode())
-        shards.append(Shard(number, start, min(start + shard_size, len(catalog)), h.hexdigest()[:16]))
-    return shards
+    return [Shard(number, start, min(start + shard_size, len(catalog)),
+                  shard_key(catalog.iloc[start:start + shard_size], model_sha256, prep))
+            for number, start in enumerate(range(0, len(catalog), shard_size))]
 
 
 def plan_key(shards: list[Shard]) -> str:
@@ -94,15 +97,17 @@ def write_catalog(catalog: pd.DataFrame, shards: list[Shard], out_dir: Path) -> 
     return final
 
 
-def read_plan_catalog(path: Path, shards: list[Shard]) -> pd.DataFrame:
-    """The rows a plan wrote (`write_catalog`), checked against the plan: as many rows as its shards."""
+def read_plan_catalog(path: Path, shard: Shard, model_sha256: str, prep: Preprocessing) -> pd.DataFrame:
+    """The rows a plan wrote (`write_catalog`), checked against one of its shards: its rows there, with
+    the model and preprocessing given, hash to its key."""
     try:
         catalog = pd.read_parquet(path)
     except Exception as exc:
         raise DataError(f"{path}: the inventory plan's rows are unreadable ({exc}); plan again") from exc
-    want = shards[-1].stop if shards else 0
-    if len(catalog) != want:
-        raise DataError(f"{path}: {len(catalog)} rows, but the plan's shards cover {want}; plan again")
+    if shard.stop > len(catalog) or shard_key(catalog.iloc[shard.start:shard.stop], model_sha256,
+                                              prep) != shard.key:
+        raise DataError(f"{path}: inventory shard {shard.number} ({shard.key}, items {shard.start}-"
+                        f"{shard.stop - 1}) is not this plan's: its rows or model differ; plan again")
     return catalog
 
 
