@@ -109,3 +109,28 @@ def test_planned_shard_refuses_a_foreign_shard(tmp_path: Path, assets) -> None:
         embed_planned_shard(cfg, {k: v for k, v in plan.items()[0].items() if k != "plan"})
     with pytest.raises(DataError, match="index.shard_size must be >= 1"):
         plan_inventory(cfg.with_(shard_size=0))
+
+
+
+def test_a_changed_title_writes_its_shard_again(tmp_path: Path, assets) -> None:
+    """The bundle's items come from the shard files: a row edited in the catalog (same id, same image) is
+    a new key for its shard, which is written again; the other shards' files are reused."""
+    catalog = tmp_path / "catalog.csv"
+    lines = assets.catalog.read_text().replace("images/", f"{assets.catalog.parent}/images/").splitlines()
+    catalog.write_text("\n".join(lines) + "\n")
+    params = write_params(tmp_path, assets.model_a, catalog, index__shard_size=16)
+    deploy_with(params)
+    shard_dir = params.root / "bundles" / ".shards"
+    before = {f.name: f.stat().st_mtime_ns for f in shard_dir.glob("shard-*.parquet")}
+    assert len(before) == 3
+    row = next(n for n, line in enumerate(lines) if line.startswith("item020,"))
+    fields = lines[row].split(",")
+    lines[row] = ",".join([*fields[:2], "Red sneakers", *fields[3:]])
+    catalog.write_text("\n".join(lines) + "\n")
+    second = deploy_with(params)
+    titles = load_bundle(Path(second.bundle)).items.set_index("item_id")["title"]
+    assert titles["item020"] == "Red sneakers" and titles["item019"] == lines[row - 1].split(",")[2]
+    after = {f.name: f.stat().st_mtime_ns for f in shard_dir.glob("shard-*.parquet")}
+    kept = {name for name in before if after.get(name) == before[name]}
+    assert sorted(n[:11] for n in kept) == ["shard-00000", "shard-00002"]   # items 0-15 and 32-39
+    assert len(after) == 3 and not any(n.startswith("shard-00001") for n in kept)

@@ -2,7 +2,7 @@
 Parquet file (the shard's item rows + their embeddings) under `index.shards_dir`.
 
 A shard's file is named by what it holds: its position, and a key hashing the model file's sha256, the
-preprocessing and the shard's (item_id, image) rows. A deploy run again after a crash (or a retry of the
+preprocessing and the shard's rows (every field). A deploy run again after a crash (or a retry of the
 step) finds the shards already embedded by the same model for the same rows and embeds only the others; a
 shard that fails is retried alone (`index.shard_retries`), the others keep their files. Locally the shards
 run one after another with a progress bar; `embed_shard` is the unit a parallel runner (a KFP `ParallelFor`
@@ -57,12 +57,21 @@ class Shard:
                 from None
 
 
+def _plain(value: Any) -> Any:
+    """A cell as JSON sees it the same way fresh or read back from Parquet (lists come back as arrays)."""
+    if isinstance(value, np.ndarray | list | tuple):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def shard_key(rows: pd.DataFrame, model_sha256: str, prep: Preprocessing) -> str:
-    """What a shard embeds: the model file, the preprocessing and its (item_id, image) rows."""
+    """What a shard holds: the model file, the preprocessing and its rows, every field (a title changed
+    is a shard to write again: the bundle's items come from the shard files)."""
     prep_blob = json.dumps(prep.to_dict(), sort_keys=True, default=str)
     h = hashlib.sha256(f"{model_sha256}\n{prep_blob}\n".encode())
-    for item_id, image in zip(rows["item_id"].astype(str), rows["image"].astype(str), strict=True):
-        h.update(f"{item_id}\t{image}\n".encode())
+    for row in rows.to_dict("records"):
+        h.update(json.dumps({str(k): _plain(v) for k, v in row.items()}, sort_keys=True,
+                            default=str).encode() + b"\n")
     return h.hexdigest()[:16]
 
 
