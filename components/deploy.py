@@ -12,16 +12,11 @@ def deploy(index_params: dict, serve_params: dict, mlflow_params: dict, seed: in
     """`fashionrec deploy`: reconcile `bundles_dir` (in the cluster: the claim the serving pods and the
     deployer mount) to `index.model` (the champion) over every validated image; a kept bundle of that
     model is reused, else one is embedded, smoke-tested and switched to. Returns the live bundle version."""
-    from pathlib import Path
-
-    from fashionrec.deploy.config import DeployConfig
     from fashionrec.deploy.reconcile import deploy as run
-    from fashionrec.kfp.io import component_params
+    from fashionrec.kfp.io import deploy_config
 
-    p = component_params({"index": index_params, "serve": serve_params}, mlflow_params, seed)
-    cfg = DeployConfig.from_params(p).with_(bundles=Path(bundles_dir), catalog=None,
-                                            manifest=Path(validated.path) / "manifest.parquet",
-                                            summary=Path(summary.path))
+    cfg = deploy_config(index_params, serve_params, mlflow_params, seed, bundles_dir, validated.path,
+                        summary=summary.path)
     result = run(cfg)
     summary.metadata.update({"bundle": result.bundle, "version": result.version, "action": result.action,
                              "model_version": result.model_version, "items": result.items})

@@ -5,6 +5,8 @@
             score_champion (the champion re-scored on this run's test split)
             ParallelFor(candidates) { train (a Kubeflow Trainer TrainJob) -> evaluate } -> Collected -> select
                 If gate passed: export -> register -> deploy
+                                (index.shard_size > 0: plan_inventory -> ParallelFor(shards) { embed_shard }
+                                 -> Collected -> assemble_inventory, in place of deploy)
                 Else:           record_rejection ("no change")
         Else: record_no_change (data, code and params equal the champion's lineage: nothing trained)
 
@@ -12,7 +14,10 @@ Parameters mirror params.yaml (one dict per section, the candidates as a list of
 plus `repo` and `data_rev`; their defaults are params.yaml's at compile time.
 The `kfp` section shapes the spec itself: the image, CPU and memory requests of every task, each
 candidate's GPUs (kfp.accelerators) with the GPU pool's node selector and toleration, retries of train and
-evaluate, and the Kubernetes Secrets/ConfigMap the MLflow and DVC settings come from. The train step's
+evaluate, and the Kubernetes Secrets/ConfigMap the MLflow and DVC settings come from; `index.shard_size` > 0
+embeds the inventory in shards, `kfp.inventory_parallelism` at a time, each task with
+`kfp.accelerators.embed_shard` GPUs and retried alone (`index.shard_retries`), writing Parquet files on the
+bundles claim that the assemble step builds the bundle from. The train step's
 resources, GPUs, toleration, env and volumes pass through (`dsl.TaskConfig`) to the TrainJob it submits
 (kfp.trainer); the run's workspace volume (`dsl.PipelineConfig`) carries the job's data and outputs.
 Compile with `fashionrec kfp compile`; run locally with `fashionrec kfp local`; schedule with
@@ -24,11 +29,14 @@ from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
 
+from components.assemble_inventory import assemble_inventory
 from components.check_lineage import check_lineage
 from components.deploy import deploy
+from components.embed_shard import embed_shard
 from components.evaluate import evaluate
 from components.export import export
 from components.fetch_data import fetch_data
+from components.plan_inventory import plan_inventory
 from components.record_no_change import record_no_change
 from components.record_rejection import record_rejection
 from components.register import register
@@ -36,13 +44,17 @@ from components.score_champion import score_champion
 from components.select import select
 from components.train import train
 from components.validate import validate
-from fashionrec.core.config import load_params
+from fashionrec.core.config import Params, load_params
 from fashionrec.kfp.client import pipeline_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = load_params(ROOT / "params.yaml")
+# params.yaml, unless `fashionrec.kfp.client.load_pipeline` runs this module with other params
+PARAMS: Params = globals().get("PARAMS") or load_params(ROOT / "params.yaml")
 KFP = PARAMS.section("kfp")
 D = pipeline_arguments(PARAMS)  # the parameters' defaults
+SHARDED = int(PARAMS.get("index.shard_size") or 0) > 0   # the inventory embedded by a ParallelFor
+# an embed_shard task with GPUs embeds on them ("auto"); without, index.device ("")
+SHARD_DEVICE = "auto" if int((KFP.get("accelerators") or {}).get("embed_shard") or 0) else ""
 
 
 def resources(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
@@ -69,16 +81,36 @@ def with_retries(task: dsl.PipelineTask) -> dsl.PipelineTask:
                           backoff_max_duration=str(r["backoff_max_duration"]))
 
 
-def placed(task: dsl.PipelineTask, candidate) -> dsl.PipelineTask:
-    """The candidate's GPUs: its loop item's `gpus` (kfp.accelerators; "0" for a candidate that does not
-    train on one). A GPU request is what puts a pod on a GPU node; the GPU pool's toleration lets it land
-    there, and forces nothing on a CPU candidate."""
+def placed(task: dsl.PipelineTask, gpus) -> dsl.PipelineTask:
+    """`gpus` GPUs (kfp.accelerators; a train task: its loop item's `gpus`, "0" for a candidate that does
+    not train on one). A GPU request is what puts a pod on a GPU node; the GPU pool's toleration lets it
+    land there, and forces nothing on a CPU candidate."""
     gpu = KFP["gpu"]
-    task.set_accelerator_type(gpu["accelerator"]).set_accelerator_limit(candidate.gpus)
+    task.set_accelerator_type(gpu["accelerator"]).set_accelerator_limit(gpus)
     tol = gpu["toleration"]
     kubernetes.add_toleration(task, key=tol.get("key"), operator=tol.get("operator", "Equal"),
                               value=tol.get("value"), effect=tol.get("effect"))
     return task
+
+
+def on_bundles(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """The bundles claim (kfp.bundles_pvc) mounted where `bundles_dir` points: the deploy tasks' shared
+    folder (bundles, shard files; ReadWriteMany when shards embed on several nodes at once)."""
+    kubernetes.mount_pvc(task, pvc_name=KFP["bundles_pvc"], mount_path=KFP["bundles_mount"])
+    return task
+
+
+def shard_placed(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """An embed_shard task: GPUs from kfp.accelerators.embed_shard (0: a CPU node), retried alone
+    index.shard_retries times with kfp.retry's backoff (GPU nodes are preemptible)."""
+    gpus = int((KFP.get("accelerators") or {}).get("embed_shard") or 0)
+    if gpus:
+        placed(task, str(gpus))
+    r = KFP["retry"]
+    return task.set_retry(num_retries=int(PARAMS.get("index.shard_retries") or 0),
+                          backoff_duration=str(r["backoff_duration"]),
+                          backoff_factor=float(r["backoff_factor"]),
+                          backoff_max_duration=str(r["backoff_max_duration"]))
 
 
 def uncached(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -131,7 +163,7 @@ def training_pipeline(
             trained = with_retries(uses_mlflow(placed(resources(train(
                 candidate=candidate, train_params=train_params, mlflow_params=mlflow_params, seed=seed,
                 validated=validated, subset=images, trainer_params=trainer_params,
-                workspace_path=dsl.WORKSPACE_PATH_PLACEHOLDER), "train"), candidate)))
+                workspace_path=dsl.WORKSPACE_PATH_PLACEHOLDER), "train"), candidate.gpus)))
             scored = with_retries(uses_mlflow(resources(evaluate(
                 evaluate_params=evaluate_params, mlflow_params=mlflow_params, seed=seed,
                 model=trained.outputs["model"], validated=validated, subset=images), "evaluate")))
@@ -150,10 +182,26 @@ def training_pipeline(
                 register_params=register_params, mlflow_params=mlflow_params, seed=seed,
                 onnx_model=exported.outputs["onnx_model"], winner_model=gate.outputs["winner_model"],
                 decision=gate.outputs["decision"], validated=validated, lineage=lineage), "register")))
-            deployed = uses_mlflow(uncached(resources(deploy(
-                index_params=index_params, serve_params=serve_params, mlflow_params=mlflow_params, seed=seed,
-                bundles_dir=bundles_dir, validated=validated, subset=images), "deploy").after(registered)))
-            kubernetes.mount_pvc(deployed, pvc_name=KFP["bundles_pvc"], mount_path=KFP["bundles_mount"])
+            if SHARDED:
+                planned = on_bundles(uses_mlflow(uncached(resources(plan_inventory(
+                    index_params=index_params, serve_params=serve_params, mlflow_params=mlflow_params,
+                    seed=seed, bundles_dir=bundles_dir, validated=validated, subset=images),
+                    "plan_inventory").after(registered))))
+                with dsl.ParallelFor(planned.output, parallelism=int(KFP["inventory_parallelism"])) as shard:
+                    embedded = on_bundles(shard_placed(uses_mlflow(uncached(resources(embed_shard(
+                        index_params=index_params, serve_params=serve_params, mlflow_params=mlflow_params,
+                        seed=seed, bundles_dir=bundles_dir, shard=shard, device=SHARD_DEVICE),
+                        "embed_shard")))))
+                on_bundles(uses_mlflow(uncached(resources(assemble_inventory(
+                    index_params=index_params, serve_params=serve_params, mlflow_params=mlflow_params,
+                    seed=seed, bundles_dir=bundles_dir, plan=planned.output,
+                    shards=dsl.Collected(embedded.output), validated=validated, subset=images),
+                    "assemble_inventory"))))
+            else:
+                on_bundles(uses_mlflow(uncached(resources(deploy(
+                    index_params=index_params, serve_params=serve_params, mlflow_params=mlflow_params,
+                    seed=seed, bundles_dir=bundles_dir, validated=validated, subset=images),
+                    "deploy").after(registered))))
         with dsl.Else("gate-refused"):
             uncached(resources(record_rejection(decision=gate.outputs["decision"]), "record_rejection"))
     with dsl.Else("no-change"):

@@ -166,7 +166,8 @@ def test_configs_built_outside_load_params_are_checked_too() -> None:
     (ServeSection, ServeConfig, {"admin_token"}),
     (DeployerSection, DeployerConfig, {"registered_model", "alias"}),
     (IndexSection, DeployConfig, {"bundles", "index", "inventory_root", "admin_token_env", "seed",
-                                  "tracking_uri", "notify", "summary", "manifest", "catalog"}),
+                                  "tracking_uri", "notify", "summary", "manifest", "catalog",
+                                  "embed_missing_shards"}),   # set by the pipeline's assemble step
     (MilvusParams, MilvusSettings, set()),
 ])
 def test_section_defaults_equal_the_config_defaults(model: type, config: type, skip: set[str]) -> None:

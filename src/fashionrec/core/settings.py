@@ -225,6 +225,21 @@ MILVUS_SERVER_TYPES = [*MILVUS_LITE_TYPES, "IVF_PQ", "SCANN", "DISKANN", "HNSW_P
 IndexValue = int | float | str
 
 
+class MilvusBulkImport(Section):
+    """`index.milvus.bulk_import`: the server's object storage (MinIO/S3) the import files go to."""
+
+    url: str | None = None                    # the server's REST address (null: index.milvus.uri)
+    endpoint: str | None = None               # e.g. http://milvus-minio:9000; null: AWS S3 of `region`;
+                                              # file:///DIR: a folder the server reads (storageType local)
+    bucket: str | None = None                 # the Milvus server's bucket (its minio.bucketName)
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")] = \
+        "fashionrec-import"                   # object keys: no "..", no leading or doubled "/"
+    region: str | None = None
+    access_key_env: str = "FASHIONREC_MILVUS_S3_ACCESS_KEY"
+    secret_key_env: str = "FASHIONREC_MILVUS_S3_SECRET_KEY"
+    rows_per_file: PosInt = 100_000
+
+
 class MilvusParams(Section):
     """`index.milvus`: the inventory in a Milvus collection per bundle (the token: from `token_env`)."""
 
@@ -243,6 +258,8 @@ class MilvusParams(Section):
     build_timeout_s: PosFloat = 600.0
     insert_batch: PosInt = 1000
     exact_filter_max: NonNegInt = 2000
+    load: Literal["auto", "insert", "bulk_import"] = "auto"
+    bulk_import: MilvusBulkImport = Field(default_factory=MilvusBulkImport)
 
 
 class EvaluateIndex(Section):
@@ -596,6 +613,7 @@ class KfpSection(Section):
     bundles_pvc: str | None = None
     bundles_mount: str = "/srv/bundles"
     training_parallelism: PosInt = 1
+    inventory_parallelism: PosInt = 1
     gpu: KfpGpu = Field(default_factory=KfpGpu)
     resources: dict[str, Resources] = Field(default_factory=dict)
     schedule: KfpSchedule = Field(default_factory=KfpSchedule)

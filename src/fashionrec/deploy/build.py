@@ -149,24 +149,31 @@ def index_with_report(embeddings: np.ndarray, settings: IndexSettings, seed: int
 def collection_builder(cfg: DeployConfig, embeddings: np.ndarray, items: pd.DataFrame,
                        model_sha256: str) -> Callable[[str], dict[str, Any]]:
     """Kind milvus: what `write_bundle` calls once the version is known: the version's collection built
-    (batched insert, index built, loaded), its recall measured by name against exact search; the manifest
-    records the collection and where it lives (the token only as the name of its environment variable).
-    The index type is refused by name here, before any image is read into the collection."""
-    from fashionrec.index.milvus import MilvusIndex, MilvusStore
+    (batched insert, or one bulk import from Parquet files on a server: `index.milvus.load`; index built,
+    loaded), its recall measured by name against exact search; the manifest records the collection and
+    where it lives (the token only as the name of its environment variable). The index type, and a bulk
+    import the backend cannot do, are refused by name here, before the collection is created."""
+    from fashionrec.index.milvus import MilvusIndex, MilvusStore, bulk_api
 
     settings = cfg.index.milvus()
     settings.check_index_type()
-    MilvusStore(settings).close()   # unreachable: refused now, before any image is embedded
+    load = settings.load_method()
+    if load == "bulk_import":   # the client's bulk writer and the bucket's credentials, checked now
+        bulk_api()
+        settings.storage().filesystem()
+    MilvusStore(settings).close()   # unreachable: refused now
 
     def prepare(version: str) -> dict[str, Any]:
         name = settings.collection(version)
         records = items[["item_id", "title", "category", "kids", "attributes", "image"]].to_dict("records")
         store = MilvusStore(settings)
         try:
-            with tqdm(total=len(records), desc=f"milvus {name}", unit="row") as bar:
-                built = store.create(name, embeddings, records,
-                                     {"fashionrec.bundle_version": version,
-                                      "fashionrec.model_sha256": model_sha256}, progress=bar.update)
+            properties = {"fashionrec.bundle_version": version, "fashionrec.model_sha256": model_sha256}
+            if load == "bulk_import":
+                built = store.bulk_load(name, embeddings, records, properties)
+            else:
+                with tqdm(total=len(records), desc=f"milvus {name}", unit="row") as bar:
+                    built = store.create(name, embeddings, records, properties, progress=bar.update)
             try:
                 index = MilvusIndex(collection=name, size=len(records), dim=int(embeddings.shape[1]),
                                     settings=settings)
@@ -183,7 +190,7 @@ def collection_builder(cfg: DeployConfig, embeddings: np.ndarray, items: pd.Data
             store.close()
         return {"collection": name, "recall_at_k": round(recall, 4), "recall_k": k,
                 "recall_queries": int(len(sample)), "build_seconds": built["ready_seconds"],
-                "insert_seconds": built["insert_seconds"],
+                "insert_seconds": built["insert_seconds"], "load": load,
                 "milvus": {"uri": settings.uri, "token_env": settings.token_env, "db_name": settings.db_name,
                            "backend": settings.backend, "alias": settings.alias,
                            "collection_prefix": settings.collection_prefix,
@@ -241,8 +248,8 @@ def build_bundle(cfg: DeployConfig, source: ModelSource, catalog: Path | None = 
         from fashionrec.deploy.shards import embed_in_shards
 
         embeddings, kept, skipped, shards = embed_in_shards(
-            table, embed, source.onnx_path, source.prep, cfg.shards_dir or cfg.bundles / ".shards",
-            cfg.shard_size, cfg.shard_retries)
+            table, embed, source.onnx_path, source.prep, cfg.shards_folder,
+            cfg.shard_size, cfg.shard_retries, embed_missing=cfg.embed_missing_shards)
     else:
         embeddings, kept, skipped = embed(table)
     embed_seconds = time.perf_counter() - started

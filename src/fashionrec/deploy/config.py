@@ -87,6 +87,8 @@ class DeployConfig:
     shard_size: int = 0                       # > 0: embed in shards of this many items that resume
     shards_dir: Path | None = None            # where shard files go (None: <bundles>/.shards)
     shard_retries: int = 1                    # a failed shard is retried alone this many times
+    embed_missing_shards: bool = True         # False (a pipeline's assemble step): every shard must be on
+                                              # disk already (its parallel task wrote it); not a params key
 
     @classmethod
     def from_params(cls, params: Params) -> DeployConfig:
@@ -130,6 +132,11 @@ class DeployConfig:
 
     def with_(self, **changes: Any) -> DeployConfig:
         return replace(self, **changes)
+
+    @property
+    def shards_folder(self) -> Path:
+        """Where inventory shards are written (`index.shards_dir`, else `<bundles>/.shards`)."""
+        return self.shards_dir or self.bundles / ".shards"
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,19 @@ def kept_bundle(cfg: DeployConfig, want: Want) -> str | None:
     return None
 
 
+def served_by(cfg: DeployConfig, want: Want) -> str | None:
+    """The bundle a reconcile would serve without embedding the inventory: the live one when it matches
+    (its missing items, if any, are retried alone), else a kept one that matches; None: a build."""
+    current = current_version(cfg.bundles)
+    if current is not None:
+        try:
+            if want.matches(_manifest(cfg, current)):
+                return current
+        except (OSError, ValueError):
+            pass
+    return kept_bundle(cfg, want)
+
+
 def _result(cfg: DeployConfig, action: str, version: str, started: float, want: Want | None,
             built: Built | None = None, rollout: RolloutResult | None = None,
             previous: str | None = None) -> DeployResult:

@@ -2,11 +2,13 @@
 Parquet file (the shard's item rows + their embeddings) under `index.shards_dir`.
 
 A shard's file is named by what it holds: its position, and a key hashing the model file's sha256, the
-preprocessing and the shard's (item_id, image) rows. A deploy run again after a crash (or a retry of the
+preprocessing and the shard's rows (every field). A deploy run again after a crash (or a retry of the
 step) finds the shards already embedded by the same model for the same rows and embeds only the others; a
 shard that fails is retried alone (`index.shard_retries`), the others keep their files. Locally the shards
 run one after another with a progress bar; `embed_shard` is the unit a parallel runner (a KFP `ParallelFor`
-over `plan`) calls, one task per shard, and `assemble` reads them back in order.
+over `plan`) calls, one task per shard, and `assemble` reads them back in order (`deploy.inventory` splits a
+deploy into those steps for the pipeline). The rows a plan names are written once beside the shards
+(`catalog-<plan key>.parquet`), so the parallel tasks read the same rows without reading the inventory again.
 """
 
 from __future__ import annotations
@@ -42,20 +44,80 @@ class Shard:
     def name(self) -> str:
         return f"shard-{self.number:05d}-{self.key}.parquet"
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "start": self.start, "stop": self.stop, "key": self.key}
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> Shard:
+        """A shard as a pipeline hands it over (numbers may come back as floats)."""
+        try:
+            return cls(int(value["number"]), int(value["start"]), int(value["stop"]), str(value["key"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"inventory shard {value!r}: expected number, start, stop and key ({exc})") \
+                from None
+
+
+def _plain(value: Any) -> Any:
+    """A cell as JSON sees it the same way fresh or read back from Parquet (lists come back as arrays)."""
+    if isinstance(value, np.ndarray | list | tuple):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def shard_key(rows: pd.DataFrame, model_sha256: str, prep: Preprocessing) -> str:
+    """What a shard holds: the model file, the preprocessing and its rows, every field (a title changed
+    is a shard to write again: the bundle's items come from the shard files)."""
+    prep_blob = json.dumps(prep.to_dict(), sort_keys=True, default=str)
+    h = hashlib.sha256(f"{model_sha256}\n{prep_blob}\n".encode())
+    for row in rows.to_dict("records"):
+        h.update(json.dumps({str(k): _plain(v) for k, v in row.items()}, sort_keys=True,
+                            default=str).encode() + b"\n")
+    return h.hexdigest()[:16]
+
 
 def plan(catalog: pd.DataFrame, shard_size: int, model_sha256: str, prep: Preprocessing) -> list[Shard]:
     """The shards of a catalog, in order; each key names the model, preprocessing and rows it embeds."""
     if shard_size < 1:
         raise DataError(f"params index.shard_size must be >= 1 to embed in shards, got {shard_size}")
-    prep_blob = json.dumps(prep.to_dict(), sort_keys=True, default=str)
-    shards = []
-    for number, start in enumerate(range(0, len(catalog), shard_size)):
-        rows = catalog.iloc[start:start + shard_size]
-        h = hashlib.sha256(f"{model_sha256}\n{prep_blob}\n".encode())
-        for item_id, image in zip(rows["item_id"].astype(str), rows["image"].astype(str), strict=True):
-            h.update(f"{item_id}\t{image}\n".encode())
-        shards.append(Shard(number, start, min(start + shard_size, len(catalog)), h.hexdigest()[:16]))
-    return shards
+    return [Shard(number, start, min(start + shard_size, len(catalog)),
+                  shard_key(catalog.iloc[start:start + shard_size], model_sha256, prep))
+            for number, start in enumerate(range(0, len(catalog), shard_size))]
+
+
+def plan_key(shards: list[Shard]) -> str:
+    """One key for a whole plan (its shards' keys): names the catalog file the plan's tasks read."""
+    return hashlib.sha256("\n".join(s.key for s in shards).encode()).hexdigest()[:16]
+
+
+def catalog_name(shards: list[Shard]) -> str:
+    return f"catalog-{plan_key(shards)}.parquet"
+
+
+def write_catalog(catalog: pd.DataFrame, shards: list[Shard], out_dir: Path) -> Path:
+    """The rows a plan names, as one Parquet file beside its shards (written whole or not at all; kept
+    when already there: the name is the plan's key)."""
+    final = out_dir / catalog_name(shards)
+    if final.is_file():
+        return final
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{final.name}.{os.getpid()}"
+    catalog.reset_index(drop=True).to_parquet(tmp, index=False)
+    os.replace(tmp, final)
+    return final
+
+
+def read_plan_catalog(path: Path, shard: Shard, model_sha256: str, prep: Preprocessing) -> pd.DataFrame:
+    """The rows a plan wrote (`write_catalog`), checked against one of its shards: its rows there, with
+    the model and preprocessing given, hash to its key."""
+    try:
+        catalog = pd.read_parquet(path)
+    except Exception as exc:
+        raise DataError(f"{path}: the inventory plan's rows are unreadable ({exc}); plan again") from exc
+    if shard.stop > len(catalog) or shard_key(catalog.iloc[shard.start:shard.stop], model_sha256,
+                                              prep) != shard.key:
+        raise DataError(f"{path}: inventory shard {shard.number} ({shard.key}, items {shard.start}-"
+                        f"{shard.stop - 1}) is not this plan's: its rows or model differ; plan again")
+    return catalog
 
 
 # rows -> (embeddings, kept rows, skipped): `deploy.build.embed_catalog` with its model and settings bound
@@ -91,11 +153,20 @@ def embed_shard(shard: Shard, catalog: pd.DataFrame, embed: Embed, out_dir: Path
 
 
 def embed_in_shards(catalog: pd.DataFrame, embed: Embed, model_file: Path, prep: Preprocessing,
-                    out_dir: Path, shard_size: int, retries: int
+                    out_dir: Path, shard_size: int, retries: int, embed_missing: bool = True
                     ) -> tuple[np.ndarray, pd.DataFrame, list[dict[str, str]], dict[str, Any]]:
-    """Embed every shard not already on disk (one after another, each retried alone), then assemble."""
+    """Embed every shard not already on disk (one after another, each retried alone), then assemble.
+    `embed_missing` False (a pipeline's assemble step, after its parallel tasks): a shard not on disk is
+    an error naming it, not embedded here."""
     catalog = catalog.reset_index(drop=True)
     shards = plan(catalog, shard_size, sha256_file(model_file), prep)
+    if not embed_missing:
+        missing = [s for s in shards if not (out_dir / s.name).is_file()]
+        if missing:
+            raise DataError(f"{out_dir}: {len(missing)} of {len(shards)} inventory shard(s) not embedded "
+                            f"(first: shard {missing[0].number}, items {missing[0].start}-"
+                            f"{missing[0].stop - 1}, {missing[0].name}); run their embed_shard tasks, or "
+                            "plan again if the model or the inventory changed")
     reused = embedded = 0
     with tqdm(total=len(shards), desc="inventory shards", unit="shard") as bar:
         for shard in shards:
@@ -115,10 +186,11 @@ def embed_in_shards(catalog: pd.DataFrame, embed: Embed, model_file: Path, prep:
                 embedded += 1
             bar.update(1)
     embeddings, kept, skipped = assemble(shards, out_dir)
-    wanted = {shard.name for shard in shards}
-    for stale in out_dir.glob("shard-*.parquet"):   # another model's or catalog's shards: not reusable
-        if stale.name not in wanted:
-            stale.unlink(missing_ok=True)
+    wanted = {shard.name for shard in shards} | {catalog_name(shards)}
+    for pattern in ("shard-*.parquet", "catalog-*.parquet"):   # another model's or catalog's: not reusable
+        for stale in out_dir.glob(pattern):
+            if stale.name not in wanted:
+                stale.unlink(missing_ok=True)
     return embeddings, kept, skipped, {"shards": len(shards), "embedded": embedded, "reused": reused}
 
 

@@ -2,10 +2,13 @@
 
 One collection per bundle version (`<prefix>_<version>`): the item row (primary key: the row of the
 bundle's items table), item id, embedding and the scalar fields the API returns and filters on, with the
-bundle version and the model's sha256 as collection properties. A server (a cluster, or `milvus-lite
-server` on one machine) holds the vectors, so a serving replica holds only its model: the items' fields come
-back from the search. Every call is bounded by `timeout_s`; every failure is an `IndexUnavailable` naming
-the URI and the collection, never the token (read from the environment variable `token_env`).
+bundle version and the model's sha256 as collection properties. A collection is filled by batched inserts,
+or, on a Milvus server (`index.milvus.load`), by one bulk import of Parquet files uploaded to the server's
+object storage (`index.milvus.bulk_import`): milvus-lite has no bulk import. A server (a cluster, or
+`milvus-lite server` on one machine) holds the vectors, so a serving replica holds only its model: the
+items' fields come back from the search. Every call is bounded by `timeout_s`; every failure is an
+`IndexUnavailable` naming the URI and the collection, never the token (read from the environment variable
+`token_env`).
 
 `pymilvus` is imported only here and only when the kind is used (the `milvus` extra).
 """
@@ -19,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +57,8 @@ class MilvusSettings:
     build_timeout_s: float = 600.0
     insert_batch: int = 1000
     exact_filter_max: int = 2000
+    load: str = "auto"                # auto | insert | bulk_import (see `load_method`)
+    bulk_import: dict[str, Any] = field(default_factory=dict)   # index.milvus.bulk_import (defaults there)
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any] | None) -> MilvusSettings:
@@ -70,6 +76,109 @@ class MilvusSettings:
         if self.index_type.upper() not in {t.upper() for t in allowed}:
             raise DataError(f"params index.milvus.index_type: {self.index_type!r} cannot be built by the "
                             f"'{self.backend}' backend (index.milvus.backend); it builds {allowed}")
+
+    def storage(self) -> ImportStorage:
+        """`index.milvus.bulk_import`, checked (core/settings.py `MilvusBulkImport` holds the defaults)."""
+        from fashionrec.core.settings import MilvusBulkImport, check
+
+        return ImportStorage(**check(MilvusBulkImport, self.bulk_import or {},
+                                     "index.milvus.bulk_import").model_dump())
+
+    def load_method(self) -> str:
+        """How a collection is filled: `insert` or `bulk_import`. Refused by name: bulk_import asked for on
+        milvus-lite (it has no import) or without the server's bucket."""
+        if self.load == "insert":
+            return "insert"
+        if self.backend != "server":
+            if self.load == "bulk_import":
+                raise DataError(f"params index.milvus.load: bulk_import needs a Milvus server (index."
+                                f"milvus.backend: server); the '{self.backend}' backend has no bulk import: "
+                                "set load to insert or auto")
+            return "insert"
+        if not self.storage().bucket:
+            if self.load == "bulk_import":
+                raise DataError("params index.milvus.bulk_import.bucket is not set: name the Milvus server's "
+                                "object-storage bucket (its minio.bucketName) the import files go to")
+            return "insert"
+        return "bulk_import"
+
+
+@dataclass(frozen=True)
+class ImportStorage:
+    """Where bulk import files go: the Milvus server's bucket (credentials from the environment)."""
+
+    url: str | None
+    endpoint: str | None
+    bucket: str | None
+    prefix: str
+    region: str | None
+    access_key_env: str
+    secret_key_env: str
+    rows_per_file: int
+
+    def filesystem(self) -> Any:
+        """A pyarrow filesystem holding the bucket: S3 on the endpoint (missing credentials refused by
+        name), or for `file:///DIR` that folder (the bucket a subfolder of it)."""
+        from pyarrow import fs
+
+        if self.endpoint and self.endpoint.startswith("file://"):
+            root = Path(self.endpoint[len("file://"):])
+            if not root.is_dir():
+                raise DataError(f"index.milvus.bulk_import.endpoint {self.endpoint}: no such folder")
+            return fs.SubTreeFileSystem(str(root), fs.LocalFileSystem())
+        missing = [env for env in (self.access_key_env, self.secret_key_env) if not os.environ.get(env)]
+        if missing:
+            raise DataError(f"index.milvus.bulk_import: environment variable(s) {missing} not set: the "
+                            "credentials of the Milvus server's object storage (a Secret)")
+        options: dict[str, Any] = {"access_key": os.environ[self.access_key_env],
+                                   "secret_key": os.environ[self.secret_key_env]}
+        if self.region:
+            options["region"] = self.region
+        if self.endpoint:
+            scheme, _, host = self.endpoint.rpartition("://")
+            options.update(endpoint_override=host.rstrip("/"), scheme=scheme or "https")
+        return fs.S3FileSystem(**options)
+
+
+IMPORT_SCHEMA_FIELDS = [PK, VECTOR, *FIELDS]   # the columns of an import file: the collection's fields
+
+
+def write_import_files(embeddings: np.ndarray, items: Sequence[dict[str, Any]], filesystem: Any, base: str,
+                       rows_per_file: int) -> list[str]:
+    """The collection's rows as Parquet files for a bulk import (columns: the collection's fields, row
+    as primary key, attributes as JSON, as `create` inserts them), `rows_per_file` each, written to
+    `base/part-NNNNN.parquet` on `filesystem` (the server's bucket). Returns the files' paths."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = as_matrix(embeddings, "milvus embeddings")
+    if len(items) != len(data):
+        raise DataError(f"milvus import files: {len(items)} items but {len(data)} embeddings")
+    schema = pa.schema([(PK, pa.int64()), (VECTOR, pa.list_(pa.float32())),
+                        *[(n, pa.bool_() if n == "kids" else pa.string()) for n in FIELDS]])
+    if filesystem.type_name != "s3":   # a folder (file://): its directories exist before files go in
+        filesystem.create_dir(base, recursive=True)
+    paths = []
+    for part, start in enumerate(range(0, len(data), rows_per_file)):
+        stop = min(start + rows_per_file, len(data))
+        scalars = [_scalar(items[i]) for i in range(start, stop)]
+        columns = {PK: pa.array(np.arange(start, stop, dtype=np.int64)),
+                   VECTOR: pa.array(list(data[start:stop]), type=pa.list_(pa.float32())),
+                   **{n: pa.array([row[n] for row in scalars], type=schema.field(n).type) for n in FIELDS}}
+        path = f"{base.rstrip('/')}/part-{part:05d}.parquet"
+        pq.write_table(pa.Table.from_pydict(columns, schema=schema), path, filesystem=filesystem)
+        paths.append(path)
+    return paths
+
+
+def bulk_api() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """pymilvus's `bulk_import` and `get_import_progress` (the `pymilvus[bulk_writer]` extra)."""
+    try:
+        from pymilvus.bulk_writer import bulk_import, get_import_progress
+    except ImportError as exc:
+        raise DataError(f"index.milvus.load bulk_import needs pymilvus' bulk writer: pip install "
+                        f"'fashionrec[milvus]' ({exc})") from None
+    return bulk_import, get_import_progress
 
 
 def _refused_credentials(exc: BaseException) -> bool:
@@ -139,30 +248,13 @@ class MilvusStore:
         """Create collection `name` (refused if it exists), insert every row in batches, wait until the
         index is built (unless `wait_built` is False: benchmarks of a bulk load) and the collection loaded;
         on any failure the half-built collection is dropped."""
-        from pymilvus import DataType, MilvusClient
-
         s = self.settings
         s.check_index_type()
         data = as_matrix(embeddings, "milvus embeddings")
         if len(items) != len(data):
             raise DataError(f"milvus collection {name}: {len(items)} items but {len(data)} embeddings")
-        if self.call(f"has_collection {name}", self.client.has_collection, name):
-            raise DataError(f"Milvus at {s.uri}: collection {name} already exists; a bundle's collection is "
-                            "written once")
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field(PK, DataType.INT64, is_primary=True)
-        schema.add_field(VECTOR, DataType.FLOAT_VECTOR, dim=int(data.shape[1]))
-        for name_ in FIELDS:
-            if name_ == "kids":
-                schema.add_field(name_, DataType.BOOL)
-            else:
-                schema.add_field(name_, DataType.VARCHAR, max_length=MAX_VARCHAR)
-        index = self.client.prepare_index_params()
-        index.add_index(field_name=VECTOR, index_type=s.index_type, metric_type="L2",
-                        params=dict(s.index_params))
         started = time.perf_counter()
-        self.call(f"create_collection {name}", self.client.create_collection, name, schema=schema,
-                  index_params=index, properties=dict(properties))
+        self._new_collection(name, int(data.shape[1]), properties)
         try:
             for start in range(0, len(data), s.insert_batch):
                 rows = [{PK: i, VECTOR: data[i].tolist(), **_scalar(items[i])}
@@ -181,6 +273,110 @@ class MilvusStore:
             raise
         return {"collection": name, "rows": len(data), "insert_seconds": round(inserted, 3),
                 "ready_seconds": round(time.perf_counter() - started, 3)}
+
+    def _new_collection(self, name: str, dim: int, properties: dict[str, str]) -> None:
+        """An empty collection of the schema (refused if it exists), its index declared."""
+        from pymilvus import DataType, MilvusClient
+
+        s = self.settings
+        if self.call(f"has_collection {name}", self.client.has_collection, name):
+            raise DataError(f"Milvus at {s.uri}: collection {name} already exists; a bundle's collection is "
+                            "written once")
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(PK, DataType.INT64, is_primary=True)
+        schema.add_field(VECTOR, DataType.FLOAT_VECTOR, dim=dim)
+        for name_ in FIELDS:
+            if name_ == "kids":
+                schema.add_field(name_, DataType.BOOL)
+            else:
+                schema.add_field(name_, DataType.VARCHAR, max_length=MAX_VARCHAR)
+        index = self.client.prepare_index_params()
+        index.add_index(field_name=VECTOR, index_type=s.index_type, metric_type="L2",
+                        params=dict(s.index_params))
+        self.call(f"create_collection {name}", self.client.create_collection, name, schema=schema,
+                  index_params=index, properties=dict(properties))
+
+    def bulk_load(self, name: str, embeddings: np.ndarray, items: Sequence[dict[str, Any]],
+                  properties: dict[str, str], filesystem: Any = None) -> dict[str, Any]:
+        """Create collection `name` and fill it with one bulk import: the rows written as Parquet files to
+        the server's bucket (`index.milvus.bulk_import`; `filesystem`: that bucket, default from the
+        settings), imported, the index built and the collection loaded. The files are deleted afterwards;
+        on any failure the half-built collection is dropped too."""
+        s = self.settings
+        s.check_index_type()
+        storage = s.storage()
+        if not storage.bucket:
+            raise DataError("params index.milvus.bulk_import.bucket is not set: no bucket to import from")
+        data = as_matrix(embeddings, "milvus embeddings")
+        fs_ = filesystem if filesystem is not None else storage.filesystem()
+        key = f"{storage.prefix}/{name}"
+        started = time.perf_counter()
+        self._new_collection(name, int(data.shape[1]), properties)
+        try:
+            try:
+                paths = write_import_files(data, items, fs_, f"{storage.bucket}/{key}", storage.rows_per_file)
+            except OSError as exc:
+                raise IndexUnavailable(f"Milvus at {s.uri}: import files for {name} not written to bucket "
+                                       f"{storage.bucket} ({storage.endpoint or 'S3'}): {exc}") from None
+            files = [p.split("/", 1)[1] for p in paths]   # the bucket's keys, as the server reads them
+            job = self.start_import(name, files)
+            imported = self.wait_imported(name, job, len(data))
+            inserted = time.perf_counter() - started
+            self.wait_built(name, len(data))
+            self.ensure_loaded(name, wait_s=s.build_timeout_s)
+        except BaseException:
+            with contextlib.suppress(IndexUnavailable):
+                self.call(f"drop_collection {name}", self.client.drop_collection, name)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                fs_.delete_dir(f"{storage.bucket}/{key}")
+        return {"collection": name, "rows": len(data), "insert_seconds": round(inserted, 3),
+                "ready_seconds": round(time.perf_counter() - started, 3), "import_job": job,
+                "import_files": len(files), "imported_rows": imported}
+
+    def start_import(self, name: str, files: list[str]) -> str:
+        """Ask the server to import `files` (keys in its bucket, one Parquet file each) into `name`."""
+        bulk_import, _ = bulk_api()
+        s = self.settings
+        resp = self.call(f"bulk_import into {name}", bulk_import, url=s.storage().url or s.uri,
+                         collection_name=name,
+                         db_name=s.db_name, files=[[f] for f in files], api_key=self._token)
+        try:
+            return str(resp.json()["data"]["jobId"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IndexUnavailable(f"Milvus at {s.uri}: bulk_import into {name} answered no job id "
+                                   f"({exc!r})") from None
+
+    def wait_imported(self, name: str, job: str, rows: int) -> int:
+        """Poll the import job until it completes (returns the rows imported); its failure, a row count
+        other than `rows`, or no end within build_timeout_s is IndexUnavailable (a server-side failure)."""
+        _, progress = bulk_api()
+        s = self.settings
+        deadline = time.monotonic() + s.build_timeout_s
+        while True:
+            resp = self.call(f"get_import_progress {job}", progress, url=s.storage().url or s.uri, job_id=job,
+                             api_key=self._token, db_name=s.db_name)
+            try:
+                data = resp.json()["data"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise IndexUnavailable(f"Milvus at {s.uri}: import job {job} into {name}: unreadable "
+                                       f"progress ({exc!r})") from None
+            state = str(data.get("state", ""))
+            if state == "Completed":
+                imported = int(data.get("importedRows", rows))
+                if imported != rows:
+                    raise IndexUnavailable(f"Milvus at {s.uri}: import job {job} into {name} completed "
+                                           f"with {imported} rows, {rows} sent")
+                return imported
+            if state == "Failed":
+                raise IndexUnavailable(f"Milvus at {s.uri}: import job {job} into {name} failed: "
+                                       f"{data.get('reason') or 'no reason given'}")
+            if time.monotonic() > deadline:
+                raise IndexUnavailable(f"Milvus at {s.uri}: import job {job} into {name} not finished within "
+                                       f"index.milvus.build_timeout_s {s.build_timeout_s} (state {state}, "
+                                       f"{data.get('progress')}%)")
+            time.sleep(POLL_S)
 
     def wait_built(self, name: str, rows: int) -> None:
         deadline = time.monotonic() + self.settings.build_timeout_s

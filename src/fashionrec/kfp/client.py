@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import json
 import re
 import sys
@@ -132,12 +133,25 @@ def project_root() -> Path:
     raise KfpError("pipelines/training_pipeline.py not found: run from the fashionrec checkout")
 
 
-def load_pipeline() -> Any:
-    """The `training_pipeline` function (components are read from their source files, so from a checkout)."""
-    root = str(project_root())
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    return importlib.import_module(PIPELINE_MODULE).training_pipeline
+def load_pipeline(params: Params | None = None) -> Any:
+    """The `training_pipeline` function (components are read from their source files, so from a checkout).
+
+    The pipeline's shape is read from params when it is compiled (kfp.*: resources, GPUs, retries;
+    index.shard_size: one deploy task, or the inventory embedded by a `ParallelFor` over shards). With
+    `params` (`fashionrec kfp compile -s ...`), the module is run again with them instead of params.yaml."""
+    root = project_root()
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    if params is None:
+        return importlib.import_module(PIPELINE_MODULE).training_pipeline
+    path = root / "pipelines" / "training_pipeline.py"
+    spec = importlib.util.spec_from_file_location(f"{PIPELINE_MODULE}_with_params", path)
+    if spec is None or spec.loader is None:
+        raise KfpError(f"{path}: cannot be loaded")
+    module = importlib.util.module_from_spec(spec)
+    module.PARAMS = params   # read by the module instead of params.yaml
+    spec.loader.exec_module(module)
+    return module.training_pipeline
 
 
 def check_image(image: str) -> str:
@@ -176,15 +190,15 @@ def resolve_loop_subvars(node: Any) -> int:
 
 
 def compile_pipeline(out: Path, params: Params | None = None) -> Path:
-    """Write the pipeline spec (YAML) to out (the task image checked first; loop-item resources resolved,
-    see `resolve_loop_subvars`)."""
+    """Write the pipeline spec (YAML) to out, shaped by `params` (default params.yaml; the task image
+    checked first; loop-item resources resolved, see `resolve_loop_subvars`)."""
     import yaml
     from kfp import compiler
 
     if params is not None:
         check_image(str(params.get("kfp.image") or ""))
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(load_pipeline(), str(out))
+    compiler.Compiler().compile(load_pipeline(params), str(out))
     docs = list(yaml.safe_load_all(out.read_text()))
     if resolve_loop_subvars(docs[0]):
         out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
@@ -253,7 +267,7 @@ def run_local(params: Params, source: str | None = None, pipeline_root: Path | N
     root = (pipeline_root or p.path(loc.get("pipeline_root") or ".cache/kfp-local/runs")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     configure(p)  # create store and experiment once: parallel tasks would race to migrate a new SQLite file
-    spec = compile_pipeline(root / ".spec" / "training_pipeline.yaml")  # run what a cluster would get
+    spec = compile_pipeline(root / ".spec" / "training_pipeline.yaml", p)  # what a cluster would get
     before = set(root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                enable_caching=bool(loc.get("caching", True)), cache_root=str(root / ".kfp_cache"))

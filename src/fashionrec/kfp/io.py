@@ -91,6 +91,30 @@ def one_line_errors() -> None:
     sys.excepthook = report
 
 
+def deploy_config(index_params: Mapping[str, Any], serve_params: Mapping[str, Any],
+                  mlflow_params: Mapping[str, Any], seed: int | float, bundles_dir: str,
+                  validated: str | None = None, summary: str | None = None, device: str = "") -> Any:
+    """The `DeployConfig` of a deploy task: params from the pipeline's sections, the bundles in
+    `bundles_dir` (in a cluster the claim every deploy task mounts), the inventory from the validated
+    manifest. The shards go to `index.shards_dir` when absolute, else under `bundles_dir` (`.shards` by
+    default): the parallel tasks and the assemble step must see one folder. `device` (set where the task
+    requests a GPU) replaces index.device."""
+    from fashionrec.deploy.config import DeployConfig
+
+    p = component_params({"index": index_params, "serve": serve_params}, mlflow_params, seed)
+    bundles = Path(bundles_dir)
+    shards = str(p.get("index.shards_dir") or ".shards")
+    changes: dict[str, Any] = {"bundles": bundles, "catalog": None,
+                               "shards_dir": Path(shards) if Path(shards).is_absolute() else bundles / shards}
+    if validated is not None:
+        changes["manifest"] = Path(validated) / "manifest.parquet"
+    if summary is not None:
+        changes["summary"] = Path(summary)
+    if device:
+        changes["device"] = device
+    return DeployConfig.from_params(p).with_(**changes)
+
+
 def linked_folder(entries: Mapping[str, str | Path]) -> Path:
     """A fresh folder whose entries are symlinks `name -> artifact path` (e.g. `simple_cnn.json`,
     `simple_cnn/`), the layout the library steps read."""
