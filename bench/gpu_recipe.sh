@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU recipe on the catalog split (issue 25 item 3), for a session that has a GPU machine.
-# NOT RUN YET: written on 2026-12-04 in a session without one (docs/BENCHMARKS.md "GPU recipe").
+# Run on an H200 on 2026-12-04 (docs/BENCHMARKS.md "The GPU recipe on the catalog split"; bench/results/gpu_recipe/).
 #
 # It trains, on the same images and on CUDA, the cpu recipe's efficientnet_lite0 (forced with
 # train.recipe=cpu: cached front, last 5 blocks) and the cuda recipe's efficientnet_lite0_gpu and
