@@ -104,8 +104,8 @@ def test_resources_image_retries_and_gpu(compiled):
         "componentInputParameter": "pipelinechannel--candidates-loop-item",
         "parameterExpressionSelector": 'parseJson(string_value)["gpus"]'}
     items = {c["name"]: c["gpus"] for c in pipeline_arguments(compiled.params)["candidates"]}
-    assert items == {"pixels": "0", "simple_cnn": "1", "efficientnet_lite0": "1",
-                     "efficientnet_lite0_gpu": "1", "efficientnet_lite2_gpu": "1"}   # the cuda recipe: kfp.gpu.pool
+    assert items == {"pixels": "0", "simple_cnn": "1", "efficientnet_lite0": "1",   # the cuda recipe (pool)
+                     "efficientnet_lite0_gpu": "1", "efficientnet_lite2_gpu": "1"}
     assert compiled.k8s("train")["tolerations"] == [kfp["gpu"]["toleration"]]
     for task in TASKS:
         assert "nodeSelector" not in compiled.k8s(task.replace("_", "-")), task
