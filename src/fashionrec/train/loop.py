@@ -156,21 +156,36 @@ def attribute_thresholds(model: EmbeddingModel, inputs: ArrayInputs | ImageInput
                          rank: Rank = SINGLE) -> dict[str, float]:
     """Each attribute's sigmoid threshold with the best F1 on the validation split (the trained model)."""
     _, logits, targets = validation_outputs(model, inputs, loss_cfg, device, amp, rank)
-    n, labels = loss_cfg.n_classes, model.card.labels
+    return chosen_thresholds(logits, targets, model.card.labels, loss_cfg.n_classes)
+
+
+def chosen_thresholds(logits: np.ndarray, targets: np.ndarray, labels: list[str],
+                      n_classes: int) -> dict[str, float]:
+    """{attribute: its F1-best sigmoid threshold} over these logits (the labels after the classes)."""
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    return {labels[j]: round(f1_threshold(probs[:, j], targets[:, j]), 6) for j in range(n, len(labels))}
+    return {labels[j]: round(f1_threshold(probs[:, j], targets[:, j]), 6)
+            for j in range(n_classes, len(labels))}
 
 
 @torch.no_grad()
 def validate(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs, loss_cfg: LossConfig,
-             device: torch.device, amp: torch.dtype | None, rank: Rank = SINGLE) -> dict[str, float]:
+             device: torch.device, amp: torch.dtype | None, rank: Rank = SINGLE,
+             attribute_thresholds: bool = False) -> dict[str, float]:
     """Validation loss (the training's classification loss, comparable with train_loss when no metric
-    loss is added), micro-F1 (sigmoid >= 0.5 over all labels) and category accuracy. Under DDP each rank
-    scores its part and every rank gets the scores of the whole split (same early-stopping decisions)."""
+    loss is added), micro-F1 (sigmoid >= 0.5 over all labels; with `attribute_thresholds`, each attribute
+    at its F1-best threshold on these photos, as the saved model will decide it: a positive-weighted
+    attribute is over-predicted at 0.5) and category accuracy. Under DDP each rank scores its part and
+    every rank gets the scores of the whole split (same early-stopping decisions)."""
     loss, logits, targets = validation_outputs(model, inputs, loss_cfg, device, amp, rank)
     n = loss_cfg.n_classes
+    decided = logits >= 0.0
+    if attribute_thresholds:
+        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        chosen = chosen_thresholds(logits, targets, model.card.labels, n)
+        for j, threshold in enumerate(chosen.values(), start=n):
+            decided[:, j] = probs[:, j] >= threshold
     return {"val_loss": loss,
-            "val_micro_f1": micro_f1(targets, logits >= 0.0),
+            "val_micro_f1": micro_f1(targets, decided),
             "val_accuracy": accuracy(targets[:, :n].argmax(1), logits[:, :n].argmax(1))}
 
 
@@ -395,7 +410,8 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
         check_equal_steps(taken, epoch, rank)
         total_loss, seen = all_sum([total_loss, seen], rank)
         record = {"epoch": epoch, "train_loss": total_loss / max(seen, 1),
-                  **validate(model, inputs, loss_cfg, device, amp, rank),
+                  **validate(model, inputs, loss_cfg, device, amp, rank,
+                             attribute_thresholds=cfg.attribute_threshold == "validation"),
                   "lr": optimizer.param_groups[-1]["lr"]}
         history.append(record)
         if cfg.final_fit:   # validation is trained on: it cannot choose; the last weights are kept
