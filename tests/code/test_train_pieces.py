@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from fashionrec.core.config import load_params
 from fashionrec.core.errors import TrainingError
 from fashionrec.core.tracking import data_version, flatten, tracking_uri
+from fashionrec.evaluate.metrics import f1_threshold
 from fashionrec.models.base import ModelCard
 from fashionrec.models.factory import build_model, new_card
 from fashionrec.models.losses import LossConfig, compute_loss, smooth_targets, supcon_loss, triplet_loss
 from fashionrec.train.config import train_config
-from fashionrec.train.data import shift_flip, to_input
+from fashionrec.train.data import Split, TrainingData, shift_flip, to_input
 from fashionrec.train.features import FeatureCache
-from fashionrec.train.loop import lr_factor
+from fashionrec.train.loop import lr_factor, sample_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -214,3 +215,81 @@ def test_tracking_uri_defaults_to_sqlite_in_the_project_unless_the_env_says_othe
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     assert tracking_uri(params) == "http://127.0.0.1:1"
     assert flatten({"a": {"b": 1, "c": [1, 2]}}) == {"a.b": "1", "a.c": "[1, 2]"}
+
+
+# --- rare attributes (kids) and the final fit ----------------------------------------------------------
+
+
+def _data(train_targets: list[list[float]], val_targets: list[list[float]]) -> TrainingData:
+    """TrainingData over classes a, b and the attribute kids, from multi-hot rows."""
+    def split(name: str, rows: list[list[float]]) -> Split:
+        t = np.array(rows, np.float32)
+        ids = [f"{name}{i}" for i in range(len(rows))]
+        return Split(name, ids, [f"/{i}.jpg" for i in ids], [f"sha{i}" for i in ids], t,
+                     t[:, :2].argmax(1).astype(np.int64))
+
+    return TrainingData(["a", "b"], ["a", "b", "kids"], split("train", train_targets),
+                        split("validation", val_targets), Path("m.parquet"))
+
+
+def test_f1_threshold_picks_the_best_cut_between_scores() -> None:
+    # sorted: 0.9 (pos), 0.8 (neg), 0.3 (pos), 0.2 (neg), 0.1 (neg)
+    scores, truth = np.array([0.1, 0.9, 0.3, 0.8, 0.2]), np.array([0, 1, 1, 0, 0], bool)
+    # accepting down to 0.9: F1 2/3; to 0.8: 1/2; to 0.3: 4/5 (best); to 0.2: 2/3 -> between 0.3 and 0.2
+    assert f1_threshold(scores, truth) == pytest.approx(0.25)
+    # a tie at the cut is accepted or refused as a whole
+    assert f1_threshold(np.array([0.6, 0.6, 0.1]), np.array([1, 0, 0], bool)) == pytest.approx(0.35)
+    assert f1_threshold(np.array([0.2, 0.4]), np.array([0, 0], bool)) == 0.5
+    with pytest.raises(ValueError, match="3 scores for 2 truths"):
+        f1_threshold(np.zeros(3), np.zeros(2, bool))
+
+
+def test_attribute_pos_weight_is_negatives_over_positives_and_weights_the_positive_term() -> None:
+    data = _data([[1, 0, 1], [1, 0, 0], [0, 1, 0], [0, 1, 0]], [[1, 0, 0]])
+    assert data.attribute_pos_weight() == (1.0, 1.0, 3.0)
+    assert _data([[1, 0, 0], [0, 1, 0]], [[1, 0, 1]]).attribute_pos_weight() == (1.0, 1.0, 1.0)
+    logits = torch.tensor([[2.0, -2.0, -1.0]])
+    targets = torch.tensor([[1.0, 0.0, 1.0]])
+    emb = F.normalize(torch.ones(1, 4), dim=1)
+    plain, _ = compute_loss(LossConfig(n_classes=2), emb, logits, targets)
+    weighted, _ = compute_loss(LossConfig(n_classes=2, pos_weight=(1.0, 1.0, 3.0)), emb, logits, targets)
+    # only the kids term (a missed positive) changes: 3x its BCE, averaged over the 3 labels
+    kids_bce = F.binary_cross_entropy_with_logits(torch.tensor(-1.0), torch.tensor(1.0))
+    assert float(weighted - plain) == pytest.approx(float(2 * kids_bce / 3), rel=1e-5)
+
+
+def test_group_weights_multiply_the_photos_of_a_group_and_refuse_unknown_names() -> None:
+    data = _data([[1, 0, 1], [1, 0, 0], [0, 1, 1]], [[1, 0, 0]])
+    assert data.group_weights({"kids": 3.0}, "w").tolist() == [3.0, 1.0, 3.0]
+    cfg = train_config("x", {"arch": "simple_cnn", "class_weights": "balanced", "group_weights": {"kids": 2}})
+    assert cfg.group_weights == {"kids": 2.0}
+    # category weights (a: 2 photos, b: 1 -> b weighs twice a's, mean 1) times the group's
+    assert sample_weights(data, cfg, "w") == pytest.approx(np.array([0.75, 0.75, 1.5]) * [2, 1, 2])
+    assert sample_weights(data, train_config("x", {"arch": "simple_cnn"}), "w") is None
+    with pytest.raises(TrainingError, match=r"w\.group_weights: \['teens'\] are not attributes"):
+        data.group_weights({"teens": 2.0}, "w")
+
+
+def test_validation_joins_train_for_the_final_fit() -> None:
+    data = _data([[1, 0, 1], [0, 1, 0]], [[0, 1, 1]])
+    final = data.with_validation_in_train()
+    assert final.train.ids == ["train0", "train1", "validation0"]
+    assert final.train.category.tolist() == [0, 1, 1] and final.train.targets[2].tolist() == [0, 1, 1]
+    assert final.validation.ids == ["validation0"] and len(data.train) == 2
+
+
+@pytest.mark.parametrize(("block", "message"), [
+    ({"fit_on": "train+validation"}, r"x\.epochs_source: None must say where `epochs` came from"),
+    ({"fit_on": "train+validation", "epochs_source": "  "}, r"x\.epochs_source"),
+    ({"fit_on": "everything"}, r"x\.fit_on: 'everything' is not one of"),
+    ({"attribute_pos_weight": "auto"}, r"x\.attribute_pos_weight: 'auto' is not one of"),
+    ({"attribute_threshold": 0.3}, r"x\.attribute_threshold: expected str"),
+    ({"group_weights": {"kids": -1.0}}, r"x\.group_weights: .* must map attribute names to positive"),
+    ({"group_weights": {"kids": "x"}}, r"x\.group_weights: expected a mapping of names to float"),
+    ({"group_weights": ["kids"]}, r"x\.group_weights: expected a mapping"),
+])
+def test_final_fit_and_attribute_keys_are_checked(block: dict, message: str) -> None:
+    with pytest.raises(TrainingError, match=message):
+        train_config("x", {"arch": "simple_cnn", **block})
+    ok = train_config("x", {"arch": "simple_cnn", "fit_on": "train+validation", "epochs_source": "run 1"})
+    assert ok.final_fit and not train_config("x", {"arch": "simple_cnn"}).final_fit

@@ -19,7 +19,7 @@ from fashionrec.data.images import Preprocessing
 from fashionrec.data.manifest import read_dataset
 from fashionrec.models.base import EmbeddingModel
 from fashionrec.registry.export import export, parity_images, verify
-from fashionrec.runtime.export import export_onnx
+from fashionrec.runtime.export import export_onnx, preprocessing_spec
 from fashionrec.runtime.metadata import METADATA_KEY, read_metadata, read_precision
 from fashionrec.runtime.quantize import DEFAULTS, front_nodes, quantize, settings, static_options
 from fashionrec.runtime.session import create_session
@@ -88,6 +88,14 @@ def test_parity_on_real_test_images(which: str, request, tiny_validated, tmp_pat
     assert report["neighbours"]["mismatch_count"] == 0 and report["same_argmax"] == 1.0
     assert report["provider"] == "CPUExecutionProvider" or report["provider"].startswith("CUDA")
     assert json.loads((tmp_path / "parity.json").read_text())["onnx_sha256"] == report["onnx_sha256"]
+
+
+def test_the_spec_carries_the_attribute_thresholds_of_the_model(vocab) -> None:
+    """Serving reads the multi-label decision from the spec: a threshold chosen in training goes with it."""
+    model = real_model("simple_cnn", *vocab, pretrained=False)
+    assert preprocessing_spec(model, 17)["outputs"]["logits"]["thresholds"] == {}
+    model.card.thresholds = {"kids": 0.2}
+    assert preprocessing_spec(model, 17)["outputs"]["logits"]["thresholds"] == {"kids": 0.2}
 
 
 def test_tampered_graph_fails_parity(cnn: EmbeddingModel, cnn_onnx: Path, tiny_validated,

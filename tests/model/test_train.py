@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -221,3 +222,65 @@ def test_cli_reports_an_unknown_candidate_in_one_line(tiny_validated, monkeypatc
     assert exc.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: train.models: no candidate 'nosuch'") and "\n" not in err
+
+
+def test_final_fit_trains_on_validation_for_the_set_epochs_and_says_validation_is_not_held_out(
+        tiny_validated, mlflow_server: str, tmp_path: Path) -> None:
+    """fit_on train+validation: the validation photos train too, every epoch runs (no early stopping even
+    with patience 1), the last weights are saved, and the card and the MLflow run say the validation
+    scores are not held out."""
+    section = section_for(tiny_validated, "simple_cnn", epochs=3, patience=1, fit_on="train+validation",
+                          epochs_source="best epoch of a held-out run")
+    result = run(tiny_validated, tmp_path, "simple_cnn", section)
+    assert result.epochs_run == 3 and result.best_epoch == 3 and not result.stopped_early
+    card = json.loads((tmp_path / "models" / "simple_cnn" / "card.json").read_text())
+    assert card["extra"]["fit_on"] == "train+validation" and card["extra"]["validation_held_out"] is False
+    assert card["extra"]["epochs_source"] == "best epoch of a held-out run"
+    saved = load_model(tmp_path / "models" / "simple_cnn").state_dict()
+    last = torch.load(tmp_path / ".cache" / "checkpoints" / "simple_cnn" / "last.pt", weights_only=False)
+    assert all(torch.equal(saved[k], v) for k, v in last["model"].items())
+
+    df = read_manifest(tiny_validated.validated)
+    mlrun = MlflowClient(tracking_uri=mlflow_server).get_run(result.run_id)
+    assert mlrun.data.tags["validation_held_out"] == "false"
+    assert mlrun.data.tags["fit_on"] == "train+validation"
+    assert int(mlrun.data.params["n_train"]) == int(df["split"].isin(["train", "validation"]).sum())
+
+    held_out = run(tiny_validated, tmp_path / "plain", "simple_cnn",
+                   section_for(tiny_validated, "simple_cnn"))
+    plain = MlflowClient(tracking_uri=mlflow_server).get_run(held_out.run_id)
+    assert plain.data.tags["validation_held_out"] == "true"
+    assert int(plain.data.params["n_train"]) == int((df["split"] == "train").sum())
+
+
+def test_kids_head_gets_a_positive_weight_a_validation_threshold_and_a_group_weight(
+        tiny_validated, mlflow_server: str, tmp_path: Path) -> None:
+    """On the catalog (kids included): the threshold chosen on validation is stored with the model and
+    evaluate decides the kids label with it; a group weight naming no attribute is refused, naming the key."""
+    from fashionrec.evaluate.evaluate import evaluate
+
+    section = section_for(tiny_validated, "simple_cnn", epochs=2, attribute_pos_weight="balanced",
+                          attribute_threshold="validation", group_weights={"kids": 3.0})
+    manifest = tiny_validated.catalog_validated / "manifest.parquet"
+    result = train("simple_cnn", section, manifest=manifest, out_dir=tmp_path / "models" / "simple_cnn",
+                   cache_dir=tmp_path / ".cache", checkpoint_dir=tmp_path / ".cache" / "ck",
+                   tracking_params=tiny_validated.params, seed=0)
+    model = load_model(tmp_path / "models" / "simple_cnn")
+    assert set(model.card.thresholds) == {"kids"} and 0.0 < model.card.thresholds["kids"] < 1.0
+    assert model.card.extra["thresholds_from"] == "validation"
+    params = MlflowClient(tracking_uri=mlflow_server).get_run(result.run_id).data.params
+    assert params["group_weights.kids"] == "3.0" and params["attribute_pos_weight"] == "balanced"
+
+    evaluate_section = tiny_validated.params.section("evaluate")
+    evaluate_section.update({"instance": {**evaluate_section["instance"], "n_queries": 24},
+                             "latency_queries": 20, "mlflow": False, "benchmark": None})
+    evaluate(tmp_path / "models" / "simple_cnn", tiny_validated.catalog_validated, tmp_path / "m.json",
+             tmp_path / "reports", evaluate_section, progress=False)
+    per_class = pd.read_csv(tmp_path / "reports" / "per_class.csv").set_index("label")
+    assert per_class.loc["kids", "decision"] == f"sigmoid>={model.card.thresholds['kids']:.4g}"
+
+    with pytest.raises(TrainingError, match=r"simple_cnn\.group_weights: \['teens'\] are not attributes"):
+        train("simple_cnn", section_for(tiny_validated, "simple_cnn", group_weights={"teens": 2.0}),
+              manifest=manifest, out_dir=tmp_path / "bad", cache_dir=tmp_path / ".cache",
+              checkpoint_dir=tmp_path / ".cache" / "bad", tracking_params=tiny_validated.params, seed=0)
+    assert not (tmp_path / "bad").exists()

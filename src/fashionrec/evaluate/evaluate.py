@@ -55,7 +55,6 @@ from fashionrec.models.store import load_model
 from fashionrec.runtime.embed import embed_images
 from fashionrec.runtime.torch_runner import make_runner
 
-THRESHOLD = 0.5          # multi-label decision: sigmoid(logit) >= 0.5, as the model contract says
 INVENTORY_SPLITS = ("train", "validation")
 TEST_SPLIT = "test"
 
@@ -165,14 +164,16 @@ def label_metrics(logits: np.ndarray, test: pd.DataFrame,
     y_true = test["category"].map(class_index).to_numpy()
     y_pred = logits[:, :n_classes].argmax(axis=1)
     truth = label_matrix(test["labels"], card.labels)
-    predicted = 1.0 / (1.0 + np.exp(-logits.astype(np.float64))) >= THRESHOLD
+    thresholds = np.array([card.threshold(label) for label in card.labels])
+    predicted = 1.0 / (1.0 + np.exp(-logits.astype(np.float64))) >= thresholds
     scores = {"accuracy": m.accuracy(y_true, y_pred), "micro_f1": m.micro_f1(truth, predicted),
               "macro_f1": m.macro_f1(truth, predicted)}
-    # Classes as the argmax decides them (the confusion-matrix view); attributes by their sigmoid.
+    # Classes as the argmax decides them (the confusion-matrix view); attributes by their sigmoid, at the
+    # threshold the model carries (training may choose one on validation for a rare attribute).
     classes = m.per_label_report(m.one_hot(y_true, n_classes), m.one_hot(y_pred, n_classes), card.classes)
     classes.insert(1, "decision", "argmax")
     attributes = m.per_label_report(truth[:, n_classes:], predicted[:, n_classes:], card.labels[n_classes:])
-    attributes.insert(1, "decision", f"sigmoid>={THRESHOLD}")
+    attributes.insert(1, "decision", [f"sigmoid>={t:.4g}" for t in thresholds[n_classes:]])
     report = pd.concat([classes, attributes], ignore_index=True)
     return scores, report, m.confusion_matrix(y_true, y_pred, n_classes)
 

@@ -83,6 +83,29 @@ def per_label_report(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -
                          "support": np.asarray(support).astype(int)})
 
 
+def f1_threshold(scores: np.ndarray, truth: np.ndarray, default: float = 0.5) -> float:
+    """The decision threshold on `scores` (probabilities) with the best F1 against boolean `truth`.
+
+    Ties go to the highest threshold; the threshold returned is the midpoint between that score and the
+    next lower one, so a photo scored like the lowest accepted one is still accepted. `default` where
+    truth has no positive (nothing to choose from)."""
+    p = np.asarray(scores, dtype=np.float64).ravel()
+    t = np.asarray(truth, dtype=bool).ravel()
+    if p.shape != t.shape:
+        raise ValueError(f"f1 threshold: {p.shape[0]} scores for {t.shape[0]} truths")
+    if not t.any():
+        return default
+    order = np.argsort(-p, kind="stable")
+    p, t = p[order], t[order]
+    tp = np.cumsum(t)
+    f1 = 2 * tp / (np.arange(1, len(p) + 1) + t.sum())
+    last = np.r_[p[1:] != p[:-1], True]      # accept every photo down to a distinct score
+    f1 = np.where(last, f1, -1.0)
+    best = int(np.argmax(f1))
+    below = p[best + 1] if best + 1 < len(p) else 0.0
+    return float((p[best] + below) / 2)
+
+
 def one_hot(indices: np.ndarray, n: int) -> np.ndarray:
     """Class indices (N,) -> boolean (N, n)."""
     out = np.zeros((len(indices), n), dtype=bool)

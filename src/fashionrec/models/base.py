@@ -30,6 +30,11 @@ class ModelCard:
     preprocessing: dict[str, Any]
     config: dict[str, Any] = field(default_factory=dict)   # the candidate's params, to rebuild it
     extra: dict[str, Any] = field(default_factory=dict)    # training facts: epochs run, best val F1...
+    thresholds: dict[str, float] = field(default_factory=dict)   # label -> sigmoid threshold (absent: 0.5)
+
+    def threshold(self, label: str) -> float:
+        """The sigmoid threshold of `label`'s multi-label decision."""
+        return float(self.thresholds.get(label, 0.5))
 
     @property
     def prep(self) -> Preprocessing:

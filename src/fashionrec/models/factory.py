@@ -37,6 +37,13 @@ def _check_type(value: Any, annotation: str, where: str) -> Any:
         "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
         "str": lambda v: isinstance(v, str),
     }
+    if base.startswith("dict"):
+        item = base[base.find(",") + 1:].rstrip("]").strip()   # dict[str, float] -> float
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise TrainingError(f"{where}: expected a mapping of names to {item}, got {value!r}")
+        if item in ok and not all(ok[item](v) for v in value.values()):
+            raise TrainingError(f"{where}: expected a mapping of names to {item}, got {value!r}")
+        return {k: float(v) for k, v in value.items()} if item == "float" else dict(value)
     if base.startswith(("tuple", "list")):
         if not isinstance(value, list | tuple):
             raise TrainingError(f"{where}: expected a list, got {value!r}")

@@ -1,7 +1,8 @@
 """Training losses: multi-label classification on the logits, optional metric learning on the embedding.
 
 Targets are multi-hot over `card.labels` (categories first, then attributes such as `kids`). The
-classification loss is BCE-with-logits over every label (label smoothing pulls targets towards 0.5),
+classification loss is BCE-with-logits over every label (label smoothing pulls targets towards 0.5; a
+rare attribute's positives may weigh more, `pos_weight`, or its logit learns to stay below 0.5),
 optionally plus softmax cross-entropy over the category logits (one category per image sharpens argmax).
 The metric loss acts on the L2-normalised embedding with in-batch positives = same category.
 """
@@ -63,14 +64,18 @@ class LossConfig:
     metric_weight: float = 0.0
     temperature: float = 0.1          # supcon
     margin: float = 0.2               # triplet
+    pos_weight: tuple[float, ...] | None = None   # BCE weight of a positive, per label (None: 1 for all)
 
 
 def compute_loss(cfg: LossConfig, emb: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
                  sample_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts (for logging). `sample_weights` (B,) carry the class weights."""
     logits = logits.float()
+    pos_weight = (None if cfg.pos_weight is None
+                  else torch.tensor(cfg.pos_weight, dtype=torch.float32, device=logits.device))
     per_sample = F.binary_cross_entropy_with_logits(
-        logits, smooth_targets(targets, cfg.label_smoothing), reduction="none").mean(dim=1)
+        logits, smooth_targets(targets, cfg.label_smoothing), reduction="none",
+        pos_weight=pos_weight).mean(dim=1)
     category = targets[:, : cfg.n_classes].argmax(dim=1)
     if cfg.ce_weight > 0:
         ce = F.cross_entropy(logits[:, : cfg.n_classes], category, reduction="none",

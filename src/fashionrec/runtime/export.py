@@ -29,7 +29,8 @@ def preprocessing_spec(model: EmbeddingModel, opset: int) -> dict[str, Any]:
             "outputs": {"embedding": {"shape": ["batch", card.embedding_dim], "l2_normalised": True},
                         "logits": {"shape": ["batch", len(card.labels)],
                                    "category": f"argmax over the first {len(card.classes)}",
-                                   "multi_label": "sigmoid >= 0.5"}}}
+                                   "multi_label": "sigmoid >= thresholds[label] (0.5 where absent)",
+                                   "thresholds": {k: float(v) for k, v in card.thresholds.items()}}}}
 
 
 def export_onnx(model: EmbeddingModel, out_dir: Path, opset: int = MIN_OPSET) -> tuple[Path, Path]:

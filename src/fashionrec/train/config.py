@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,9 @@ SCHEDULES = ("constant", "cosine", "onecycle")
 OPTIMIZERS = ("adam", "adamw")
 CLASS_WEIGHTS = ("none", "balanced")
 VIEWS = ("center", "hflip")
+FIT_ON = ("train", "train+validation")
+POS_WEIGHTS = ("none", "balanced")
+THRESHOLDS = ("fixed", "validation")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,20 @@ class TrainConfig:
     num_workers: int = 1              # image decoding processes (raw-image training and caches)
     cache_batch_size: int = 32
     max_steps_per_epoch: int | None = None   # cap (smoke runs of big configs)
+    # The final fit: train on train + validation for `epochs` (no early stopping, last weights kept);
+    # `epochs_source` must say where that count came from (validation no longer holds anything out).
+    fit_on: str = "train"             # train | train+validation
+    epochs_source: str | None = None
+    # Rare attributes (kids: ~6 % of the photos): BCE positive weight negatives/positives per attribute
+    # (balanced), the sigmoid threshold stored with the model (validation: the F1-best one on the
+    # validation split; fixed: 0.5), and a loss weight per photo carrying an attribute (e.g. {kids: 3.0}).
+    attribute_pos_weight: str = "none"   # none | balanced
+    attribute_threshold: str = "fixed"   # fixed | validation
+    group_weights: dict[str, float] | None = None
+
+    @property
+    def final_fit(self) -> bool:
+        return self.fit_on == "train+validation"
 
     def validate(self, where: str) -> list[str]:
         errors = []
@@ -77,6 +95,16 @@ class TrainConfig:
         check(self.cache_batch_size >= 1, "cache_batch_size", "must be >= 1")
         check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
               "must be >= 1 or null")
+        check(self.fit_on in FIT_ON, "fit_on", f"is not one of {list(FIT_ON)}")
+        check(not self.final_fit or bool(self.epochs_source and self.epochs_source.strip()), "epochs_source",
+              "must say where `epochs` came from (e.g. the best epoch of a run validated on held-out "
+              "photos) when fit_on is train+validation")
+        check(self.attribute_pos_weight in POS_WEIGHTS, "attribute_pos_weight",
+              f"is not one of {list(POS_WEIGHTS)}")
+        check(self.attribute_threshold in THRESHOLDS, "attribute_threshold",
+              f"is not one of {list(THRESHOLDS)}")
+        check(all(w > 0 and math.isfinite(w) for w in (self.group_weights or {}).values()), "group_weights",
+              "must map attribute names to positive weights")
         return errors
 
 

@@ -41,6 +41,39 @@ class TrainingData:
     validation: Split
     manifest: Path
 
+    @property
+    def attributes(self) -> list[str]:
+        return self.labels[len(self.classes):]
+
+    def with_validation_in_train(self) -> TrainingData:
+        """The final fit's data: validation's photos added to train. Validation stays as it is, for the
+        per-epoch scores, which are then no longer held out."""
+        t, v = self.train, self.validation
+        merged = Split("train+validation", t.ids + v.ids, t.paths + v.paths, t.shas + v.shas,
+                       np.concatenate([t.targets, v.targets]), np.concatenate([t.category, v.category]))
+        return TrainingData(self.classes, self.labels, merged, v, self.manifest)
+
+    def attribute_pos_weight(self) -> tuple[float, ...]:
+        """BCE positive weight per label: 1 for the categories, negatives / positives in train for each
+        attribute (1 where train has no positive), so a rare attribute's logit is not pushed below 0."""
+        n = len(self.classes)
+        pos = self.train.targets[:, n:].sum(axis=0)
+        ratio = np.where(pos > 0, (len(self.train) - pos) / np.maximum(pos, 1), 1.0)
+        return tuple([1.0] * n + [float(r) for r in ratio])
+
+    def group_weights(self, weights: dict[str, float], where: str) -> np.ndarray:
+        """Per-photo loss weight of the train split: the product of `weights[a]` over the attributes `a` a
+        photo carries (1 for a photo with none). Raises TrainingError naming an unknown attribute."""
+        unknown = sorted(set(weights) - set(self.attributes))
+        if unknown:
+            raise TrainingError(f"{where}.group_weights: {unknown} are not attributes of the data "
+                                f"({self.attributes}, dataset.json labels after the classes)")
+        out = np.ones(len(self.train), np.float32)
+        for name, w in weights.items():
+            column = self.train.targets[:, self.labels.index(name)] > 0
+            out[column] *= np.float32(w)
+        return out
+
     def class_weights(self, power: float = 1.0) -> np.ndarray:
         """Per-category weight ∝ 1/frequency in train, scaled so the mean weight over samples is 1."""
         counts = np.bincount(self.train.category, minlength=len(self.classes)).astype(np.float64)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from fashionrec.core import tracking
 from fashionrec.core.config import DEFAULT_SEED, Params
 from fashionrec.core.errors import TrainingError
-from fashionrec.evaluate.metrics import accuracy, micro_f1
+from fashionrec.evaluate.metrics import accuracy, f1_threshold, micro_f1
 from fashionrec.models.base import EmbeddingModel
 from fashionrec.models.factory import ARCHES, arch_config, arch_of, build_model, new_card
 from fashionrec.models.losses import LossConfig, compute_loss
@@ -140,11 +140,11 @@ def param_groups(model: EmbeddingModel, cfg: TrainConfig) -> list[dict[str, Any]
 
 
 @torch.no_grad()
-def validate(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs, loss_cfg: LossConfig,
-             device: torch.device, amp: torch.dtype | None, rank: Rank = SINGLE) -> dict[str, float]:
-    """Validation loss (the training's classification loss, comparable with train_loss when no metric
-    loss is added), micro-F1 (sigmoid >= 0.5 over all labels) and category accuracy. Under DDP each rank
-    scores its part and every rank gets the scores of the whole split (same early-stopping decisions)."""
+def validation_outputs(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs, loss_cfg: LossConfig,
+                       device: torch.device, amp: torch.dtype | None,
+                       rank: Rank = SINGLE) -> tuple[float, np.ndarray, np.ndarray]:
+    """(mean classification loss, logits, boolean targets) of the whole validation split; under DDP each
+    rank scores its part and every rank gets the whole split's."""
     model.eval()
     plain = dataclasses.replace(loss_cfg, metric_loss="none")
     losses, logits_all, targets_all = [], [], []
@@ -160,11 +160,45 @@ def validate(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs, loss_cfg:
         losses = [v for part in parts for v in part[0]]
         logits_all = [a for part in parts for a in part[1]]
         targets_all = [a for part in parts for a in part[2]]
-    logits = np.concatenate(logits_all)
     targets = np.concatenate(targets_all).astype(bool)
+    return sum(losses) / len(targets), np.concatenate(logits_all), targets
+
+
+def attribute_thresholds(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs, loss_cfg: LossConfig,
+                         device: torch.device, amp: torch.dtype | None,
+                         rank: Rank = SINGLE) -> dict[str, float]:
+    """Each attribute's sigmoid threshold with the best F1 on the validation split (the trained model)."""
+    _, logits, targets = validation_outputs(model, inputs, loss_cfg, device, amp, rank)
+    return chosen_thresholds(logits, targets, model.card.labels, loss_cfg.n_classes)
+
+
+def chosen_thresholds(logits: np.ndarray, targets: np.ndarray, labels: list[str],
+                      n_classes: int) -> dict[str, float]:
+    """{attribute: its F1-best sigmoid threshold} over these logits (the labels after the classes)."""
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return {labels[j]: round(f1_threshold(probs[:, j], targets[:, j]), 6)
+            for j in range(n_classes, len(labels))}
+
+
+@torch.no_grad()
+def validate(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs, loss_cfg: LossConfig,
+             device: torch.device, amp: torch.dtype | None, rank: Rank = SINGLE,
+             attribute_thresholds: bool = False) -> dict[str, float]:
+    """Validation loss (the training's classification loss, comparable with train_loss when no metric
+    loss is added), micro-F1 (sigmoid >= 0.5 over all labels; with `attribute_thresholds`, each attribute
+    at its F1-best threshold on these photos, as the saved model will decide it: a positive-weighted
+    attribute is over-predicted at 0.5) and category accuracy. Under DDP each rank scores its part and
+    every rank gets the scores of the whole split (same early-stopping decisions)."""
+    loss, logits, targets = validation_outputs(model, inputs, loss_cfg, device, amp, rank)
     n = loss_cfg.n_classes
-    return {"val_loss": sum(losses) / len(targets),
-            "val_micro_f1": micro_f1(targets, logits >= 0.0),
+    decided = logits >= 0.0
+    if attribute_thresholds:
+        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        chosen = chosen_thresholds(logits, targets, model.card.labels, n)
+        for j, threshold in enumerate(chosen.values(), start=n):
+            decided[:, j] = probs[:, j] >= threshold
+    return {"val_loss": loss,
+            "val_micro_f1": micro_f1(targets, decided),
             "val_accuracy": accuracy(targets[:, :n].argmax(1), logits[:, :n].argmax(1))}
 
 
@@ -207,6 +241,9 @@ def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: P
     if device.type == "cuda":
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     data = load_training_data(manifest)
+    if cfg.final_fit:
+        data = data.with_validation_in_train()
+    sample_weights(data, cfg, f"train.models.{candidate}")   # a bad group_weights fails before any run
     fp = fingerprint(block, seed, data.labels, data.train.shas, data.validation.shas)
     checkpoint = load_checkpoint(checkpoint_dir, fp) if resume else None
 
@@ -215,7 +252,9 @@ def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: P
     model = build_model(card, pretrained=True).to(device)
     loss_cfg = LossConfig(n_classes=len(data.classes), label_smoothing=cfg.label_smoothing,
                           ce_weight=cfg.ce_weight, metric_loss=cfg.metric_loss,
-                          metric_weight=cfg.metric_weight, temperature=cfg.temperature, margin=cfg.margin)
+                          metric_weight=cfg.metric_weight, temperature=cfg.temperature, margin=cfg.margin,
+                          pos_weight=(data.attribute_pos_weight() if cfg.attribute_pos_weight == "balanced"
+                                      else None))
     with process_group(rank, device, DistributedConfig.from_section(section, env)):
         if not rank.main:   # a worker rank: steps in time with rank 0, which logs and writes
             if model.iterative:
@@ -240,7 +279,10 @@ def _train_and_log(candidate: str, block: dict[str, Any], model: EmbeddingModel,
     experiment_id = tracking.configure(tracking_params)
     import mlflow
 
-    tags = tracking.run_tags(tracking_params, manifest, candidate=candidate, arch=card.arch, **env_tags)
+    # A final fit trains on the validation photos: its validation scores are not held-out figures.
+    tags = tracking.run_tags(tracking_params, manifest, candidate=candidate, arch=card.arch,
+                             fit_on=cfg.fit_on, validation_held_out=str(not cfg.final_fit).lower(),
+                             **env_tags)
     run = tracking.start_run(checkpoint["run_id"] if checkpoint else None, candidate, tags)
     try:
         if not checkpoint:
@@ -261,7 +303,12 @@ def _train_and_log(candidate: str, block: dict[str, Any], model: EmbeddingModel,
         model.card.extra = {"epochs_run": epochs_run, "best_epoch": best_epoch,
                             "val_micro_f1": best["val_micro_f1"], "val_accuracy": best["val_accuracy"],
                             "stopped_early": stopped, "seed": seed, "device": device.type,
-                            "data_version": tags["data_version"]}
+                            "data_version": tags["data_version"], "fit_on": cfg.fit_on,
+                            "validation_held_out": not cfg.final_fit,
+                            **({"epochs_source": cfg.epochs_source} if cfg.final_fit else {}),
+                            **({"thresholds_from": "validation" + (" (trained on: not held out)"
+                                                                   if cfg.final_fit else "")}
+                               if model.card.thresholds else {})}
         model = model.cpu().eval()
         out_dir.mkdir(parents=True, exist_ok=True)
         save_model(model, out_dir)
@@ -327,8 +374,8 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule, cfg.pct_start))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    weights = (torch.from_numpy(data.class_weights()).to(device) if cfg.class_weights == "balanced" else None)
-    category = torch.from_numpy(data.train.category)
+    weights = sample_weights(data, cfg, where)
+    weights = torch.from_numpy(weights).to(device) if weights is not None else None
 
     history: list[dict[str, Any]] = []
     best_f1, best_epoch, best_state, bad_epochs, start = -1.0, 0, None, 0, 1
@@ -360,7 +407,7 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 emb, logits = step_model(x)
-            sample_w = weights[category[idx].to(device)] if weights is not None else None
+            sample_w = weights[idx.to(device)] if weights is not None else None
             loss, _ = compute_loss(loss_cfg, emb, logits, y, sample_w)
             if not torch.isfinite(loss):
                 raise TrainingError(f"{model.card.candidate}: loss became {float(loss)} at epoch {epoch} "
@@ -379,15 +426,18 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
         check_equal_steps(taken, epoch, rank)
         total_loss, seen = all_sum([total_loss, seen], rank)
         record = {"epoch": epoch, "train_loss": total_loss / max(seen, 1),
-                  **validate(model, inputs, loss_cfg, device, amp, rank),
+                  **validate(model, inputs, loss_cfg, device, amp, rank,
+                             attribute_thresholds=cfg.attribute_threshold == "validation"),
                   "lr": optimizer.param_groups[-1]["lr"]}
         history.append(record)
-        if record["val_micro_f1"] > best_f1 + cfg.min_delta:
+        if cfg.final_fit:   # validation is trained on: it cannot choose; the last weights are kept
+            best_f1, best_epoch = record["val_micro_f1"], epoch
+        elif record["val_micro_f1"] > best_f1 + cfg.min_delta:
             best_f1, best_epoch, bad_epochs = record["val_micro_f1"], epoch, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
-        stopped = bad_epochs >= cfg.patience and epoch < cfg.epochs
+        stopped = bad_epochs >= cfg.patience and epoch < cfg.epochs and not cfg.final_fit
         epochs.set_postfix(val_f1=f"{record['val_micro_f1']:.4f}", acc=f"{record['val_accuracy']:.4f}")
         if rank.main:
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
@@ -407,9 +457,23 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
     plain_batch_norm(model)
     if best_state is not None:
         model.load_state_dict(best_state)
+    if cfg.attribute_threshold == "validation":
+        model.card.thresholds = attribute_thresholds(model, inputs, loss_cfg, device, amp, rank)
     if rank.main:
         model.after_fit(lambda: inputs.train_pooled(model, device))
     return history, best_epoch, stopped, (start - 1 if checkpoint else None)
+
+
+def sample_weights(data: TrainingData, cfg: TrainConfig, where: str) -> np.ndarray | None:
+    """Loss weight per training photo: its category's (class_weights balanced) times its groups'
+    (group_weights); None when neither is set."""
+    out = None
+    if cfg.class_weights == "balanced":
+        out = data.class_weights()[data.train.category]
+    if cfg.group_weights:
+        groups = data.group_weights(cfg.group_weights, where)
+        out = groups if out is None else out * groups
+    return out
 
 
 class _Forward(torch.nn.Module):
