@@ -43,26 +43,31 @@ print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'available', torch
   ;;
 run)
   test -d .gpu/data/validated/catalog || tar xf .gpu/data.tar -C .gpu || exit 1
-  mkdir -p "$OUT/gpu_recipe"
+  # NAME=<variant> SET="key=value ..." (space-separated, values without spaces): a variant of the
+  # candidates' params, its models, metrics and record under its own name (a lever measured on a GPU)
+  V=${NAME:-gpu_recipe}
+  mkdir -p "$OUT/$V"
   for C in "$@"; do
-    S=(-s train.manifest=.gpu/data/validated/catalog/manifest.parquet -s train.models_dir=/tmp/m
-       -s train.cache_dir=/tmp/cache -s train.checkpoints_dir=/tmp/ckpt -s mlflow.tracking_uri=file:///tmp/mlruns
+    S=(-s train.manifest=.gpu/data/validated/catalog/manifest.parquet -s train.models_dir=/tmp/m-$V
+       -s train.cache_dir=/tmp/cache -s train.checkpoints_dir=/tmp/ckpt-$V -s mlflow.tracking_uri=file:///tmp/mlruns
        -s mlflow.artifact_root=/tmp/mlart -s "train.models.$C.crop_fraction=1.0")
     [ "$C" = efficientnet_lite0 ] && S+=(-s train.recipe=cpu)   # the cpu recipe, run on this GPU
     [ -n "${EPOCHS:-}" ] && S+=(--epochs "$EPOCHS")
-    E=(-s evaluate.models_dir=/tmp/m -s evaluate.data=.gpu/data/validated/catalog -s evaluate.benchmark=null
-       -s evaluate.metrics_dir=/tmp/metrics -s evaluate.reports=/tmp/reports -s "evaluate.device=${DEVICE:-cuda}")
+    for kv in ${SET:-}; do S+=(-s "train.models.$C.$kv"); done
+    E=(-s evaluate.models_dir=/tmp/m-$V -s evaluate.data=.gpu/data/validated/catalog -s evaluate.benchmark=null
+       -s evaluate.metrics_dir=/tmp/metrics-$V -s evaluate.reports=/tmp/reports-$V
+       -s "evaluate.device=${DEVICE:-cuda}")
     start=$(date +%s)
     python3 -c "$F" train "$C" "${S[@]}" 2>&1 | quiet 30
     train_s=$(( $(date +%s) - start ))
     start=$(date +%s)
     python3 -c "$F" evaluate "$C" --backend torch --no-mlflow "${E[@]}" 2>&1 | quiet 20
     eval_s=$(( $(date +%s) - start ))
-    (cd bench && python3 gpu_record.py "$C" "$train_s" "$eval_s" /tmp/m /tmp/metrics "$OUT/gpu_recipe")
-    tar czf "$OUT/gpu_recipe/$C.tgz" -C /tmp "m/$C/history.csv" "m/$C/card.json" "m/$C/loss_curve.png" \
-      "reports/$C" 2>/dev/null
+    (cd bench && python3 gpu_record.py "$C" "$train_s" "$eval_s" /tmp/m-$V /tmp/metrics-$V "$OUT/$V")
+    tar czf "$OUT/$V/$C.tgz" -C /tmp "m-$V/$C/history.csv" "m-$V/$C/card.json" "m-$V/$C/loss_curve.png" \
+      "reports-$V/$C" 2>/dev/null
   done
-  ls -la "$OUT/gpu_recipe"
+  ls -la "$OUT/$V"
   ;;
 *) echo "unknown step '$step': setup | run CANDIDATE..."; exit 2 ;;
 esac
