@@ -1,11 +1,12 @@
 """Benchmark (issue 23): a big inventory in process (HNSW) beside the `milvus` kind on milvus-lite.
 
 Synthetic 256-d clustered, L2-normalised items (bench/index.py's `clustered`), each with a category
-(15, by cluster) and a kids flag (~8 %); queries are fresh draws. For each N:
+(15, drawn at random) and a kids flag (~8 %); queries are fresh draws. For each N:
 
-- in-process HNSW through the project's `index.build_index('hnsw', ...)` with params.yaml's parameters:
-  build time, RSS growth, single-query p50/p99, recall@10, and filtered recall@10 (one category and
-  kids=false, answered as a server does: search deeper until k items pass the filter);
+- in-process HNSW through the project's `index.build_index('hnsw', ...)` with params.yaml's `index.hnsw`:
+  build time, RSS growth, single-query p50/p99 and recall@10 at each `--efs`, and filtered recall@10 for
+  three filters (one category; with kids=false; with kids=true, ~0.5 %), each query one call of
+  `index.query(vector, k, allowed=mask)` as `ServingState.search` makes it (`--graph-dir`: keep the graph);
 - the `milvus` kind on a `milvus-lite server` this script starts (and stops, by PID): insert rate of the
   project's `MilvusStore.create` path (batched insert), how long the index took (capped), then a separate
   *replica* process (`--replica`) that opens `MilvusIndex` on the collection, as a serving replica does,
