@@ -1,11 +1,12 @@
 """Benchmark (issue 23): a big inventory in process (HNSW) beside the `milvus` kind on milvus-lite.
 
 Synthetic 256-d clustered, L2-normalised items (bench/index.py's `clustered`), each with a category
-(15, by cluster) and a kids flag (~8 %); queries are fresh draws. For each N:
+(15, drawn at random) and a kids flag (~8 %); queries are fresh draws. For each N:
 
-- in-process HNSW through the project's `index.build_index('hnsw', ...)` with params.yaml's parameters:
-  build time, RSS growth, single-query p50/p99, recall@10, and filtered recall@10 (one category and
-  kids=false, answered as a server does: search deeper until k items pass the filter);
+- in-process HNSW through the project's `index.build_index('hnsw', ...)` with params.yaml's `index.hnsw`:
+  build time, RSS growth, single-query p50/p99 and recall@10 at each `--efs`, and filtered recall@10 for
+  three filters (one category; with kids=false; with kids=true, ~0.5 %), each query one call of
+  `index.query(vector, k, allowed=mask)` as `ServingState.search` makes it (`--graph-dir`: keep the graph);
 - the `milvus` kind on a `milvus-lite server` this script starts (and stops, by PID): insert rate of the
   project's `MilvusStore.create` path (batched insert), how long the index took (capped), then a separate
   *replica* process (`--replica`) that opens `MilvusIndex` on the collection, as a serving replica does,
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import RESULTS, Run, percentile_ms, rss_mib
+from common import RESULTS, ROOT, Run, loadavg, percentile_ms, rss_mib
 from index import clustered, exact_neighbours
 
 CATEGORIES = 15
@@ -41,20 +42,15 @@ def labels(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, CATEGORIES, n), rng.random(n) < KIDS_SHARE
 
 
+def filters(cats: np.ndarray, kids: np.ndarray) -> dict[str, np.ndarray]:
+    """The filters `/recommend` sends, from broad to very selective (category c3 ~6.7 %, ~0.5 % with kids)."""
+    return {"category c3": cats == 3, "category c3 and kids false": (cats == 3) & ~kids,
+            "category c3 and kids true": (cats == 3) & kids}
+
+
 def exact_filtered(data: np.ndarray, queries: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
     rows = np.flatnonzero(keep)
     return rows[exact_neighbours(data[rows], queries, k)]
-
-
-def filtered_search(index: Any, query: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
-    """As `ServingState.search` does with a filter: 4k deep, widened x4 until k items pass."""
-    depth = min(index.size, 4 * k)
-    while True:
-        _, idx = index.query(query[None, :], depth)
-        rows = idx[0][keep[idx[0]]]
-        if len(rows) >= k or depth >= index.size:
-            return rows[:k]
-        depth = min(index.size, depth * 4)
 
 
 def recall(got: list[np.ndarray] | np.ndarray, truth: np.ndarray) -> float:
@@ -63,31 +59,69 @@ def recall(got: list[np.ndarray] | np.ndarray, truth: np.ndarray) -> float:
     return round(float(np.mean(hits)), 4) if hits else float("nan")
 
 
-def hnsw_phase(data: np.ndarray, queries: np.ndarray, truth: np.ndarray, ftruth: np.ndarray,
-               keep: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
-    from fashionrec.index import build_index
+def hnsw_params() -> dict[str, Any]:
+    """params.yaml's `index.hnsw` (M, ef_construction, ef_search, seed, build_threads), as a deploy builds."""
+    from fashionrec.core.config import load_params
 
-    before = rss_mib()
-    started = time.perf_counter()
-    index = build_index(data, "hnsw", M=16, ef_construction=200, ef_search=args.ef, build_threads=0)
-    build_s = time.perf_counter() - started
-    grown = rss_mib() - before
-    index.query(queries[:1], args.k)
+    return dict(load_params(ROOT / "params.yaml").section("index")["hnsw"])
+
+
+def timed_search(index: Any, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> dict[str, Any]:
+    """One query per call, as `ServingState.search` asks: `index.query(vector, k, allowed=mask)`."""
+    index.query(queries[:1], k, allowed=allowed)   # warm-up
     seconds, got = [], []
     for q in queries:
         t0 = time.perf_counter()
-        got.append(index.query(q[None, :], args.k)[1][0])
+        got.append(index.query(q[None, :], k, allowed=allowed)[1][0])
         seconds.append(time.perf_counter() - t0)
-    fseconds, fgot = [], []
-    for q in queries:
-        t0 = time.perf_counter()
-        fgot.append(filtered_search(index, q, keep, args.k))
-        fseconds.append(time.perf_counter() - t0)
-    return {"kind": f"hnsw ef={args.ef}", "build_s": round(build_s, 1), "rss_growth_mib": round(grown, 1),
-            "rss_mib": round(rss_mib(), 1), "p50_ms": round(percentile_ms(seconds, 50), 3),
-            "p99_ms": round(percentile_ms(seconds, 99), 3), "recall_at_10": recall(got, truth),
-            "filtered_p50_ms": round(percentile_ms(fseconds, 50), 3),
-            "filtered_recall_at_10": recall(fgot, ftruth), "queries": len(queries)}
+    return {"p50_ms": round(percentile_ms(seconds, 50), 3), "p99_ms": round(percentile_ms(seconds, 99), 3),
+            "got": got}
+
+
+def hnsw_phase(n: int, data: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+               masks: dict[str, tuple[np.ndarray, np.ndarray]], args: argparse.Namespace) -> dict[str, Any]:
+    """Build (or load a saved graph of the same vectors), then time unfiltered queries at each ef and each
+    filter at params.yaml's ef (the scan / walk choice is the library's own)."""
+    from fashionrec.index import build_index
+
+    params = hnsw_params()
+    graph = args.graph_dir / f"hnsw-{n}x{data.shape[1]}.faiss" if args.graph_dir else None
+    out: dict[str, Any] = {"kind": "hnsw (faiss)", "params": params, "load_before": loadavg()}
+    before = rss_mib()
+    started = time.perf_counter()
+    if graph is not None and graph.is_file():
+        index = build_index(data, "hnsw", graph_file=graph, **params)
+        out["loaded_graph"] = str(graph)
+        out["load_s"] = round(time.perf_counter() - started, 1)
+    else:
+        index = build_index(data, "hnsw", **params)
+        out["build_s"] = round(time.perf_counter() - started, 1)
+        out["build_threads"] = index.build_threads
+        if graph is not None:
+            graph.parent.mkdir(parents=True, exist_ok=True)
+            index.save(graph)
+    out.update(load_after_build=loadavg(), rss_growth_mib=round(rss_mib() - before, 1),
+               rss_mib=round(rss_mib(), 1))
+    print(f"  built: {out}", flush=True)
+    out["ef_sweep"] = []
+    for ef in args.efs:
+        index.ef_search = ef
+        timed = timed_search(index, queries, args.k, None)
+        out["ef_sweep"].append({"ef": ef, "p50_ms": timed["p50_ms"], "p99_ms": timed["p99_ms"],
+                                "recall_at_10": recall(timed["got"], truth)})
+        print(f"  {out['ef_sweep'][-1]}", flush=True)
+    index.ef_search = params["ef_search"]
+    out["filtered"] = []
+    for name, (keep, ftruth) in masks.items():
+        kept = int(keep.sum())
+        timed = timed_search(index, queries, args.k, keep)
+        out["filtered"].append({"filter": name, "kept": kept, "share": round(kept / n, 4),
+                                "path": "scan" if index.scans(kept, args.k) else "walk",
+                                "p50_ms": timed["p50_ms"], "p99_ms": timed["p99_ms"],
+                                "recall_at_10": recall(timed["got"], ftruth)})
+        print(f"  {out['filtered'][-1]}", flush=True)
+    out.update(queries=len(queries), rss_mib_end=round(rss_mib(), 1), load_after=loadavg())
+    return out
 
 
 def start_lite(data_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
@@ -190,7 +224,10 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--milvus-queries", type=int, default=50, help="milvus-lite scans: fewer at 1M")
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--ef", type=int, default=128)
+    ap.add_argument("--efs", type=int, nargs="+", default=[64, 128, 256],
+                    help="in-process HNSW: unfiltered queries at each ef (filters at params.yaml's)")
+    ap.add_argument("--graph-dir", type=Path,
+                    help="save each built HNSW graph here, and load it instead of building on a rerun")
     ap.add_argument("--insert-batch", type=int, default=5000)
     ap.add_argument("--build-wait-s", type=float, default=600.0,
                     help="cap on milvus-lite's index build (0: search at once, while it builds)")
@@ -205,9 +242,10 @@ def main() -> None:
             data = clustered(n, args.dim, clusters=1000, spread=0.8, seed=1)
             queries = clustered(args.queries, args.dim, clusters=1000, spread=0.8, seed=2)
             cats, kids = labels(n, 1)
-            keep = (cats == 3) & ~kids
+            masks = {name: (mask, exact_filtered(data, queries, mask, args.k))
+                     for name, mask in filters(cats, kids).items()}
+            keep, ftruth = masks["category c3 and kids false"]
             truth = exact_neighbours(data, queries, args.k)
-            ftruth = exact_filtered(data, queries, keep, args.k)
             np.save(work / f"queries-{n}.npy", queries)
             np.save(work / f"truth-{n}.npy", truth)
             np.save(work / f"ftruth-{n}.npy", ftruth)
@@ -217,8 +255,7 @@ def main() -> None:
             results["sizes"][str(n)] = entry
             if "hnsw" not in args.skip:
                 print(f"N={n}: in-process HNSW ...", flush=True)
-                entry["hnsw"] = hnsw_phase(data, queries, truth, ftruth, keep, args)
-                print(entry["hnsw"], flush=True)
+                entry["hnsw"] = hnsw_phase(n, data, queries, truth, masks, args)
                 run.save(results, args.out)
             if "milvus" not in args.skip:
                 print(f"N={n}: milvus kind on milvus-lite ...", flush=True)

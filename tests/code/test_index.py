@@ -200,6 +200,24 @@ def test_hnsw_filtered_graph_walk_keeps_recall() -> None:
     assert overlap(i, i_b) >= 0.9
 
 
+def test_hnsw_a_selective_filter_is_answered_exactly_even_by_a_poor_graph() -> None:
+    """A filter keeping few items (a category for kids: well under sqrt(2 M ef size) of them) is ranked by
+    an exact scan of the kept items, so its answer is brute force's even where the graph itself is poor."""
+    from fashionrec.index.recall import overlap
+
+    data, queries = normalised(5000, 16, 50), normalised(40, 16, 51)
+    allowed = np.zeros(5000, bool)
+    allowed[np.random.default_rng(52).choice(5000, 40, replace=False)] = True
+    index = build_index(data, "hnsw", M=4, ef_construction=8, ef_search=8)
+    brute = build_index(data, "brute")
+    assert overlap(index.query(queries, 10)[1], brute.query(queries, 10)[1]) < 0.5   # a poor graph
+    assert index.scans(40, 10) and not index.scans(5000, 10)
+    d, i = index.query(queries, 10, allowed=allowed)
+    d_b, i_b = brute.query(queries, 10, allowed=allowed)
+    assert np.array_equal(i, i_b)
+    np.testing.assert_allclose(d, d_b, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_a_bad_filter_is_refused_naming_it(kind: str) -> None:
     index = build_index(normalised(10, 4, 6), kind)

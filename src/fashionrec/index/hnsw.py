@@ -147,10 +147,14 @@ class HnswIndex(NeighbourIndex):
         measures both sides), the walk above, where it is the cheaper one and its recall holds.
         """
         kept = int(mask.sum())
-        ef = max(self.ef_search, k)
-        if kept * kept <= 2 * self.M * ef * self.size:
+        if self.scans(kept, k):
             return self._search(queries, k, mask, exact_first=True)
+        ef = max(self.ef_search, k)
         return self._search(queries, k, mask, ef=min(kept, math.ceil(ef * self.size / kept)))
+
+    def scans(self, kept: int, k: int) -> bool:
+        """Whether a filter keeping `kept` items is answered by the exact scan (else by the graph walk)."""
+        return kept * kept <= 2 * self.M * max(self.ef_search, k) * self.size
 
     def _search(self, queries: np.ndarray, k: int, mask: np.ndarray | None, exact_first: bool = False,
                 ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
