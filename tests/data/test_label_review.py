@@ -56,6 +56,10 @@ def test_reviewed_list_drops_and_relabels_exactly_the_named_train_rows(tiny_vali
         (2, drop_ids[0], "drop", None), (3, relabel_id, "relabel", new_label), (4, drop_ids[1], "drop", None)]
     assert record["applied"][1]["from"] == before.loc[relabel_id, "category"]
     assert sum(info["counts"]["train"].values()) == len(train) - 2
+    plain = json.loads((tiny_validated.catalog / "dataset.json").read_text())["expected_shares"]
+    n = len(before)
+    assert info["expected_shares"]["train"] == pytest.approx((plain["train"] * n - 2) / (n - 2))
+    assert sum(info["expected_shares"].values()) == pytest.approx(1.0)
     assert res.label_review["dropped"] == 2 and res.counts["train"] == len(train) - 2
     dropped = json.loads((tmp_path / "catalog" / "dropped.json").read_text())
     assert dropped["by_reason"][REVIEWED]["count"] == 2

@@ -202,7 +202,11 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
 
     review = params.get("label_review")
     if review:   # after the split: a reviewed row never moves another photo between splits
+        n_before = len(df)
         df, reviewed_out, notes["label_review"] = apply_review(df, Path(review), classes, name)
+        # the split was balanced before the list dropped train photos: validate checks the split, not the list
+        expected = {s: (share * n_before - (len(reviewed_out) if s == "train" else 0)) / max(len(df), 1)
+                    for s, share in expected.items()}
         gone.append(reviewed_out.assign(reason=REVIEWED))
         log.info("subset %s: reviewed list %s: %d dropped, %d relabelled in train", name or out, review,
                  notes["label_review"]["dropped"], notes["label_review"]["relabelled"])
