@@ -438,7 +438,7 @@ class LabelReviewSection(Section):
     features: Literal["backbone", "trained"] = "backbone"
     folds: Annotated[int, Field(ge=2)] = 5
     group_by_sender: bool = True
-    c: PosFloat = 1.0                 # inverse L2 strength of the logistic regression
+    c: PosFloat = 0.01                # inverse L2 strength of the logistic regression
     max_iter: PosInt = 1000
     filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
                        "predicted_neq_given", "low_normalized_margin",

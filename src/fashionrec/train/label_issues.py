@@ -231,7 +231,7 @@ def label_review(manifest: Path, out: Path, section: dict[str, Any], train_secti
     labels = data.train.category
     groups = rows["sender_id"].to_numpy() if section.get("group_by_sender", True) else None
     probs = out_of_fold_probs(x, labels, len(data.classes), folds=int(section.get("folds", 5)), seed=seed,
-                              groups=groups, c=float(section.get("c", 1.0)),
+                              groups=groups, c=float(section.get("c", 0.01)),
                               max_iter=int(section.get("max_iter", 1000)))
     mask, self_conf = find_issues(labels, probs, str(section.get("filter_by", "prune_by_noise_rate")))
     sheet = review_sheet(rows, data.classes, labels, probs, mask, self_conf)
