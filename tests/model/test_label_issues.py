@@ -4,6 +4,9 @@ found, through the real candidate (ImageNet backbone, the training's feature cac
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +119,22 @@ def test_label_review_refuses_a_candidate_without_a_backbone(tiny_validated, tmp
         label_review(tiny_validated.catalog_validated / "manifest.parquet", tmp_path, {
             **SECTION, "candidate": "simple_cnn"}, train_section, cache_dir=tmp_path / "c",
             models_dir=tmp_path / "m", seed=0)
+
+
+def test_cli_writes_the_review_sheet_where_params_say(tiny_validated, tmp_path: Path) -> None:
+    """`fashionrec label-review` reads params.yaml (paths relative to it) and writes the four files."""
+    flips = flipped_subset(tiny_validated, tmp_path / "catalog", 4)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONPATH": str(root / "src"), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    sets = {"train.manifest": tmp_path / "catalog" / "manifest.parquet", "train.cache_dir": tmp_path / "c",
+            "train.models.efficientnet_lite0.size": 64, "label_review.folds": 3, "label_review.c": 1.0,
+            "label_review.out": tmp_path / "labels", "label_review.contact_sheet": 8}
+    proc = subprocess.run(["fashionrec", "label-review", "-p", str(tiny_validated.root / "params.yaml"),
+                           *[a for k, v in sets.items() for a in ("-s", f"{k}={v}")]],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["out"] == str(tmp_path / "labels") and result["files"] == [SHEET, CONTACT, DRAFT, SUMMARY]
+    assert all((tmp_path / "labels" / name).is_file() for name in result["files"])
+    assert set(flips) <= set(pd.read_csv(tmp_path / "labels" / SHEET, dtype=str)["image_id"])
