@@ -138,3 +138,30 @@ def test_cli_writes_the_review_sheet_where_params_say(tiny_validated, tmp_path: 
     assert result["out"] == str(tmp_path / "labels") and result["files"] == [SHEET, CONTACT, DRAFT, SUMMARY]
     assert all((tmp_path / "labels" / name).is_file() for name in result["files"])
     assert set(flips) <= set(pd.read_csv(tmp_path / "labels" / SHEET, dtype=str)["image_id"])
+
+
+def test_trained_features_come_from_the_saved_candidate(tiny_validated, tmp_path: Path) -> None:
+    """`features: trained` reads models/<candidate>/ and refuses one trained on other categories."""
+    from fashionrec.data.manifest import read_dataset
+    from fashionrec.models.factory import build_model, new_card
+    from fashionrec.models.store import save_model
+
+    flips = flipped_subset(tiny_validated, tmp_path / "catalog", 4)
+    info = read_dataset(tmp_path / "catalog")
+    block = {"arch": "efficientnet", "variant": "lite0", "size": 64}
+    train_section = tiny_validated.params.section("train")
+    train_section["models"]["efficientnet_lite0"].update({"size": 64})
+    section = {**SECTION, "features": "trained"}
+    save_model(build_model(new_card("efficientnet_lite0", block, info["classes"], info["labels"]),
+                           pretrained=True), tmp_path / "models" / "efficientnet_lite0")
+    result = label_review(tmp_path / "catalog" / "manifest.parquet", tmp_path / "labels", section,
+                          train_section, cache_dir=tmp_path / "cache", models_dir=tmp_path / "models", seed=0)
+    assert result.features == "trained" and result.n_train == 32
+    assert set(flips) <= set(pd.read_csv(tmp_path / "labels" / SHEET, dtype=str)["image_id"])
+
+    other = info["classes"][:-1]
+    save_model(build_model(new_card("efficientnet_lite0", block, other, other), pretrained=False),
+               tmp_path / "other" / "efficientnet_lite0")
+    with pytest.raises(TrainingError, match="trained on categories"):
+        label_review(tmp_path / "catalog" / "manifest.parquet", tmp_path / "x", section, train_section,
+                     cache_dir=tmp_path / "cache", models_dir=tmp_path / "other", seed=0)
