@@ -43,7 +43,8 @@ TINY_EXTRA = {
 def make_copy(work: Path, source: str) -> Path:
     proj = work / "project"
     proj.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "params.yaml", "data/label_review.csv"):   # the last: a dep of the subset stage
+        (proj / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, proj / name)
     shutil.copytree(ROOT / "src", proj / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     tree = yaml.safe_load((proj / "params.yaml").read_text())

@@ -88,7 +88,10 @@ def subset(name: SubsetArg = None, params: ParamsOpt = Path("params.yaml"), sets
     p = load(params, sets, subset__out=out)
     s = p.section("subset")
     for one in subset_list(p, name):
-        report(run(p.path(s["manifest"]), p.path(s["out"]) / one, subset_params(s, one)))
+        one_params = subset_params(s, one)
+        if one_params.get("label_review"):
+            one_params["label_review"] = str(p.path(one_params["label_review"]))
+        report(run(p.path(s["manifest"]), p.path(s["out"]) / one, one_params))
 
 
 @app.command()
@@ -221,6 +224,21 @@ def evaluate(candidate: Annotated[str, typer.Argument(help="Candidate name: eval
                p.path(s["metrics_dir"]) / f"{candidate}.json", p.path(s["reports"]) / candidate, s,
                benchmark_dir=p.path(s["benchmark"]) if s.get("benchmark") else None))
 
+
+
+@app.command("label-review")
+def label_review(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+                 features: Annotated[str | None, typer.Option(
+                     help="backbone (frozen ImageNet) | trained (models/<candidate>)")] = None,
+                 out: Annotated[Path | None, typer.Option(help="Folder of the review sheet.")] = None
+                 ) -> None:
+    """Find likely mislabelled training photos (confident learning): a review sheet and contact sheet."""
+    from fashionrec.train.label_issues import label_review as run
+
+    p = load(params, sets, label_review__features=features, label_review__out=out)
+    s, t = p.section("label_review"), p.section("train")
+    report(run(p.path(t["manifest"]), p.path(s["out"]), s, t, cache_dir=p.path(t["cache_dir"]),
+               models_dir=p.path(t["models_dir"]), seed=int(p.get("seed", DEFAULT_SEED))))
 
 
 # --- gate, export and registry -----------------------------------------------------------------------

@@ -89,6 +89,9 @@ BAD = [
     ("subset.shard_size=2.5", "subset.shard_size", "expected an integer"),
     ("synth.size=4", "synth.size", "expected a value >= 8"),
     ("describe.thumb_size=0", "describe.thumb_size", "expected a value >= 1"),
+    ("label_review.folds=1", "label_review.folds", "expected a value >= 2"),
+    ("label_review.features=pixels", "label_review.features", "expected one of"),
+    ("subset.subsets.catalog.label_review=3", "subset.subsets.catalog.label_review", "expected a string"),
     ("intake.push='true'", "intake.push", "expected true or false"),
     ("mlflow.experiment=7", "mlflow.experiment", "expected a string"),
     ("seed=4.2", "seed", "expected an integer"),
@@ -268,7 +271,7 @@ def test_kfp_task_reports_one_line(tmp_path: Path) -> None:
 READERS = ("cli.py", "core/tracking.py", "data/describe.py", "data/ingest.py", "data/intake.py",
            "data/subset.py", "data/validate.py", "deploy/config.py", "evaluate/evaluate.py", "kfp/client.py",
            "registry/export.py", "registry/gate.py", "registry/steps.py", "runtime/quantize.py",
-           "serve/config.py")   # the modules reading params sections
+           "serve/config.py", "train/label_issues.py")   # the modules reading params sections
 
 
 def section_defaults() -> dict[str, list[object]]:

@@ -64,6 +64,7 @@ def test_dvc_repro_then_nothing_then_push_pull(tiny_validated, tmp_path):
     for dep in code:  # the code the stages depend on, as dvc.yaml names it
         shutil.copytree(ROOT / dep, repo / dep, ignore=shutil.ignore_patterns("__pycache__"))
     new_additions(repo / "data" / "additions")  # ingest's dep: no new photos yet
+    shutil.copy(ROOT / "data" / "label_review.csv", repo / "data" / "label_review.csv")   # subset's dep
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "GIT_CONFIG_NOSYSTEM": "1"}
 

@@ -44,6 +44,8 @@ def test_exp_run_with_other_candidates_gates_and_exports_those(tiny_source, tmp_
     (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
+    (repo / "data").mkdir()
+    shutil.copy(ROOT / "data" / "label_review.csv", repo / "data" / "label_review.csv")   # a subset dep
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHONPATH": str(repo / "src"), "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
            "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",

@@ -88,6 +88,7 @@ class SubsetKeys(Section):
     max_per_class: PosInt | None = None
     seed: int | None = None
     split: SplitSection | None = None
+    label_review: str | None = None   # reviewed list of label fixes (CSV) applied to the train split
 
 
 class SubsetSection(SubsetKeys):
@@ -507,6 +508,24 @@ class TrainSection(Section):
         return self
 
 
+class LabelReviewSection(Section):
+    """`label_review`: the confident-learning review sheet of the training split (train/label_issues.py)."""
+
+    candidate: str = "efficientnet_lite0"   # whose backbone, preprocessing and feature cache are used
+    features: Literal["backbone", "trained"] = "backbone"
+    folds: Annotated[int, Field(ge=2)] = 5
+    group_by_sender: bool = True
+    c: PosFloat = 0.01                # inverse L2 strength of the logistic regression
+    max_iter: PosInt = 1000
+    filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
+                       "predicted_neq_given", "low_normalized_margin",
+                       "low_self_confidence"] = "prune_by_noise_rate"
+    relabel_confidence: Share = 0.8   # the draft proposes relabel at or above this, else drop
+    contact_sheet: PosInt = 64        # thumbnails in contact_sheet.png
+    thumb_size: PosInt = 112
+    out: str = "reports/labels"
+
+
 # --- images, k8s, kfp ----------------------------------------------------------------------------------
 
 
@@ -640,6 +659,7 @@ class ParamsTree(Section):
     deployer: DeployerSection = Field(default_factory=DeployerSection)
     serve: ServeSection = Field(default_factory=ServeSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    label_review: LabelReviewSection = Field(default_factory=LabelReviewSection)
     images: ImagesSection = Field(default_factory=ImagesSection)
     k8s: K8sSection = Field(default_factory=K8sSection)
     kfp: KfpSection = Field(default_factory=KfpSection)

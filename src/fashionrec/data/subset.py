@@ -11,6 +11,8 @@ or measured on, as a few hundred files rather than one per photo. Split policies
   to test: a subset built this way never trains on a benchmark test image. With `split.pinned_file` (the
   additions' `splits.csv`, written by `fashionrec add-photos`) the listed photos keep the split recorded
   when they were added and stay out of the balancing, so adding photos never moves an existing one.
+With `label_review` (a reviewed list of label fixes, `data/reviewed.py`) the listed train photos are
+dropped or relabelled after the split; dataset.json lists every applied row.
 What a subset leaves out (junk labels, categories under `min_per_class`, ...) is listed with its reason
 in `dropped.json` and `dropped.md` beside the manifest.
 """
@@ -44,6 +46,7 @@ from fashionrec.data.manifest import (
     manifest_file,
     write_dataset,
 )
+from fashionrec.data.reviewed import apply_review
 from fashionrec.data.shards import SHARDS, ShardWriter
 
 POLICIES = ("published", "grouped")
@@ -56,6 +59,7 @@ UNPUBLISHED = "not in the published split file"
 NOT_LISTED = "category not in subset.classes"
 UNDER_MIN = "category under subset.min_per_class"
 CAPPED = "over subset.max_per_class (seeded sample)"
+REVIEWED = "dropped by the reviewed list (subset.label_review)"
 log = logging.getLogger(__name__)
 
 
@@ -79,6 +83,7 @@ class SubsetResult:
     kids: dict[str, int] = field(default_factory=dict)
     published_missing: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
+    label_review: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +200,17 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
         if (df["id"].isin(keep_in_test) & (df["split"] != "test")).any():  # by construction never
             raise DataError("subset.split.keep_in_test: a published test image left the test split")
 
+    review = params.get("label_review")
+    if review:   # after the split: a reviewed row never moves another photo between splits
+        n_before = len(df)
+        df, reviewed_out, notes["label_review"] = apply_review(df, Path(review), classes, name)
+        # the split was balanced before the list dropped train photos: validate checks the split, not the list
+        expected = {s: (share * n_before - (len(reviewed_out) if s == "train" else 0)) / max(len(df), 1)
+                    for s, share in expected.items()}
+        gone.append(reviewed_out.assign(reason=REVIEWED))
+        log.info("subset %s: reviewed list %s: %d dropped, %d relabelled in train", name or out, review,
+                 notes["label_review"]["dropped"], notes["label_review"]["relabelled"])
+
     df = df.assign(labels=[labels_of(c, dict(zip(attributes, map(bool, flags), strict=True)))
                            for c, *flags in df[["category", *attributes]].itertuples(index=False)])
     df = df.sort_values(["split", "category", "id"]).reset_index(drop=True)
@@ -204,6 +220,8 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
         for start in range(0, len(df), WRITE_ROWS):   # plain strings a slice at a time, not all at once
             writer.write(df.iloc[start:start + WRITE_ROWS])
     extra = {"subset": name} if name else {}
+    if notes.get("label_review"):
+        extra["label_review"] = notes["label_review"]
     write_dataset(dataset_info(df, classes, attributes, **extra, split_policy=policy, seed=seed,
                                expected_shares=expected,
                                min_per_class=None if minimum is None else int(minimum)), out)

@@ -21,8 +21,10 @@ from typing import Any
 import yaml
 
 from fashionrec.core.errors import DataVersionError
+from fashionrec.data.reviewed import write_empty_review
 
 SUBSET_DIR = "data/subset"
+REVIEW_FILE = "data/label_review.csv"   # dvc.yaml's subset stages depend on it
 
 
 def subset_target(product: str) -> tuple[str, str]:
@@ -149,6 +151,12 @@ def init_project(root: Path, project: Path, params_tree: dict[str, Any], remote:
     shutil.copytree(project / "src", root / "src", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
     (root / "params.yaml").write_text(yaml.safe_dump(params_tree, sort_keys=False))
+    review = root / REVIEW_FILE   # a dep of the subset stage: the project's reviewed list, or an empty one
+    if (project / REVIEW_FILE).is_file():
+        review.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(project / REVIEW_FILE, review)
+    else:
+        write_empty_review(review)
     (root / ".gitignore").write_text("__pycache__/\n*.pyc\n/mlflow/\n/bundles/\n/.cache/\n")
     additions = new_additions(root / str((params_tree.get("ingest") or {}).get("additions")
                                          or "data/additions"))
