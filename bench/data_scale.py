@@ -5,7 +5,10 @@
 Per size it reports seconds, photos/s and peak MiB per step, and between consecutive sizes the growth of
 each (time ratio / size ratio: 1.0 is linear; peak RSS ratio: the target is <= 1.5 from 100k to 1M).
 
-    nice -n 19 .venv/bin/python bench/data_scale.py --sizes 10000 100000 [--work /tmp/data-scale]
+    nice -n 5 .venv/bin/python bench/data_scale.py --sizes 10000 100000 1000000 [--work /tmp/data-scale]
+        [--jobs 2] [--no-dvc] [--out FILE]
+
+A source folder already in `<work>/<N>/source` (images.csv written) is reused, not synthesised again.
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--work", type=Path, default=Path("/tmp/data-scale"))
     ap.add_argument("--no-dvc", action="store_true", help="skip the dvc push/pull round trip")
+    ap.add_argument("--jobs", type=int, default=1, help="`fashionrec synth --jobs` (a source not there yet)")
+    ap.add_argument("--out", type=Path, default=None, help="results file (bench/results/...)")
     args = ap.parse_args()
     run = Run("data_scale")
     fashionrec = str(Path(sys.executable).with_name("fashionrec"))
@@ -97,8 +102,8 @@ def main() -> None:
         source = work / "source"
         row: dict[str, Any] = {"n": n}
         if not (source / "images.csv").is_file():
-            row["synth"] = timed([fashionrec, "synth", str(n), str(source), "-p", str(ROOT / "params.yaml")],
-                                 work, work / "synth.log")
+            row["synth"] = timed([fashionrec, "synth", str(n), str(source), "-p", str(ROOT / "params.yaml"),
+                                  "--jobs", str(args.jobs)], work, work / "synth.log")
         root = project(work, source)
         for name, cmd in STEPS:
             row[name] = timed([fashionrec, *cmd, "-p", "params.yaml"], root, work / f"{name}.log")
@@ -109,7 +114,7 @@ def main() -> None:
             row["dvc"] = dvc_round_trip(root, env)
             print(f"{n}: dvc {row['dvc']}", flush=True)
         rows.append(row)
-        run.save({"rows": rows})   # after every size: a run stopped later still leaves its figures
+        run.save({"rows": rows}, args.out)   # after every size: a run stopped later still leaves its figures
 
     flat = []
     for row in rows:
@@ -130,7 +135,7 @@ def main() -> None:
     dvc_rows = [{"n": r["n"], "shards": r["shards"], **r["dvc"]} for r in rows if "dvc" in r]
     if dvc_rows:
         print(table(dvc_rows, ["n", "shards", "files", "mib", "add_s", "push_s", "pull_s"]))
-    run.save({"rows": rows, "steps": flat, "growth": growth})
+    run.save({"rows": rows, "steps": flat, "growth": growth}, args.out)
 
 
 if __name__ == "__main__":
