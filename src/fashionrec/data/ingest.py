@@ -167,7 +167,7 @@ class FileIndex:
         return self.suffixes.index(suffix)
 
     @staticmethod
-    def _scan(folder: Path, batch: int = 100_000) -> Iterator[tuple[list[str], list[str]]]:
+    def _scan(folder: Path, batch: int = 10_000) -> Iterator[tuple[list[str], list[str]]]:
         """(ids, suffixes) of the folder's image files, `batch` at a time, in directory order (scandir:
         a million names are never held at once)."""
         images = folder / "images"
@@ -270,9 +270,8 @@ def read_images_csv(path: Path) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
 
 class ImagesCsv:
     """`images.csv` a chunk of good rows at a time (image, sender_id, label, kids); rows with an empty or
-    malformed field, or an image already seen, go to `bad` with their line and reason (the checks are
-    column-wide per chunk, and a repeated image is found by 64-bit hashes of the ids seen so far: 8 bytes
-    a row)."""
+    malformed field, or an image an earlier row has, go to `bad` with their line and reason (the checks
+    are column-wide per chunk; repeats are found first, from 64-bit hashes of every id: 8 bytes a row)."""
 
     def __init__(self, path: Path, chunk: int) -> None:
         self.path = Path(path)
@@ -280,14 +279,19 @@ class ImagesCsv:
         self.bad: list[dict[str, Any]] = []
 
     def __iter__(self) -> Iterator[pd.DataFrame]:
+        repeated = self._repeated()
+        for raw in self._chunks():
+            yield self._check(raw, repeated)
+
+    def _chunks(self, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
         path = self.path
-        seen = np.empty(0, dtype=np.uint64)
         try:
             header = pd.read_csv(path, dtype="string[pyarrow]", keep_default_na=False, nrows=0)
             missing = [c for c in CSV_COLUMNS if c not in header.columns]
             if missing:
                 raise DataError(f"{path}: missing columns {missing} (expected {list(CSV_COLUMNS)})")
-            chunks = pd.read_csv(path, dtype="string[pyarrow]", keep_default_na=False, chunksize=self.chunk)
+            chunks = pd.read_csv(path, dtype="string[pyarrow]", keep_default_na=False, chunksize=self.chunk,
+                                 usecols=columns)
         except DataError:
             raise
         except Exception as exc:
@@ -300,18 +304,28 @@ class ImagesCsv:
                     break
                 except Exception as exc:
                     raise DataError(f"{path}: cannot read CSV ({type(exc).__name__}: {exc})") from exc
-                good, seen = self._check(raw, seen)
-                yield good
+                yield raw
 
-    def _check(self, raw: pd.DataFrame, seen: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    def _repeated(self) -> np.ndarray:
+        """Sorted line indexes (0-based) of the rows whose image an earlier row already has: a first pass
+        hashes every id (8 bytes a row), a stable sort finds the repeats."""
+        parts = [id_hashes(raw["image"].str.strip().fillna("").to_numpy(dtype=object))
+                 for raw in self._chunks(["image"])]
+        hashes = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
+        del parts
+        order = np.argsort(hashes, kind="stable")
+        ordered = hashes[order]
+        del hashes
+        same = ordered[1:] == ordered[:-1]
+        return np.sort(order[1:][same])
+
+    def _check(self, raw: pd.DataFrame, repeated: np.ndarray) -> pd.DataFrame:
         image, label = raw["image"].str.strip(), raw["label"].str.strip()
         kids, sender = raw["kids"].str.strip().str.lower(), raw["sender_id"].str.strip()
-        named = (image != "").fillna(False).to_numpy(dtype=bool)
-        hashes = id_hashes(image.fillna("").to_numpy(dtype=object))
-        repeated = image.duplicated().to_numpy(dtype=bool) | lookup(seen, hashes)[0]
+        again = np.isin(raw.index.to_numpy(), repeated)
         reason = pd.Series("", index=raw.index, dtype=object)
         checks = [(image == "", "empty image"), (label == "", "empty label"),
-                  (pd.Series(repeated & named, index=raw.index), "duplicate image"),
+                  (pd.Series(again, index=raw.index) & (image != ""), "duplicate image"),
                   (~sender.str.fullmatch(r"-?\d+"), "sender_id is not an integer"),
                   (~kids.isin(["true", "false", "1", "0"]), "kids is not a boolean")]
         for mask, why in reversed(checks):   # the first failing check names the row
@@ -321,7 +335,7 @@ class ImagesCsv:
                      for i, im, r in zip(raw.index[is_bad], image[is_bad], reason[is_bad], strict=True)]
         good = pd.DataFrame({"image": image[~is_bad], "sender_id": sender[~is_bad].astype("int64"),
                              "label": label[~is_bad], "kids": kids[~is_bad].isin(["true", "1"]).astype(bool)})
-        return good.reset_index(drop=True), np.union1d(seen, hashes[named])
+        return good.reset_index(drop=True)
 
 
 def copy_csvs(folder: Path, dest: Path) -> None:
