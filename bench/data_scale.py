@@ -31,12 +31,33 @@ from fashionrec.data.versions import new_additions
 STEPS = (("ingest", ["ingest"]), ("subset", ["subset", "catalog"]), ("validate", ["validate", "catalog"]))
 
 
-def timed(cmd: list[str], cwd: Path, log: Path) -> dict[str, float]:
-    """Run cmd; its wall seconds and its own peak RSS (ru_maxrss of this child alone, via wait4)."""
+def peak_so_far(pid: int) -> float:
+    """A running child's peak RSS so far in MiB (VmHWM), 0 when it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+def timed(cmd: list[str], cwd: Path, log: Path, every: float = 60.0) -> dict[str, float]:
+    """Run cmd; its wall seconds and its own peak RSS (ru_maxrss of this child alone, via wait4). Every
+    `every` seconds the child's peak so far is printed (a long run stopped early still tells it)."""
     started = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        shown = started
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(1.0)
+            if time.perf_counter() - shown >= every:
+                shown = time.perf_counter()
+                print(f"  {cmd[1]} running {shown - started:.0f} s, peak so far {peak_so_far(proc.pid)} MiB",
+                      flush=True)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
@@ -108,6 +129,7 @@ def main() -> None:
         for name, cmd in STEPS:
             row[name] = timed([fashionrec, *cmd, "-p", "params.yaml"], root, work / f"{name}.log")
             print(f"{n}: {name} {row[name]}", flush=True)
+            run.save({"rows": [*rows, row]}, args.out)   # after every step: a run stopped later keeps it
         shards = root / "data" / "subset" / "catalog" / "shards"
         row["shards"] = sum(1 for _ in shards.iterdir())
         if not args.no_dvc:
