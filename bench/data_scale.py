@@ -5,7 +5,10 @@
 Per size it reports seconds, photos/s and peak MiB per step, and between consecutive sizes the growth of
 each (time ratio / size ratio: 1.0 is linear; peak RSS ratio: the target is <= 1.5 from 100k to 1M).
 
-    nice -n 19 .venv/bin/python bench/data_scale.py --sizes 10000 100000 [--work /tmp/data-scale]
+    nice -n 5 .venv/bin/python bench/data_scale.py --sizes 10000 100000 1000000 [--work /tmp/data-scale]
+        [--jobs 2] [--no-dvc] [--out FILE]
+
+A source folder already in `<work>/<N>/source` (images.csv written) is reused, not synthesised again.
 """
 
 from __future__ import annotations
@@ -28,12 +31,33 @@ from fashionrec.data.versions import new_additions
 STEPS = (("ingest", ["ingest"]), ("subset", ["subset", "catalog"]), ("validate", ["validate", "catalog"]))
 
 
-def timed(cmd: list[str], cwd: Path, log: Path) -> dict[str, float]:
-    """Run cmd; its wall seconds and its own peak RSS (ru_maxrss of this child alone, via wait4)."""
+def peak_so_far(pid: int) -> float:
+    """A running child's peak RSS so far in MiB (VmHWM), 0 when it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+def timed(cmd: list[str], cwd: Path, log: Path, every: float = 60.0) -> dict[str, float]:
+    """Run cmd; its wall seconds and its own peak RSS (ru_maxrss of this child alone, via wait4). Every
+    `every` seconds the child's peak so far is printed (a long run stopped early still tells it)."""
     started = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        shown = started
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(1.0)
+            if time.perf_counter() - shown >= every:
+                shown = time.perf_counter()
+                print(f"  {cmd[1]} running {shown - started:.0f} s, peak so far {peak_so_far(proc.pid)} MiB",
+                      flush=True)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
@@ -85,6 +109,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--work", type=Path, default=Path("/tmp/data-scale"))
     ap.add_argument("--no-dvc", action="store_true", help="skip the dvc push/pull round trip")
+    ap.add_argument("--jobs", type=int, default=1, help="`fashionrec synth --jobs` (a source not there yet)")
+    ap.add_argument("--out", type=Path, default=None, help="results file (bench/results/...)")
     args = ap.parse_args()
     run = Run("data_scale")
     fashionrec = str(Path(sys.executable).with_name("fashionrec"))
@@ -97,19 +123,20 @@ def main() -> None:
         source = work / "source"
         row: dict[str, Any] = {"n": n}
         if not (source / "images.csv").is_file():
-            row["synth"] = timed([fashionrec, "synth", str(n), str(source), "-p", str(ROOT / "params.yaml")],
-                                 work, work / "synth.log")
+            row["synth"] = timed([fashionrec, "synth", str(n), str(source), "-p", str(ROOT / "params.yaml"),
+                                  "--jobs", str(args.jobs)], work, work / "synth.log")
         root = project(work, source)
         for name, cmd in STEPS:
             row[name] = timed([fashionrec, *cmd, "-p", "params.yaml"], root, work / f"{name}.log")
             print(f"{n}: {name} {row[name]}", flush=True)
+            run.save({"rows": [*rows, row]}, args.out)   # after every step: a run stopped later keeps it
         shards = root / "data" / "subset" / "catalog" / "shards"
         row["shards"] = sum(1 for _ in shards.iterdir())
         if not args.no_dvc:
             row["dvc"] = dvc_round_trip(root, env)
             print(f"{n}: dvc {row['dvc']}", flush=True)
         rows.append(row)
-        run.save({"rows": rows})   # after every size: a run stopped later still leaves its figures
+        run.save({"rows": rows}, args.out)   # after every size: a run stopped later still leaves its figures
 
     flat = []
     for row in rows:
@@ -130,7 +157,7 @@ def main() -> None:
     dvc_rows = [{"n": r["n"], "shards": r["shards"], **r["dvc"]} for r in rows if "dvc" in r]
     if dvc_rows:
         print(table(dvc_rows, ["n", "shards", "files", "mib", "add_s", "push_s", "pull_s"]))
-    run.save({"rows": rows, "steps": flat, "growth": growth})
+    run.save({"rows": rows, "steps": flat, "growth": growth}, args.out)
 
 
 if __name__ == "__main__":

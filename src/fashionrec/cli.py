@@ -122,14 +122,16 @@ def synth(n: Annotated[int, typer.Argument(help="Number of photos to write.")],
           out: Annotated[Path, typer.Argument(help="Folder for images/, images.csv, top10-splits.csv.")],
           params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
           size: Annotated[int | None, typer.Option(help="Photo side in pixels (synth.size).")] = None,
-          seed: Annotated[int | None, typer.Option(help="Generator seed (synth.seed).")] = None) -> None:
+          seed: Annotated[int | None, typer.Option(help="Generator seed (synth.seed).")] = None,
+          jobs: Annotated[int | None, typer.Option(help="Worker processes (synth.jobs).")] = None) -> None:
     """Write N synthetic labelled photos in the upstream layout (for running the data steps at scale)."""
     from fashionrec.data.synthetic import write_synthetic
 
-    p = load(params, sets, synth__size=size, synth__seed=seed)
+    p = load(params, sets, synth__size=size, synth__seed=seed, synth__jobs=jobs)
     s = p.section("synth")
     report(write_synthetic(out, n, seed=int(s["seed"]), size=int(s["size"]), per_sender=int(s["per_sender"]),
-                           kids_every=int(s["kids_every"]), test_every=int(s["test_every"])))
+                           kids_every=int(s["kids_every"]), test_every=int(s["test_every"]),
+                           jobs=int(s["jobs"])))
 
 
 # --- training and evaluation stages ------------------------------------------------------------------

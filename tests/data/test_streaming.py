@@ -78,3 +78,38 @@ def test_checks_across_chunks_are_found_in_small_chunks(tiny_validated, tmp_path
     assert failed == {"unique ids": (df.loc[dup, "id"],) * 2,
                       "no identical content in two splits (leakage)": leaked}
     assert "'unique ids'" in messages[4] and "leakage" in messages[4] and test["id"] in messages[4]
+
+
+def test_subset_in_small_chunks_matches_one_chunk(tiny_validated, tmp_path, monkeypatch):
+    """The subset decides on its compact table, then streams the manifest: chunks of 7 rows (and ids hashed
+    5 at a time) give the same manifest, shards and reports as one chunk."""
+    import fashionrec.data.subset as subset_mod
+
+    params = subset_mod.subset_params(tiny_validated.params.section("subset"), "catalog")
+    monkeypatch.setattr(subset_mod, "WRITE_ROWS", 7)
+    monkeypatch.setattr(subset_mod, "READ_ROWS", 5)
+    small = subset_mod.subset(tiny_validated.manifest / "manifest.parquet", tmp_path / "small", params)
+    one = tiny_validated.catalog
+    assert small.n_images == len(read_manifest(one)) > 7 * 3
+    pd.testing.assert_frame_equal(read_manifest(tmp_path / "small").drop(columns=["abspath"]),
+                                  read_manifest(one).drop(columns=["abspath"]))
+    for name in ("dataset.json", "dropped.json", "dropped.md"):
+        assert (tmp_path / "small" / name).read_text() == (one / name).read_text()
+    shards = sorted(p.name for p in (one / "shards").iterdir())
+    assert shards == sorted(p.name for p in (tmp_path / "small/shards").iterdir())
+    for shard in shards:
+        assert (one / "shards" / shard).read_bytes() == (tmp_path / "small/shards" / shard).read_bytes()
+
+
+def test_a_repeated_image_in_a_later_chunk_is_a_bad_row(tiny_source, tmp_path):
+    """images.csv read 5 rows at a time: a row repeating an earlier chunk's image is refused by line."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny_source.root, src)
+    lines = (src / "images.csv").read_text().splitlines()
+    first = lines[1].split(",")[0]
+    (src / "images.csv").write_text("\n".join([*lines, lines[1]]) + "\n")
+    result = ingest(src, tmp_path / "manifest", {"chunk_size": 5})
+    problems = json.loads((tmp_path / "manifest/problems.json").read_text())
+    assert problems["bad_rows"] == [{"line": len(lines) + 1, "image": first, "reason": "duplicate image"}]
+    assert result.problems["bad_rows"] == 1
+    assert (read_manifest(tmp_path / "manifest")["id"] == first).sum() == 1

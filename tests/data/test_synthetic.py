@@ -45,3 +45,19 @@ def test_cli_writes_n_photos_and_refuses_zero(tmp_path):
     assert bad.returncode == 1 and "error: synth: need at least 1 photo, got 0" in bad.stderr
     with pytest.raises(DataError, match="at least 8 pixels"):
         write_synthetic(tmp_path / "small", 3, size=4)
+
+
+def test_the_folder_is_the_same_whatever_the_job_count(tmp_path):
+    one = write_synthetic(tmp_path / "one", 23, size=16, per_sender=4, progress=False)
+    three = write_synthetic(tmp_path / "three", 23, size=16, per_sender=4, jobs=3, progress=False)
+    assert one.to_dict() | {"root": ""} == three.to_dict() | {"root": ""}
+    for name in ("images.csv", "top10-splits.csv"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "three" / name).read_bytes()
+    files = sorted(p.name for p in (tmp_path / "one/images").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "three/images").iterdir()) and len(files) == 23
+    assert all((tmp_path / "one/images" / f).read_bytes() == (tmp_path / "three/images" / f).read_bytes()
+               for f in files)
+    left = sorted(p.name for p in (tmp_path / "three").iterdir())
+    assert left == ["images", "images.csv", "top10-splits.csv"]
+    with pytest.raises(DataError, match="jobs must be at least 1, got 0"):
+        write_synthetic(tmp_path / "none", 3, jobs=0)

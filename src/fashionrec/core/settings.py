@@ -126,6 +126,7 @@ class SynthSection(Section):
     kids_every: PosInt = 10           # every n-th photo is a kids' photo
     test_every: PosInt = 7            # senders whose id is a multiple of this form the published test split
     seed: int = 0
+    jobs: PosInt = 1                  # worker processes, each a contiguous id range (same output for any)
 
 
 class DescribeSection(Section):

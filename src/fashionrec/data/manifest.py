@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,6 +41,15 @@ def category_of(label: str) -> str:
 def labels_of(category: str, attributes: dict[str, bool]) -> list[str]:
     """Multi-label target: the category plus every attribute that is true (e.g. `kids`)."""
     return [category, *(name for name, on in attributes.items() if on)]
+
+
+def id_hashes(ids: Any) -> np.ndarray:
+    """64-bit hashes of ids (pandas' keyed SipHash, the same in every process): 8 bytes a row where the id's
+    string costs ~60, for the joins and cross-row checks that must hold every row of a large dataset."""
+    values = np.asarray(ids, dtype=object)
+    if not len(values):
+        return np.empty(0, dtype=np.uint64)
+    return pd.util.hash_array(values, categorize=False)
 
 
 def image_facts(path: Path) -> dict[str, Any]:

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from fashionrec.core.errors import DataError
-from fashionrec.data.manifest import category_of
+from fashionrec.data.manifest import category_of, id_hashes
 
 COLUMNS = ("image_id", "action", "label", "note")
 ACTIONS = ("drop", "relabel")
@@ -88,7 +89,7 @@ def read_review(path: Path) -> list[ReviewRow]:
 
 def apply_review(df: pd.DataFrame, path: Path, classes: list[str],
                  subset_name: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Apply the reviewed list at `path` to the train split of a split subset `df` (columns id, split,
+    """Apply the reviewed list at `path` to the train split of a split subset `df` (columns id or h, split,
     category, ...): (kept rows with relabelled categories, dropped rows, the record for dataset.json).
 
     `classes` are the subset's categories: a relabel must name one of them.
@@ -96,16 +97,20 @@ def apply_review(df: pd.DataFrame, path: Path, classes: list[str],
     path = Path(path)
     rows = read_review(path)
     name = f"subset '{subset_name}'" if subset_name else "the subset"
-    index = pd.Index(df["id"].astype(str))
+    # rows are found by id, or in the subset's compact table by the id's 64-bit hash (no id strings held)
+    by_hash = "id" not in df.columns
+    index = pd.Index(df["h"] if by_hash else df["id"].astype(str))
     if not index.is_unique:
         raise DataError(f"{name}: duplicate image ids; cannot apply {path}")
-    position = {image_id: i for i, image_id in enumerate(index)}
+    position = {key: i for i, key in enumerate(index)}
+    wanted = (id_hashes(np.asarray([r.image_id for r in rows], dtype=object)) if by_hash
+              else [r.image_id for r in rows])
     split = df["split"].astype(str).to_numpy()
     category = df["category"].astype(str).to_numpy()
     drop, new_category, applied = [], {}, []
-    for row in rows:
+    for row, key in zip(rows, wanted, strict=True):
         where = f"{path}: line {row.line}"
-        at = position.get(row.image_id)
+        at = position.get(key)
         if at is None:
             raise DataError(f"{where}: image '{row.image_id}' is not in {name} (an unknown id, or a photo "
                             "the subset leaves out: see its dropped.json)")

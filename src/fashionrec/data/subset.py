@@ -23,13 +23,13 @@ import json
 import logging
 import os
 import shutil
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -38,10 +38,12 @@ from fashionrec.core.errors import DataError
 from fashionrec.data.manifest import (
     COLUMNS,
     MANIFEST,
+    OPTIONAL,
     SPLITS,
     ManifestWriter,
     category_of,
     dataset_info,
+    id_hashes,
     labels_of,
     manifest_file,
     write_dataset,
@@ -52,6 +54,7 @@ from fashionrec.data.shards import SHARDS, ShardWriter
 POLICIES = ("published", "grouped")
 SHARD_SIZE = 1000  # photos per shard (subset.shard_size)
 WRITE_ROWS = 10_000  # manifest rows converted and written at a time
+READ_ROWS = 100_000  # rows of a published split file or of manifest ids hashed at a time
 DROPPED = "dropped"  # dropped.json / dropped.md
 # why a photo of the source is not in a subset (the keys of dropped.json's `by_reason`)
 JUNK = "junk label (subset.drop_labels)"
@@ -116,7 +119,11 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
     """Write `out/manifest.parquet` (with `split`, `shard`, `key`), `out/dataset.json`, `out/shards/` and the
     drop report.
 
-    `params` are one subset's flat parameters (`subset_params(section, name)`).
+    `params` are one subset's flat parameters (`subset_params(section, name)`). Every decision (drops,
+    cap, split) is taken on a compact table of the manifest (`read_compact`: an id hash, the category,
+    the flags and the sender, tens of bytes a photo and no strings of its own); then the manifest is
+    streamed a chunk at a time into one shard writer per split, so memory does not grow with the photos'
+    paths and hashes. Within a split, photos keep the source manifest's order.
     """
     split_params = params.get("split") or {}
     policy = split_params.get("policy", "published")
@@ -126,14 +133,13 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
     name = params.get("name")
     attributes = list(params.get("attributes") or [])
     source_dir = Path(manifest).parent / "source"
-    df = read_for_subset(manifest)
-    for attr in attributes:
-        if attr not in df.columns or df[attr].dtype != bool:
-            raise DataError(f"subset.attributes: '{attr}' is not a boolean manifest column")
+    path = manifest_file(manifest)
+    df = read_compact(path, attributes)
+    n_rows = len(df)
     notes: dict[str, Any] = {}
     gone: list[pd.DataFrame] = []
 
-    def drop(mask: pd.Series, reason: str) -> pd.DataFrame:
+    def drop(mask: pd.Series | np.ndarray, reason: str) -> pd.DataFrame:
         gone.append(df[mask].assign(reason=reason))
         return df[~mask]
 
@@ -142,12 +148,14 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
     notes["dropped_labels"] = {str(k): int(v) for k, v in df.loc[dropped, "label"].value_counts().items()}
     df = drop(dropped, JUNK)
 
-    keep_in_test: set[str] = set()
+    keep_in_test = np.empty(0, dtype=np.uint64)
     if policy == "published":
         n_before = len(df)
-        pub = read_published(source_dir / split_params.get("published_file", "top10-splits.csv"))
-        gone.append(df[~df["id"].isin(pub["image"])].assign(reason=UNPUBLISHED))
-        df, expected = apply_published(df, pub, notes)
+        pub = read_published_hashed(source_dir / split_params.get("published_file", "top10-splits.csv"),
+                                    np.unique(df["h"].to_numpy()))
+        found, at = lookup(pub["h"].to_numpy(), df["h"].to_numpy())
+        gone.append(df[~found].assign(reason=UNPUBLISHED))
+        df, expected = apply_published(df, pub, found, at, notes)
         notes["not_in_published"] = n_before - len(df)
     else:
         expected = check_shares(split_params.get("shares") or {})
@@ -155,9 +163,9 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
             if not expected["test"]:
                 raise DataError("subset.split.keep_in_test: needs a test share above 0 in "
                                 "subset.split.shares")
-            pub = read_published(source_dir / split_params["keep_in_test"])
+            pub = read_published_hashed(source_dir / split_params["keep_in_test"])
             df = relabel(df, pub, notes)
-            keep_in_test = set(pub.loc[pub["split"] == "test", "image"])
+            keep_in_test = np.sort(pub.loc[pub["split"] == "test", "h"].to_numpy())
 
     listed = params.get("classes")
     classes = list(listed or sorted(df["category"].unique()))
@@ -184,20 +192,27 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
     cap = params.get("max_per_class")
     if cap is not None:
         before = df
-        df = cap_per_class(df, int(cap), seed)
+        df = cap_per_class(df, int(cap), seed).sort_index()
         notes["capped"] = len(before) - len(df)
-        gone.append(before[~before["id"].isin(df["id"])].assign(reason=CAPPED))
+        gone.append(before[~before.index.isin(df.index)].assign(reason=CAPPED))
     if policy == "grouped":
-        strata = df["category"].copy()
-        for attr in attributes:  # kids and adults photos of a category spread over the splits alike
-            strata = strata + np.where(df[attr], f"/{attr}", "")
-        forced = {s: "test" for s in df.loc[df["id"].isin(keep_in_test), "sender_id"].unique()}
+        hashes = df["h"].to_numpy()
+        in_test = lookup(keep_in_test, hashes)[0]
+        forced = {s: "test" for s in df.loc[in_test, "sender_id"].unique()}
         pinned_file = split_params.get("pinned_file")
         pinned = read_pinned(source_dir / pinned_file) if pinned_file else {}
-        df = df.assign(split=grouped_split(df, expected, seed, strata=strata, forced=forced, pinned=pinned))
-        notes["pinned"] = int(df["id"].isin(pinned).sum())
-        notes["kept_in_test"] = int(df["id"].isin(keep_in_test).sum())
-        if (df["id"].isin(keep_in_test) & (df["split"] != "test")).any():  # by construction never
+        pinned_ids = np.asarray(list(pinned), dtype=object)
+        pinned_h = id_hashes(pinned_ids)
+        order = np.argsort(pinned_h)
+        pinned_ids, pinned_h = pinned_ids[order], pinned_h[order]
+        is_pinned, at = lookup(pinned_h, hashes)
+        strata, names = strata_of(df, attributes)
+        split = assign_splits(df["sender_id"].to_numpy(), strata, len(names), expected, seed, forced=forced,
+                              pinned=is_pinned, pinned_ids=pinned_ids[at[is_pinned]], pinned_splits=pinned)
+        df = df.assign(split=split)
+        notes["pinned"] = int(is_pinned.sum())
+        notes["kept_in_test"] = int(in_test.sum())
+        if (in_test & (df["split"] != "test").to_numpy()).any():  # by construction never
             raise DataError("subset.split.keep_in_test: a published test image left the test split")
 
     review = params.get("label_review")
@@ -211,22 +226,23 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
         log.info("subset %s: reviewed list %s: %d dropped, %d relabelled in train", name or out, review,
                  notes["label_review"]["dropped"], notes["label_review"]["relabelled"])
 
-    df = df.assign(labels=[labels_of(c, dict(zip(attributes, map(bool, flags), strict=True)))
-                           for c, *flags in df[["category", *attributes]].itertuples(index=False)])
-    df = df.sort_values(["split", "category", "id"]).reset_index(drop=True)
     out.mkdir(parents=True, exist_ok=True)
-    df, missing = write_shards(df, out, int(params.get("shard_size") or SHARD_SIZE))
-    with ManifestWriter(out / MANIFEST, optional=("split", "shard", "key")) as writer:
-        for start in range(0, len(df), WRITE_ROWS):   # plain strings a slice at a time, not all at once
-            writer.write(df.iloc[start:start + WRITE_ROWS])
+    lost = pd.concat(gone) if gone else df.iloc[:0].assign(reason="")
+    fate = np.full(n_rows, -1, dtype=np.int8)          # kept: its split's index; dropped: -1
+    fate[df.index.to_numpy()] = pd.Categorical(df["split"], categories=SPLITS).codes
+    category = np.empty(n_rows, dtype=object)           # as kept, or as it was when dropped
+    category[lost.index.to_numpy()] = lost["category"].to_numpy()
+    category[df.index.to_numpy()] = df["category"].to_numpy()
+    reasons = pd.Series(lost["reason"].to_numpy(), index=lost.index)
+    missing, photos = write_shards(path, out, int(params.get("shard_size") or SHARD_SIZE), fate, category,
+                                   attributes, reasons)
     extra = {"subset": name} if name else {}
     if notes.get("label_review"):
         extra["label_review"] = notes["label_review"]
     write_dataset(dataset_info(df, classes, attributes, **extra, split_policy=policy, seed=seed,
                                expected_shares=expected,
                                min_per_class=None if minimum is None else int(minimum)), out)
-    report = drop_report(pd.concat(gone, ignore_index=True) if gone else df.iloc[:0].assign(reason=""),
-                         df, name, minimum)
+    report = drop_report(lost, photos, df, name, minimum)
     write_drop_report(report, out)
     message = drop_message(report)
     if message:
@@ -235,6 +251,14 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
     return SubsetResult(out=str(out), policy=policy, classes=classes, n_images=len(df), name=name,
                         message=message, counts={s: int((df["split"] == s).sum()) for s in SPLITS},
                         kids=kids, missing_files=missing, **notes)
+
+
+def lookup(keys: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found, position) of each of `hashes` in `keys` (sorted, unique): a join at 8 bytes a row."""
+    if not len(keys):
+        return np.zeros(len(hashes), dtype=bool), np.zeros(len(hashes), dtype=np.int64)
+    at = np.searchsorted(keys, hashes).clip(0, len(keys) - 1)
+    return keys[at] == hashes, at
 
 
 def read_published(splits_csv: Path, columns: tuple[str, ...] = ("image", "label", "split")) -> pd.DataFrame:
@@ -263,22 +287,69 @@ def read_pinned(splits_csv: Path) -> dict[str, str]:
     return dict(zip(pinned["image"], pinned["split"], strict=True))
 
 
+def read_published_hashed(splits_csv: Path, known: np.ndarray | None = None) -> pd.DataFrame:
+    """A published split file as a compact table: `h` (the image id's hash, sorted, first row of an id
+    kept), `category` (of its label) and `split`; read in chunks, so a million rows cost ~20 MB, not the
+    hundreds their strings would. With `known` (sorted id hashes) `attrs["missing"]` lists the file's
+    images not among them."""
+    if not splits_csv.is_file():
+        raise DataError(f"{splits_csv}: published split file not found (policy 'published' or "
+                        "split.keep_in_test; use subset.split.policy=grouped without keep_in_test "
+                        "for a source without one)")
+    columns = ("image", "label", "split")
+    parts: list[pd.DataFrame] = []
+    missing: list[str] = []
+    try:
+        header = pd.read_csv(splits_csv, dtype=str, keep_default_na=False, nrows=0)
+        missing_cols = [c for c in columns if c not in header.columns]
+        if missing_cols:
+            raise DataError(f"{splits_csv}: missing columns {missing_cols}")
+        with pd.read_csv(splits_csv, dtype=str, keep_default_na=False, usecols=list(columns),
+                         chunksize=READ_ROWS) as reader:
+            for chunk in reader:
+                bad = chunk[~chunk["split"].isin(SPLITS)]
+                if len(bad):
+                    line, value = int(bad.index[0]) + 2, bad["split"].iloc[0]
+                    raise DataError(f"{splits_csv}: line {line}: split '{value}' is not one of "
+                                    f"{list(SPLITS)}")
+                ids = chunk["image"].to_numpy(dtype=object)
+                h = id_hashes(ids)
+                if known is not None:
+                    missing.extend(ids[~lookup(known, h)[0]])
+                labels, at = np.unique(chunk["label"].to_numpy(dtype=object), return_inverse=True)
+                cats = np.asarray([category_of(v) for v in labels], dtype=object)
+                splits = np.asarray(SPLITS, dtype=object)
+                parts.append(pd.DataFrame({"h": h, "category": cats[at.reshape(-1)],
+                                           "split": splits[pd.Categorical(chunk["split"], SPLITS).codes]}))
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{splits_csv}: cannot read CSV ({type(exc).__name__}: {exc})") from exc
+    pub = pd.concat(parts, ignore_index=True) if parts else \
+        pd.DataFrame({"h": np.empty(0, np.uint64), "category": [], "split": []})
+    _, first = np.unique(pub["h"].to_numpy(), return_index=True)   # sorted by hash; an id's first row
+    pub = pub.iloc[first].reset_index(drop=True)
+    pub.attrs["missing"] = sorted(set(missing))
+    return pub
+
+
 def relabel(df: pd.DataFrame, pub: pd.DataFrame, notes: dict[str, Any]) -> pd.DataFrame:
     """The published file's category wins over images.csv for the images it lists (the upstream fix)."""
-    fixed = df["id"].map(dict(zip(pub["image"], pub["label"].map(category_of), strict=True)))
-    changed = fixed.notna() & (fixed != df["category"])
-    notes["relabelled"] = int(changed.sum())
-    return df.assign(category=fixed.where(fixed.notna(), df["category"]))
+    found, at = lookup(pub["h"].to_numpy(), df["h"].to_numpy())
+    fixed = np.where(found, pub["category"].to_numpy()[at], df["category"].to_numpy())
+    notes["relabelled"] = int((fixed != df["category"].to_numpy()).sum())
+    return df.assign(category=fixed)
 
 
-def apply_published(df: pd.DataFrame, pub: pd.DataFrame, notes: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
-    """Keep the images of the published split file; take its label and split."""
-    merged = df.merge(pub.rename(columns={"image": "id", "label": "published_label"}), on="id", how="inner")
-    published_category = merged["published_label"].map(category_of)
-    notes["relabelled"] = int((published_category != merged["category"]).sum())
-    notes["published_missing"] = sorted(set(pub["image"]) - set(df["id"]))
-    merged = merged.assign(category=published_category).drop(columns=["published_label"])
-    return merged, shares_of(merged)
+def apply_published(df: pd.DataFrame, pub: pd.DataFrame, found: np.ndarray, at: np.ndarray,
+                    notes: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
+    """Keep the images of the published split file (`found`, at `at` in it); take its label and split."""
+    kept = df[found]
+    category = pub["category"].to_numpy()[at[found]]
+    notes["relabelled"] = int((category != kept["category"].to_numpy()).sum())
+    notes["published_missing"] = list(pub.attrs.get("missing", []))
+    kept = kept.assign(category=category, split=pub["split"].to_numpy()[at[found]])
+    return kept, shares_of(kept)
 
 
 def check_shares(shares: dict[str, Any]) -> dict[str, float]:
@@ -296,77 +367,127 @@ def shares_of(df: pd.DataFrame) -> dict[str, float]:
 
 
 def cap_per_class(df: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
-    """At most `cap` images per class, a seeded random choice (stable under row order)."""
+    """At most `cap` images per class, a seeded random choice (stable under row order: drawn from the rows
+    ordered by id hash)."""
     if cap < 1:
         raise DataError(f"subset.max_per_class: must be >= 1 or null, got {cap}")
-    shuffled = df.sort_values("id").sample(frac=1.0, random_state=seed)
+    shuffled = df.sort_values("h", kind="stable").sample(frac=1.0, random_state=seed)
     return shuffled[shuffled.groupby("category").cumcount() < cap]
+
+
+def strata_of(df: pd.DataFrame, attributes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Each row's stratum (category x attributes, e.g. `dress/kids`) as a code into the sorted names of the
+    strata present: integers per row, not a string per row."""
+    codes, cats = pd.factorize(df["category"])
+    names = [str(c) for c in cats]
+    for attr in attributes:
+        codes = codes * 2 + df[attr].to_numpy(dtype=bool)
+        names = [n + suffix for n in names for suffix in ("", f"/{attr}")]
+    used = np.unique(codes)
+    ordered = sorted(used, key=lambda c: names[c])
+    remap = np.zeros(len(names), dtype=np.int64)
+    remap[ordered] = np.arange(len(ordered))
+    return remap[codes], [names[c] for c in ordered]
 
 
 def grouped_split(df: pd.DataFrame, shares: dict[str, float], seed: int, *, strata: pd.Series | None = None,
                   forced: dict[Any, str] | None = None, pinned: dict[str, str] | None = None) -> pd.Series:
-    """Assign whole sender groups to splits greedily, keeping each split's stratum counts near its target.
+    """Each row's split by `assign_splits` (df: `sender_id`, `category`, and `id` where `pinned` is given).
 
-    Strata are the categories unless given (e.g. category x kids). `forced` senders go to their split
-    first; the others go largest first (seeded order among equals), each to the split where it least
-    raises the chi-square distance sum((filled - target)^2 / target) over (split, stratum), so every
-    split approaches its share of every stratum. `pinned` photos (id -> split) take no part in that: a
-    pinned photo of a balanced sender follows its sender, a sender with only pinned photos takes the split
-    of its first one (by id); the balanced senders' splits are those of the subset without the pinned photos.
+    Strata are the categories unless given (e.g. category x kids).
     """
-    if not pinned:
-        return df["sender_id"].map(balance_senders(df, shares, seed, strata=strata, forced=forced))
-    is_pinned = df["id"].isin(list(pinned))
-    assigned = balance_senders(df[~is_pinned], shares, seed,
-                               strata=None if strata is None else strata[~is_pinned], forced=forced)
-    for rid, sender in sorted(zip(df.loc[is_pinned, "id"], df.loc[is_pinned, "sender_id"], strict=True)):
-        assigned.setdefault(sender, pinned[rid])
-    return df["sender_id"].map(assigned)
+    if strata is None:
+        codes, names = strata_of(df, [])
+    else:
+        codes, uniques = pd.factorize(strata, sort=True)
+        names = [str(u) for u in uniques]
+    pinned = pinned or {}
+    is_pinned = df["id"].isin(list(pinned)).to_numpy() if pinned else np.zeros(len(df), dtype=bool)
+    ids = df["id"].to_numpy(dtype=object)[is_pinned] if pinned else np.empty(0, dtype=object)
+    split = assign_splits(df["sender_id"].to_numpy(), codes, len(names), shares, seed, forced=forced,
+                          pinned=is_pinned, pinned_ids=ids, pinned_splits=pinned)
+    return pd.Series(split, index=df.index)
 
 
-def balance_senders(df: pd.DataFrame, shares: dict[str, float], seed: int, *, strata: pd.Series | None,
-                    forced: dict[Any, str] | None) -> dict[Any, str]:
-    """sender -> split by the greedy chi-square rule of `grouped_split`."""
-    if df.empty:
+def assign_splits(senders: np.ndarray, strata: np.ndarray, n_strata: int, shares: dict[str, float], seed: int,
+                  *, forced: dict[Any, str] | None = None, pinned: np.ndarray | None = None,
+                  pinned_ids: np.ndarray | None = None, pinned_splits: dict[str, str] | None = None
+                  ) -> np.ndarray:
+    """Assign whole sender groups to splits greedily, keeping each split's stratum counts near its target;
+    each row's split (an array of split names).
+
+    `forced` senders go to their split first; the others go largest first (seeded order among equals),
+    each to the split where it least raises the chi-square distance sum((filled - target)^2 / target) over
+    (split, stratum), so every split approaches its share of every stratum. `pinned` rows (their ids
+    `pinned_ids`, in row order, and id -> split `pinned_splits`) take no part in that: a pinned photo of a
+    balanced sender follows its sender, a sender with only pinned photos takes the split of its first one
+    (by id); the balanced senders' splits are those of the subset without the pinned photos. It works on
+    a (sender x stratum) count table, one row per sender, whatever the number of photos.
+    """
+    pinned = np.zeros(len(senders), dtype=bool) if pinned is None else pinned
+    free = ~pinned
+    assigned = balance_senders(senders[free], strata[free], n_strata, shares, seed, forced=forced)
+    if pinned.any():
+        assert pinned_ids is not None and pinned_splits is not None
+        for rid, sender in sorted(zip(pinned_ids, senders[pinned].tolist(), strict=True)):
+            assigned.setdefault(sender, pinned_splits[rid])
+    return pd.Series(senders).map(assigned).to_numpy(dtype=object)
+
+
+def balance_senders(senders: np.ndarray, strata: np.ndarray, n_strata: int, shares: dict[str, float],
+                    seed: int, *, forced: dict[Any, str] | None) -> dict[Any, str]:
+    """sender -> split by the greedy chi-square rule of `assign_splits`, on the (sender x stratum) counts."""
+    if not len(senders):
         return {}
-    counts = pd.crosstab(df["sender_id"], df["category"] if strata is None else strata)
-    target = np.outer([shares[s] for s in SPLITS], counts.sum(axis=0).to_numpy(dtype=float))
+    keys, row = np.unique(senders, return_inverse=True)   # sorted senders
+    counts = np.bincount(row.reshape(-1) * n_strata + strata, minlength=len(keys) * n_strata)
+    counts = counts.reshape(len(keys), n_strata)
+    used = counts.sum(axis=0) > 0                             # strata of these rows only
+    counts = counts[:, used]
+    target = np.outer([shares[s] for s in SPLITS], counts.sum(axis=0).astype(float))
     filled = np.zeros_like(target)
     assigned: dict[Any, str] = {}
+    is_forced = np.zeros(len(keys), dtype=bool)
     for sender, split in (forced or {}).items():
-        if sender not in counts.index:
+        at = int(np.searchsorted(keys, sender))
+        if at >= len(keys) or keys[at] != sender:
             continue
-        filled[SPLITS.index(split)] += counts.loc[sender].to_numpy(dtype=float)
-        assigned[sender] = split
-    rest = counts.index.to_numpy()[~counts.index.isin(list(assigned))]
+        filled[SPLITS.index(split)] += counts[at].astype(float)
+        assigned[keys[at].item()] = split
+        is_forced[at] = True
+    rest = np.flatnonzero(~is_forced)
     rng = np.random.default_rng(seed)
     order = rest[rng.permutation(len(rest))]
-    sizes = counts.loc[order].sum(axis=1).to_numpy()
+    sizes = counts[order].sum(axis=1)
     order = order[np.argsort(-sizes, kind="stable")]
-    for sender in order:
-        c = counts.loc[sender].to_numpy(dtype=float)
-        cost = ((2 * c * (filled - target) + c**2) / np.maximum(target, 1e-9)).sum(axis=1)
-        cost[[shares[s] == 0 for s in SPLITS]] = np.inf
+    closed = np.array([shares[s] == 0 for s in SPLITS])
+    scale = np.maximum(target, 1e-9)
+    fcounts = counts.astype(float)
+    for at in order:
+        c = fcounts[at]
+        cost = ((2 * c * (filled - target) + c**2) / scale).sum(axis=1)
+        cost[closed] = np.inf
         best = int(np.argmin(cost))
         filled[best] += c
-        assigned[sender] = SPLITS[best]
+        assigned[keys[at].item()] = SPLITS[best]
     return assigned
 
 
-def drop_report(gone: pd.DataFrame, kept: pd.DataFrame, name: str | None, minimum: Any) -> dict[str, Any]:
-    """What left the subset and why: counts per reason and category (kids apart), and every photo."""
+def drop_report(gone: pd.DataFrame, photos: list[dict[str, Any]], kept: pd.DataFrame, name: str | None,
+                minimum: Any) -> dict[str, Any]:
+    """What left the subset and why: counts per reason and category (kids apart), and every photo (`photos`,
+    as `write_shards` met them)."""
     by_reason = {}
     for reason, rows in gone.groupby("reason", sort=False):
+        labels, categories = rows["label"].astype(object), rows["category"].astype(object)
         by_reason[str(reason)] = {
             "count": len(rows), "kids": int(rows["kids"].sum()),
-            "by_label": {str(k): int(v) for k, v in rows["label"].value_counts().items()},
-            "by_category": {str(k): int(v) for k, v in rows["category"].value_counts().items()}}
+            "by_label": {str(k): int(v) for k, v in labels.value_counts().items()},
+            "by_category": {str(k): int(v) for k, v in categories.value_counts().items()}}
     return {"subset": name, "min_per_class": None if minimum is None else int(minimum),
             "n_kept": len(kept), "n_dropped": len(gone), "kids_kept": int(kept["kids"].sum()),
             "kids_dropped": int(gone["kids"].sum()), "by_reason": by_reason,
-            "photos": [{"id": r.id, "label": r.label, "category": r.category, "kids": bool(r.kids),
-                        "sender_id": int(r.sender_id), "reason": r.reason}
-                       for r in gone.sort_values(["reason", "category", "id"]).itertuples()]}
+            "photos": sorted(photos, key=lambda p: (p["reason"], p["category"], p["id"]))}
 
 
 def drop_message(report: dict[str, Any]) -> str:
@@ -394,56 +515,109 @@ def write_drop_report(report: dict[str, Any], out: Path) -> None:
     (out / f"{DROPPED}.md").write_text("\n".join(lines) + "\n")
 
 
-def write_shards(df: pd.DataFrame, out: Path, shard_size: int) -> tuple[pd.DataFrame, list[str]]:
-    """Write each photo (and its JSON record) into `out/shards/<split>-NNNNNN.tar`, `shard_size` a shard, in
-    manifest order, one photo in memory at a time; `path` becomes the member reference and `shard`/`key`
-    say where it lies. A vanished source file keeps its row (path `missing/<id>`, validate names it)."""
+def write_shards(manifest: Path, out: Path, shard_size: int, fate: np.ndarray, category: np.ndarray,
+                 attributes: list[str], reasons: pd.Series) -> tuple[list[str], list[dict[str, Any]]]:
+    """Stream the source manifest a chunk at a time: each kept photo (`fate`: its split's index, -1 for a
+    dropped one; `category` as decided) and its JSON record go into `out/shards/<split>-NNNNNN.tar`,
+    `shard_size` a shard, one writer per split, one photo in memory at a time; its manifest row (`path` the
+    member reference, `shard`/`key` where it lies) goes to that split's part, and the parts make
+    `out/manifest.parquet` (train, validation, test). A vanished source file keeps its row (path
+    `missing/<id>`, validate names it). Returns the missing ids and the dropped photos (for the report)."""
     for old in (out / SHARDS, out / "images"):  # images/: the layout before shards
         shutil.rmtree(old, ignore_errors=True)
-    paths, shards, keys, missing = [], [], [], []
-    base = str(df.attrs.get("base") or "/")
-    records = df[["id", "path", "label", "category", "labels", "kids", "sender_id", "split", "sha256"]]
-    with ShardWriter(out, shard_size) as writer:
-        for row in tqdm(records.itertuples(index=False), total=len(df), desc="subset", unit="img",
-                        mininterval=1.0):
-            source = os.path.normpath(os.path.join(base, row.path))   # absolute in data/manifest
-            suffix = Path(source).suffix.lower() or ".jpg"
-            try:
-                data = Path(source).read_bytes()
-            except OSError:
-                missing.append(row.id)
-                paths.append(f"missing/{row.id}{suffix}")
-                shards.append(None)
-                keys.append(row.id)
-                continue
-            meta = {"id": row.id, "label": row.label, "category": row.category, "labels": list(row.labels),
-                    "kids": bool(row.kids), "sender_id": int(row.sender_id), "split": row.split,
-                    "sha256": row.sha256}
-            member = writer.add(str(row.split), row.id, suffix, data, meta)
-            paths.append(member.ref)
-            shards.append(member.shard)
-            keys.append(member.key)
-    arrow = "string[pyarrow]"
-    return df.assign(path=pd.array(paths, dtype=arrow), shard=pd.array(shards, dtype=arrow),
-                     key=pd.array(keys, dtype=arrow)), missing
+    base = str(manifest.parent.resolve())
+    parts = {s: out / f".{MANIFEST}.{s}.tmp" for s in SPLITS}
+    missing: list[str] = []
+    photos: list[dict[str, Any]] = []
+    reader = pq.ParquetFile(manifest)
+    columns = [c for c in COLUMNS if c != "labels"]
+    start = 0
+    with ExitStack() as stack:
+        writers = [stack.enter_context(ShardWriter(out, shard_size)) for _ in SPLITS]
+        tables = [stack.enter_context(ManifestWriter(parts[s], optional=OPTIONAL)) for s in SPLITS]
+        bar = stack.enter_context(tqdm(total=len(fate), desc="subset", unit="img", mininterval=1.0))
+        for batch in reader.iter_batches(batch_size=WRITE_ROWS, columns=columns):
+            chunk = batch.to_pandas()
+            stop = start + len(chunk)
+            fates, cats = fate[start:stop], category[start:stop]
+            for i in np.flatnonzero(fates < 0):
+                row = chunk.iloc[i]
+                photos.append({"id": row["id"], "label": row["label"], "category": cats[i],
+                               "kids": bool(row["kids"]), "sender_id": int(row["sender_id"]),
+                               "reason": reasons[start + i]})
+            for k, split in enumerate(SPLITS):
+                rows = chunk[fates == k].assign(category=cats[fates == k], split=split)
+                if rows.empty:
+                    continue
+                flags = rows[["category", *attributes]].itertuples(index=False)
+                rows = rows.assign(labels=[labels_of(c, dict(zip(attributes, map(bool, f), strict=True)))
+                                           for c, *f in flags])
+                paths, shards, keys = [], [], []
+                for row in rows[["id", "path", "label", "category", "labels", "kids", "sender_id", "split",
+                                 "sha256"]].itertuples(index=False):
+                    source = os.path.normpath(os.path.join(base, row.path))   # absolute in data/manifest
+                    suffix = Path(source).suffix.lower() or ".jpg"
+                    try:
+                        data = Path(source).read_bytes()
+                    except OSError:
+                        missing.append(row.id)
+                        paths.append(f"missing/{row.id}{suffix}")
+                        shards.append(None)
+                        keys.append(row.id)
+                        continue
+                    meta = {"id": row.id, "label": row.label, "category": row.category,
+                            "labels": list(row.labels), "kids": bool(row.kids),
+                            "sender_id": int(row.sender_id), "split": row.split, "sha256": row.sha256}
+                    member = writers[k].add(split, row.id, suffix, data, meta)
+                    paths.append(member.ref)
+                    shards.append(member.shard)
+                    keys.append(member.key)
+                tables[k].write(rows.assign(path=paths, shard=shards, key=keys))
+            bar.update(len(chunk))
+            start = stop
+    with ManifestWriter(out / MANIFEST, optional=OPTIONAL) as writer:
+        for split in SPLITS:   # the parts one after another: a split's rows together, in shard order
+            if parts[split].is_file():
+                for batch in pq.ParquetFile(parts[split]).iter_batches(batch_size=WRITE_ROWS):
+                    writer.write(batch.to_pandas())
+                parts[split].unlink()
+    return missing, photos
 
 
-def read_for_subset(manifest: Path) -> pd.DataFrame:
-    """The source manifest without its `labels` (subset derives them) and with Arrow-backed strings: the
-    subset holds every row's metadata at once (its split balances senders against each other), so each
-    row should cost bytes, not the hundreds a Python string or list costs. `attrs["base"]` is the folder
-    its relative paths start from."""
-    path = manifest_file(manifest)
+def read_compact(manifest: Path, attributes: list[str]) -> pd.DataFrame:
+    """The manifest as the subset decides on it, one row per photo indexed by its row number: `h` (a 64-bit
+    hash of the id), `label` and `category` (references to a few shared strings), `kids`,
+    `sender_id` and the attribute flags. Tens of bytes a photo: no path, sha256 or id string is held (the
+    photos are streamed from the manifest when written); a hash collision between two of a million ids has
+    a chance of ~1e-8."""
     try:
-        names = pq.read_schema(path).names
+        reader = pq.ParquetFile(manifest)
+        names = reader.schema_arrow.names
         missing = [c for c in COLUMNS if c not in names]
         if missing:
-            raise DataError(f"{path}: manifest lacks columns {missing}")
-        table = pq.read_table(path, columns=[c for c in COLUMNS if c != "labels"])
-        df = table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
+            raise DataError(f"{manifest}: manifest lacks columns {missing}")
+        for attr in attributes:
+            if attr not in names:
+                raise DataError(f"subset.attributes: '{attr}' is not a boolean manifest column")
+        flags = [a for a in attributes if a != "kids"]
+        table = pq.read_table(manifest, columns=["label", "category", "kids", "sender_id", *flags],
+                              read_dictionary=["label", "category"])
+        df = table.to_pandas()
+        del table
+        for col in ("label", "category"):   # references to the few distinct strings: 8 bytes a row
+            df[col] = df[col].astype(object)
+        hashes = np.empty(len(df), dtype=np.uint64)
+        start = 0
+        for batch in reader.iter_batches(batch_size=READ_ROWS, columns=["id"]):
+            ids = batch.column(0).to_numpy(zero_copy_only=False)
+            hashes[start:start + len(ids)] = id_hashes(ids)
+            start += len(ids)
+        df["h"] = hashes
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"{path}: cannot read manifest ({type(exc).__name__}: {exc})") from exc
-    df.attrs["base"] = str(path.parent.resolve())
+        raise DataError(f"{manifest}: cannot read manifest ({type(exc).__name__}: {exc})") from exc
+    for attr in attributes:
+        if df[attr].dtype != bool:
+            raise DataError(f"subset.attributes: '{attr}' is not a boolean manifest column")
     return df

@@ -10,6 +10,9 @@ outside the published split, and a small category (`Hat`, 3 photos) lives only i
 from __future__ import annotations
 
 import csv
+import multiprocessing
+import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,34 +183,23 @@ class SyntheticResult:
                 "senders": self.senders}
 
 
-def write_synthetic(root: Path, n: int, *, seed: int = 0, size: int = 64, per_sender: int = 20,
-                    kids_every: int = 10, test_every: int = 7, progress: bool = True) -> SyntheticResult:
-    """N labelled photos in the upstream layout (`images/<id>.jpg`, `images.csv`, `top10-splits.csv`), for
-    running the data steps at scale (100k, 1M) on one machine.
+def _synth_range(root: Path, start: int, stop: int, part: int, seed: int, size: int, per_sender: int,
+                 kids_every: int, test_every: int, progress: bool) -> tuple[dict[str, int], int]:
+    """Photos start..stop-1 and their rows in `images.part-<part>.csv` / `top10-splits.part-<part>.csv`.
 
-    Written one photo at a time (rows go straight to the CSV files), so memory does not grow with N. Photos
-    cycle through the learnable classes; every `per_sender` consecutive photos share a sender; every
-    `kids_every`-th photo is a kids' photo; senders whose id is a multiple of `test_every` form the published
-    split's test (the rest is train, every tenth photo validation), as the real dataset's file does.
+    Photo i draws from its own generator (seed, i), so what it gets does not depend on which job writes it.
+    Returns the photos per label and the kids' photos of the range.
     """
-    if n < 1:
-        raise DataError(f"synth: need at least 1 photo, got {n}")
-    if size < 8:
-        raise DataError(f"synth: image size must be at least 8 pixels, got {size}")
-    root = Path(root)
     images = root / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     labels = list(CLASSES)
     counts = dict.fromkeys(labels, 0)
     kids = 0
-    with open(root / "images.csv", "w", newline="") as rows_fh, \
-            open(root / "top10-splits.csv", "w", newline="") as splits_fh:
+    with open(root / f"images.part-{part:04d}.csv", "w", newline="") as rows_fh, \
+            open(root / f"top10-splits.part-{part:04d}.csv", "w", newline="") as splits_fh:
         rows = csv.writer(rows_fh)
-        rows.writerow(["image", "sender_id", "label", "kids"])
         splits = csv.writer(splits_fh)
-        splits.writerow(["image", "label", "split"])
-        for i in tqdm(range(n), desc="synth", unit="img", disable=not progress, mininterval=1.0):
+        for i in tqdm(range(start, stop), desc="synth", unit="img", disable=not progress, mininterval=1.0):
+            rng = np.random.default_rng([seed, i])
             label = labels[i % len(labels)]
             image_id = f"s{i:07d}-{int(rng.integers(1 << 32)):08x}"
             draw_item(label, rng, (size, size)).save(images / f"{image_id}.jpg", quality=85)
@@ -218,4 +210,52 @@ def write_synthetic(root: Path, n: int, *, seed: int = 0, size: int = 64, per_se
             splits.writerow([image_id, label, split])
             counts[label] += 1
             kids += is_kids
+    return counts, kids
+
+
+def _concat(root: Path, name: str, header: str, parts: int) -> None:
+    """<name>.csv: the header, then the parts in order (each removed once copied)."""
+    with open(root / f"{name}.csv", "wb") as out:
+        out.write(header.encode() + b"\r\n")
+        for part in range(parts):
+            path = root / f"{name}.part-{part:04d}.csv"
+            with open(path, "rb") as fh:
+                shutil.copyfileobj(fh, out, 1 << 20)
+            path.unlink()
+
+
+def write_synthetic(root: Path, n: int, *, seed: int = 0, size: int = 64, per_sender: int = 20,
+                    kids_every: int = 10, test_every: int = 7, jobs: int = 1,
+                    progress: bool = True) -> SyntheticResult:
+    """N labelled photos in the upstream layout (`images/<id>.jpg`, `images.csv`, `top10-splits.csv`), for
+    running the data steps at scale (100k, 1M) on one machine.
+
+    Written one photo at a time (rows go straight to CSV files), so memory does not grow with N. `jobs`
+    processes each write a contiguous range of ids; the folder is byte for byte the same whatever `jobs` is
+    (every photo has its own seeded generator). Photos cycle through the learnable classes; every
+    `per_sender` consecutive photos share a sender; every `kids_every`-th photo is a kids' photo; senders
+    whose id is a multiple of `test_every` form the published split's test (the rest is train, every tenth
+    photo validation), as the real dataset's file does.
+    """
+    if n < 1:
+        raise DataError(f"synth: need at least 1 photo, got {n}")
+    if size < 8:
+        raise DataError(f"synth: image size must be at least 8 pixels, got {size}")
+    if jobs < 1:
+        raise DataError(f"synth: jobs must be at least 1, got {jobs}")
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    jobs = min(jobs, n)
+    bounds = [n * k // jobs for k in range(jobs + 1)]
+    args = [(root, bounds[k], bounds[k + 1], k, seed, size, per_sender, kids_every, test_every,
+             progress and k == 0) for k in range(jobs)]
+    if jobs == 1:
+        results = [_synth_range(*args[0])]
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_synth_range, *zip(*args, strict=True)))
+    _concat(root, "images", "image,sender_id,label,kids", jobs)
+    _concat(root, "top10-splits", "image,label,split", jobs)
+    counts = {label: sum(r[0][label] for r in results) for label in CLASSES}
+    kids = sum(r[1] for r in results)
     return SyntheticResult(root=str(root), n=n, labels=counts, kids=kids, senders=(n - 1) // per_sender + 1)
