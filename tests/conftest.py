@@ -21,6 +21,17 @@ from fashionrec.core.config import Params, load_params, set_dotted
 from fashionrec.data.synthetic import TinyDataset, make_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+# What a page shows is awaited, not raced: Playwright's `expect` gives up after 5 s by default, which a
+# loaded machine rendering MLflow's UI can exceed (the event is the text appearing; 60 s is the bound).
+BROWSER_EXPECT_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _browser_expectations_wait() -> None:
+    with contextlib.suppress(ImportError):
+        from playwright.sync_api import expect
+
+        expect.set_options(timeout=BROWSER_EXPECT_TIMEOUT_MS)
 
 
 def free_port() -> int:
