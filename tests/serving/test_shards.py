@@ -87,7 +87,7 @@ def test_planned_shards_embedded_apart_then_assembled(tmp_path: Path, assets) ->
     result = assemble_inventory(cfg, plan)
     assert result.action == "built" and current_version(cfg.bundles) == result.version
     built = load_bundle(Path(result.bundle))
-    assert built.items["item_id"].tolist() == whole.items["item_id"].tolist()
+    assert built.items["item_id"] == whole.items["item_id"]
     np.testing.assert_allclose(built.embeddings, whole.embeddings, atol=1e-5)
 
     # Deployed: the next plan embeds nothing (one item saying why), and assemble keeps the bundle.
@@ -128,7 +128,8 @@ def test_a_changed_title_writes_its_shard_again(tmp_path: Path, assets) -> None:
     lines[row] = ",".join([*fields[:2], "Red sneakers", *fields[3:]])
     catalog.write_text("\n".join(lines) + "\n")
     second = deploy_with(params)
-    titles = load_bundle(Path(second.bundle)).items.set_index("item_id")["title"]
+    items = load_bundle(Path(second.bundle)).items
+    titles = dict(zip(items["item_id"], items["title"], strict=True))
     assert titles["item020"] == "Red sneakers" and titles["item019"] == lines[row - 1].split(",")[2]
     after = {f.name: f.stat().st_mtime_ns for f in shard_dir.glob("shard-*.parquet")}
     kept = {name for name in before if after.get(name) == before[name]}
