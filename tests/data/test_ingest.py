@@ -12,7 +12,7 @@ import pytest
 
 from fashionrec.core.errors import DataError
 from fashionrec.data import source as source_mod
-from fashionrec.data.ingest import ingest
+from fashionrec.data.ingest import ingest, join_additions
 from fashionrec.data.manifest import COLUMNS, read_manifest
 from fashionrec.data.source import ENV_VAR, resolve_source
 
@@ -122,3 +122,19 @@ def test_download_unpacks_the_repository_zip(tiny_source, tmp_path):
 def test_failed_download_names_the_url(tmp_path):
     with pytest.raises(DataError, match=r"cannot download the dataset from file:///nonexistent.zip"):
         source_mod.download_source("file:///nonexistent.zip", tmp_path / "raw")
+
+
+def test_join_additions_appends_rows_with_newline_line_ends(tmp_path):
+    """The copied source CSV (CRLF, no final line end) is streamed, not read whole: its line ends come out as
+    newlines, the additions' rows follow its last row, their header is not repeated."""
+    additions, dest = tmp_path / "additions", tmp_path / "dest"
+    additions.mkdir()
+    dest.mkdir()
+    (dest / "images.csv").write_bytes(b"image,label\r\n" + b"a,T-Shirt\r\n" * 300_000 + b"b,Dress")
+    (additions / "images.csv").write_text("image,label\nc,Pants\n")
+    (additions / "splits.csv").write_text("image,split\nc,train\n")
+    join_additions(additions, dest)
+    assert (dest / "images.csv").read_bytes() == (b"image,label\n" + b"a,T-Shirt\n" * 300_000
+                                                   + b"b,Dress\nc,Pants\n")
+    assert (dest / "splits.csv").read_text() == "image,split\nc,train\n"
+    assert sorted(p.name for p in dest.iterdir()) == ["images.csv", "splits.csv"]   # no temporary left

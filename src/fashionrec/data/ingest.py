@@ -77,17 +77,20 @@ def ingest(source: str | Path, out: Path, params: dict[str, Any], *, shared_path
     unreadable: list[dict[str, str]] = []
     clashes: list[dict[str, Any]] = []
     source_ids: list[np.ndarray] = []   # hashes of the source's good rows (an addition may not reuse one)
+    known: np.ndarray | None = None    # the same, sorted and unique
     with ManifestWriter(out / MANIFEST) as writer, \
             tqdm(total=files.n, desc="ingest", unit="img", mininterval=1.0) as bar:
         csvs = [folder / "images.csv"] + ([Path(extra) / "images.csv"] if extra is not None else [])
         for k, csv_path in enumerate(csvs):
             reader = ImagesCsv(csv_path, chunk)
-            if k == 1:
-                known = np.unique(np.concatenate(source_ids)) if source_ids else np.empty(0, np.uint64)
             for rows in reader:
                 if k == 0:
                     source_ids.append(id_hashes(rows["image"]))
                 else:   # an addition whose image the source already has is refused, by name
+                    if known is None:   # sorted once, and only when the additions have rows
+                        known = (np.unique(np.concatenate(source_ids)) if source_ids
+                                 else np.empty(0, np.uint64))
+                        source_ids.clear()
                     clash = lookup(known, id_hashes(rows["image"]))[0]
                     clashes += [{"line": f"{extra}/images.csv", "image": i, "reason": "duplicate image"}
                                 for i in rows.loc[clash, "image"]]
@@ -243,17 +246,25 @@ def image_files(folder: Path) -> dict[str, Path]:
 
 
 def join_additions(additions: Path, dest: Path) -> None:
-    """Append the additions' CSV rows to the copied source CSVs of the same name (header once)."""
+    """Append the additions' CSV rows to the copied source CSVs of the same name (header once, lines ending
+    in newlines). The copied source file is streamed through a temporary file: a million-row images.csv is
+    never held in memory."""
     for csv in sorted(additions.glob("*.csv")):
         target = dest / csv.name
         lines = csv.read_text().splitlines()
         if not lines:
             continue
         if target.is_file():
-            text = target.read_text()
-            body = lines[1:]
-            target.write_text(text + ("" if text.endswith("\n") or not text else "\n")
-                              + "".join(f"{line}\n" for line in body))
+            tmp = target.with_name(f".{target.name}.tmp")
+            last = ""
+            with target.open() as src, tmp.open("w") as dst:
+                for block in iter(lambda: src.read(1 << 20), ""):   # text mode: line ends read as newlines
+                    dst.write(block)
+                    last = block[-1]
+                if last and last != "\n":
+                    dst.write("\n")
+                dst.writelines(f"{line}\n" for line in lines[1:])
+            tmp.replace(target)
         else:
             shutil.copyfile(csv, target)
 

@@ -118,6 +118,15 @@ class ManifestWriter:
         self._writer.write_table(table)
         self.rows += len(df)
 
+    def write_arrow(self, table: pa.Table) -> None:
+        """Rows already in manifest form (batches of a file this class wrote): no pandas round trip."""
+        if not table.num_rows:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, table.schema)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
     def close(self) -> Path:
         if self._writer is None:
             empty = pd.DataFrame({c: pd.Series([], dtype=object) for c in [*COLUMNS, *self.optional]})

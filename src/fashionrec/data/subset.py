@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -140,6 +141,9 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
     gone: list[pd.DataFrame] = []
 
     def drop(mask: pd.Series | np.ndarray, reason: str) -> pd.DataFrame:
+        if not np.asarray(mask).any():   # nothing to drop: no copy of the compact table
+            gone.append(df.iloc[:0].assign(reason=reason))
+            return df
         gone.append(df[mask].assign(reason=reason))
         return df[~mask]
 
@@ -156,6 +160,7 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
         found, at = lookup(pub["h"].to_numpy(), df["h"].to_numpy())
         gone.append(df[~found].assign(reason=UNPUBLISHED))
         df, expected = apply_published(df, pub, found, at, notes)
+        del pub, found, at
         notes["not_in_published"] = n_before - len(df)
     else:
         expected = check_shares(split_params.get("shares") or {})
@@ -166,6 +171,7 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
             pub = read_published_hashed(source_dir / split_params["keep_in_test"])
             df = relabel(df, pub, notes)
             keep_in_test = np.sort(pub.loc[pub["split"] == "test", "h"].to_numpy())
+            del pub
 
     listed = params.get("classes")
     classes = list(listed or sorted(df["category"].unique()))
@@ -297,7 +303,10 @@ def read_published_hashed(splits_csv: Path, known: np.ndarray | None = None) -> 
                         "split.keep_in_test; use subset.split.policy=grouped without keep_in_test "
                         "for a source without one)")
     columns = ("image", "label", "split")
-    parts: list[pd.DataFrame] = []
+    hashes: list[np.ndarray] = []
+    cat_codes: list[np.ndarray] = []   # per chunk: int16 codes into `categories`, int8 codes into SPLITS
+    split_codes: list[np.ndarray] = []
+    categories: list[str] = []
     missing: list[str] = []
     try:
         header = pd.read_csv(splits_csv, dtype=str, keep_default_na=False, nrows=0)
@@ -317,18 +326,27 @@ def read_published_hashed(splits_csv: Path, known: np.ndarray | None = None) -> 
                 if known is not None:
                     missing.extend(ids[~lookup(known, h)[0]])
                 labels, at = np.unique(chunk["label"].to_numpy(dtype=object), return_inverse=True)
-                cats = np.asarray([category_of(v) for v in labels], dtype=object)
-                splits = np.asarray(SPLITS, dtype=object)
-                parts.append(pd.DataFrame({"h": h, "category": cats[at.reshape(-1)],
-                                           "split": splits[pd.Categorical(chunk["split"], SPLITS).codes]}))
+                for c in (category_of(v) for v in labels):
+                    if c not in categories:
+                        categories.append(c)
+                code_of = np.asarray([categories.index(category_of(v)) for v in labels], dtype=np.int16)
+                hashes.append(h)
+                cat_codes.append(code_of[at.reshape(-1)])
+                split_codes.append(pd.Categorical(chunk["split"], SPLITS).codes.astype(np.int8))
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{splits_csv}: cannot read CSV ({type(exc).__name__}: {exc})") from exc
-    pub = pd.concat(parts, ignore_index=True) if parts else \
-        pd.DataFrame({"h": np.empty(0, np.uint64), "category": [], "split": []})
-    _, first = np.unique(pub["h"].to_numpy(), return_index=True)   # sorted by hash; an id's first row
-    pub = pub.iloc[first].reset_index(drop=True)
+    if not hashes:
+        pub = pd.DataFrame({"h": np.empty(0, np.uint64), "category": [], "split": []})
+        pub.attrs["missing"] = sorted(set(missing))
+        return pub
+    h = np.concatenate(hashes)
+    del hashes
+    _, first = np.unique(h, return_index=True)   # sorted by hash; an id's first row
+    pub = pd.DataFrame({"h": h[first],
+                        "category": np.asarray(categories, dtype=object)[np.concatenate(cat_codes)[first]],
+                        "split": np.asarray(SPLITS, dtype=object)[np.concatenate(split_codes)[first]]})
     pub.attrs["missing"] = sorted(set(missing))
     return pub
 
@@ -529,7 +547,7 @@ def write_shards(manifest: Path, out: Path, shard_size: int, fate: np.ndarray, c
     parts = {s: out / f".{MANIFEST}.{s}.tmp" for s in SPLITS}
     missing: list[str] = []
     photos: list[dict[str, Any]] = []
-    reader = pq.ParquetFile(manifest)
+    reader = pq.ParquetFile(manifest, pre_buffer=False)
     columns = [c for c in COLUMNS if c != "labels"]
     start = 0
     with ExitStack() as stack:
@@ -578,8 +596,9 @@ def write_shards(manifest: Path, out: Path, shard_size: int, fate: np.ndarray, c
     with ManifestWriter(out / MANIFEST, optional=OPTIONAL) as writer:
         for split in SPLITS:   # the parts one after another: a split's rows together, in shard order
             if parts[split].is_file():
-                for batch in pq.ParquetFile(parts[split]).iter_batches(batch_size=WRITE_ROWS):
-                    writer.write(batch.to_pandas())
+                part = pq.ParquetFile(parts[split], pre_buffer=False)  # no read-ahead of whole row groups
+                for batch in part.iter_batches(batch_size=WRITE_ROWS):
+                    writer.write_arrow(pa.Table.from_batches([batch]))
                 parts[split].unlink()
     return missing, photos
 
@@ -591,7 +610,7 @@ def read_compact(manifest: Path, attributes: list[str]) -> pd.DataFrame:
     photos are streamed from the manifest when written); a hash collision between two of a million ids has
     a chance of ~1e-8."""
     try:
-        reader = pq.ParquetFile(manifest)
+        reader = pq.ParquetFile(manifest, pre_buffer=False)
         names = reader.schema_arrow.names
         missing = [c for c in COLUMNS if c not in names]
         if missing:
@@ -604,6 +623,7 @@ def read_compact(manifest: Path, attributes: list[str]) -> pd.DataFrame:
                               read_dictionary=["label", "category"])
         df = table.to_pandas()
         del table
+        pa.default_memory_pool().release_unused()   # the table's buffers, which Arrow's pool would keep
         for col in ("label", "category"):   # references to the few distinct strings: 8 bytes a row
             df[col] = df[col].astype(object)
         hashes = np.empty(len(df), dtype=np.uint64)
