@@ -9,13 +9,11 @@ validated epoch KILL_AT and waits inside epoch KILL_AT + 1 for rank 0's gradient
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
@@ -29,8 +27,8 @@ from fashionrec.models.factory import build_model
 from fashionrec.models.store import load_model
 from fashionrec.train.checkpoint import seed_everything
 from tests.gate import GatedServer
+from tests.reliability.training import CLI, env, history, logs_epoch
 
-CLI = str(Path(sys.executable).with_name("fashionrec"))
 MODEL = Path("models/simple_cnn/model.pt")
 # 1 vs 2 processes: a global batch's sums are split in two and added in another order (batch norm
 # statistics in float64 across ranks), so gradients agree to ~1e-4 relative; Adam divides by sqrt(v), so
@@ -67,9 +65,6 @@ def project(tiny_validated, root: Path, manifest: Path, epochs: int, **model: ob
     return root / "params.yaml"
 
 
-def env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
-
 
 def train(params: Path, *extra: str, **env_extra: str) -> subprocess.CompletedProcess:
     done = subprocess.run([CLI, "train", "simple_cnn", "-p", str(params), *extra], capture_output=True,
@@ -81,10 +76,6 @@ def train(params: Path, *extra: str, **env_extra: str) -> subprocess.CompletedPr
 def weights(root: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in torch.load(root / MODEL, weights_only=True)["state_dict"].items()}
 
-
-def history(root: Path) -> list[dict[str, float]]:
-    with open(root / "models" / "simple_cnn" / "history.csv") as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
 def test_two_processes_train_what_one_process_trains(tiny_validated, mlflow_server: str,
@@ -133,15 +124,6 @@ def test_a_batch_that_does_not_split_evenly_is_refused_naming_the_key(tiny_valid
 
 EPOCHS = 4
 KILL_AT = 2
-
-
-def logs_epoch(epoch: int):
-    def match(method: str, path: str, body: bytes) -> bool:
-        if method != "POST" or not path.endswith("/runs/log-batch"):
-            return False
-        metrics = json.loads(body or b"{}").get("metrics", [])
-        return any(m.get("key") == "val_micro_f1" and int(m.get("step", -1)) == epoch for m in metrics)
-    return match
 
 
 def rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process:

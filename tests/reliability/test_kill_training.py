@@ -8,12 +8,9 @@ then blocked after training that epoch and before its checkpoint, and is killed 
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,10 +20,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.gate import GatedServer
+from tests.reliability.training import CLI, env, history, logs_epoch
 
 EPOCHS = 8
 KILL_AT = 3          # the epoch whose metrics log is held: checkpoints 1..KILL_AT-1 exist then
-CLI = str(Path(sys.executable).with_name("fashionrec"))
 
 
 def project(tiny_validated, root: Path) -> Path:
@@ -44,24 +41,7 @@ def train_cmd(params: Path, *extra: str) -> list[str]:
     return [CLI, "train", "simple_cnn", "-p", str(params), *extra]
 
 
-def env(**extra: str) -> dict[str, str]:
-    """The test's environment (MLFLOW_TRACKING_URI names the fixture's server), one thread for determinism."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
 
-
-def logs_epoch(epoch: int):
-    """Matches MLflow's log-batch request carrying the per-epoch metrics of `epoch`."""
-    def match(method: str, path: str, body: bytes) -> bool:
-        if method != "POST" or not path.endswith("/runs/log-batch"):
-            return False
-        metrics = json.loads(body or b"{}").get("metrics", [])
-        return any(m.get("key") == "val_micro_f1" and int(m.get("step", -1)) == epoch for m in metrics)
-    return match
-
-
-def history(root: Path) -> list[dict[str, float]]:
-    with open(root / "models" / "simple_cnn" / "history.csv") as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
 def test_kill_9_mid_training_then_resume_matches_an_uninterrupted_run(tiny_validated, mlflow_server: str,
