@@ -14,8 +14,8 @@ Parameters mirror params.yaml (one dict per section, the candidates as a list of
 plus `repo` and `data_rev`; their defaults are params.yaml's at compile time.
 The `kfp` section shapes the spec itself: the image, CPU and memory requests of every task, each
 candidate's GPUs (kfp.accelerators) with the GPU pool's node selector and toleration, retries of train and
-evaluate, and the Kubernetes Secrets/ConfigMap the MLflow and DVC settings come from; `index.shard_size` > 0
-embeds the inventory in shards, `kfp.inventory_parallelism` at a time, each task with
+evaluate, and the Kubernetes Secrets/ConfigMap the MLflow, DVC and Milvus settings come from;
+`index.shard_size` > 0 embeds the inventory in shards, `kfp.inventory_parallelism` at a time, each task with
 `kfp.accelerators.embed_shard` GPUs and retried alone (`index.shard_retries`), writing Parquet files on the
 bundles claim that the assemble step builds the bundle from. The train step's
 resources, GPUs, toleration, env and volumes pass through (`dsl.TaskConfig`) to the TrainJob it submits
@@ -45,6 +45,7 @@ from components.select import select
 from components.train import train
 from components.validate import validate
 from fashionrec.core.config import Params, load_params
+from fashionrec.core.settings import KfpMilvus, MilvusParams, check
 from fashionrec.kfp.client import pipeline_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,20 @@ def uses_mlflow(task: dsl.PipelineTask) -> dsl.PipelineTask:
     kubernetes.use_config_map_as_env(task, config_map_name=spec["config_map"],
                                      config_map_key_to_env=dict(spec["config_map_env"]))
     kubernetes.use_secret_as_env(task, secret_name=spec["secret"], secret_key_to_env=dict(spec["secret_env"]))
+    return task
+
+
+def uses_milvus(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """The Milvus token and the bulk import's object-storage keys, from the Secrets the cluster manifests name
+    (kfp.milvus), into the variables index.milvus reads them from. Optional: a run whose index kind is not
+    milvus needs neither, and a milvus deploy without them fails naming the missing variable."""
+    spec = check(KfpMilvus, KFP.get("milvus") or {}, "kfp.milvus")
+    milvus = check(MilvusParams, PARAMS.section("index").get("milvus") or {}, "index.milvus")
+    kubernetes.use_secret_as_env(task, secret_name=spec.secret, optional=True,
+                                 secret_key_to_env={spec.token_key: milvus.token_env})
+    kubernetes.use_secret_as_env(task, secret_name=spec.storage_secret, optional=True, secret_key_to_env={
+        spec.access_key_key: milvus.bulk_import.access_key_env,
+        spec.secret_key_key: milvus.bulk_import.secret_key_env})
     return task
 
 
@@ -192,16 +207,16 @@ def training_pipeline(
                         index_params=index_params, serve_params=serve_params, mlflow_params=mlflow_params,
                         seed=seed, bundles_dir=bundles_dir, shard=shard, device=SHARD_DEVICE),
                         "embed_shard")))))
-                on_bundles(uses_mlflow(uncached(resources(assemble_inventory(
+                uses_milvus(on_bundles(uses_mlflow(uncached(resources(assemble_inventory(
                     index_params=index_params, serve_params=serve_params, mlflow_params=mlflow_params,
                     seed=seed, bundles_dir=bundles_dir, plan=planned.output,
                     shards=dsl.Collected(embedded.output), validated=validated, subset=images),
-                    "assemble_inventory"))))
+                    "assemble_inventory")))))
             else:
-                on_bundles(uses_mlflow(uncached(resources(deploy(
+                uses_milvus(on_bundles(uses_mlflow(uncached(resources(deploy(
                     index_params=index_params, serve_params=serve_params, mlflow_params=mlflow_params,
                     seed=seed, bundles_dir=bundles_dir, validated=validated, subset=images),
-                    "deploy").after(registered))))
+                    "deploy").after(registered)))))
         with dsl.Else("gate-refused"):
             uncached(resources(record_rejection(decision=gate.outputs["decision"]), "record_rejection"))
     with dsl.Else("no-change"):

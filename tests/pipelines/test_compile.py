@@ -132,12 +132,40 @@ def test_settings_come_from_secrets_not_the_spec(compiled):
         [cm] = k8s["configMapAsEnv"]
         assert cm["configMapName"] == kfp["mlflow"]["config_map"], task
         assert {e["configMapKey"]: e["envVar"] for e in cm["keyToEnv"]} == kfp["mlflow"]["config_map_env"]
-        [secret] = k8s["secretAsEnv"]
-        assert secret["secretName"] == kfp["mlflow"]["secret"], task
+        [secret] = [s for s in k8s["secretAsEnv"] if s["secretName"] == kfp["mlflow"]["secret"]]
         assert {e["secretKey"]: e["envVar"] for e in secret["keyToEnv"]} == kfp["mlflow"]["secret_env"]
     [dvc] = compiled.k8s("fetch-data")["secretAsEnv"]
     assert dvc["secretName"] == kfp["data"]["secret"]
     assert {e["secretKey"]: e["envVar"] for e in dvc["keyToEnv"]} == kfp["data"]["secret_env"]
+
+
+def milvus_secrets(compiled, task: str) -> dict[str, dict[str, object]]:
+    """The task's Secrets other than MLflow's: name -> {key: env, "optional": bool}."""
+    mlflow = compiled.params.section("kfp")["mlflow"]["secret"]
+    return {s["secretName"]: {**{e["secretKey"]: e["envVar"] for e in s["keyToEnv"]},
+                              "optional": s.get("optional")}
+            for s in compiled.k8s(task).get("secretAsEnv", []) if s["secretName"] != mlflow}
+
+
+def test_the_deploy_task_gets_the_milvus_credentials_where_index_milvus_reads_them(compiled):
+    """The token and the bulk import's keys come from the Secrets deploy/k8s/milvus names, into the variables
+    index.milvus reads; optional, so a cluster serving a BallTree needs no Milvus Secret. No other task
+    (training, evaluation) sees them."""
+    kfp, milvus = compiled.params.section("kfp"), compiled.params.section("index")["milvus"]
+    spec = kfp["milvus"]
+    assert milvus_secrets(compiled, "deploy") == {
+        spec["secret"]: {spec["token_key"]: milvus["token_env"], "optional": True},
+        spec["storage_secret"]: {spec["access_key_key"]: milvus["bulk_import"]["access_key_env"],
+                                 spec["secret_key_key"]: milvus["bulk_import"]["secret_key_env"],
+                                 "optional": True}}
+    for task in TASKS:
+        if task != "deploy" and task != "fetch_data":
+            assert milvus_secrets(compiled, task.replace("_", "-")) == {}, task
+    # the Secret names and keys are the ones the cluster manifests read
+    patch = (ROOT / "deploy/k8s/milvus/deployer-milvus-patch.yaml").read_text()
+    for name, key in ((spec["secret"], spec["token_key"]), (spec["storage_secret"], spec["access_key_key"]),
+                      (spec["storage_secret"], spec["secret_key_key"])):
+        assert f"name: {name}, key: {key}" in patch, (name, key)
 
 
 def test_image_must_be_fully_qualified():

@@ -84,6 +84,10 @@ def test_sharded_tasks_resources_gpu_and_claim(sharded: Compiled) -> None:
         mount = sharded.k8s(name)["pvcMount"][0]
         assert (mount["constant"], mount["mountPath"]) == (kfp["bundles_pvc"], kfp["bundles_mount"]), task
         assert sharded.k8s(name)["secretAsEnv"][0]["secretName"] == kfp["mlflow"]["secret"], task
+        # only the task that writes the collection reads the Milvus credentials
+        milvus = {s["secretName"] for s in sharded.k8s(name)["secretAsEnv"]} - {kfp["mlflow"]["secret"]}
+        want_milvus = {kfp["milvus"]["secret"], kfp["milvus"]["storage_secret"]}
+        assert milvus == (want_milvus if task == "assemble_inventory" else set()), task
     accel = sharded.executor("embed-shard")["resources"]["accelerator"]
     assert accel["resourceType"] == kfp["gpu"]["accelerator"]
     assert accel["resourceCount"] == str(kfp["accelerators"]["embed_shard"]) == "1"

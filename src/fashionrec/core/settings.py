@@ -566,6 +566,16 @@ class KfpMlflow(Section):
     secret_env: dict[str, str] = Field(default_factory=dict)
 
 
+class KfpMilvus(Section):
+    """The Secrets the deploy tasks read Milvus credentials from (the names deploy/k8s/milvus uses)."""
+
+    secret: str = "fashionrec-milvus"
+    token_key: str = "token"
+    storage_secret: str = "fashionrec-milvus-storage"
+    access_key_key: str = "access_key"
+    secret_key_key: str = "secret_key"
+
+
 class KfpRetry(Section):
     num_retries: NonNegInt = 0
     backoff_duration: str = "0s"
@@ -628,6 +638,7 @@ class KfpSection(Section):
     namespace: str | None = None
     data: KfpData = Field(default_factory=KfpData)
     mlflow: KfpMlflow = Field(default_factory=KfpMlflow)
+    milvus: KfpMilvus = Field(default_factory=KfpMilvus)
     accelerators: dict[str, NonNegInt] = Field(default_factory=dict)
     retry: KfpRetry = Field(default_factory=KfpRetry)
     bundles_pvc: str | None = None
