@@ -95,40 +95,31 @@ class DeployConfig:
         """Read `index` (+ `serve.inventory_root`, `serve.admin_token_env`, `seed`, the tracking URI)."""
         from fashionrec.core.tracking import tracking_uri
 
-        sec = check(IndexSection, params.section("index"), "index").model_dump(exclude_unset=True)
+        s = check(IndexSection, params.section("index"), "index")   # its fields are the defaults
+        kinds = s.model_dump(exclude_unset=True)   # a kind's parameters: those set (the index fills in)
 
         def path(value: Any) -> Path | None:
             return params.path(value) if value else None
 
-        if not sec.get("bundles"):
+        if not s.bundles:
             raise ParamsError("params index.bundles: the bundles folder is required")
-        serve = check(ServeSection, params.get("serve"), "serve").model_dump()
+        serve = check(ServeSection, params.get("serve"), "serve")
         index = IndexSettings(
-            kind=str(sec.get("kind", "balltree")),
-            auto_exact_max=int(sec.get("auto_exact_max", AUTO_EXACT_MAX)),
-            kind_params={k: dict(sec.get(k) or {}) for k in KINDS if sec.get(k) is not None},
-            recall_k=int(sec.get("recall_k", RECALL_K)),
-            target_recall=None if sec.get("target_recall") is None else float(sec["target_recall"]),
-            max_ef_search=int(sec.get("max_ef_search", 1024)),
-            recall_queries=int(sec.get("recall_queries", 200)))
+            kind=s.kind, auto_exact_max=s.auto_exact_max,
+            kind_params={k: dict(kinds[k] or {}) for k in KINDS if kinds.get(k) is not None},
+            recall_k=s.recall_k, target_recall=s.target_recall, max_ef_search=s.max_ef_search,
+            recall_queries=s.recall_queries)
         return cls(
-            bundles=params.path(sec["bundles"]), model=str(sec.get("model") or DEFAULT_MODEL),
-            catalog=path(sec.get("catalog")), manifest=path(sec.get("manifest")),
-            summary=path(sec.get("summary")), inventory_root=path(serve.get("inventory_root")), index=index,
-            min_recall=float(sec.get("min_recall", 0.9)),
-            min_self_similarity=float(sec.get("min_self_similarity", 0.99)),
-            smoke_queries=int(sec.get("smoke_queries", 5)), batch_size=int(sec.get("batch_size", 32)),
-            device=str(sec.get("device", "cpu")), max_image_bytes=int(sec.get("max_image_bytes", 20_000_000)),
-            fetch_retries=int(sec.get("fetch_retries", 3)),
-            fetch_backoff_s=float(sec.get("fetch_backoff_s", 0.5)),
-            fetch_timeout_s=float(sec.get("fetch_timeout_s", 10.0)),
-            activate=bool(sec.get("activate", True)), keep=int(sec.get("keep", 5)),
-            notify=tuple(str(u) for u in (sec.get("notify") or [])),
-            admin_token_env=str(serve.get("admin_token_env") or DEFAULT_ADMIN_TOKEN_ENV),
+            bundles=params.path(s.bundles), model=s.model, catalog=path(s.catalog), manifest=path(s.manifest),
+            summary=path(s.summary), inventory_root=path(serve.inventory_root), index=index,
+            min_recall=s.min_recall, min_self_similarity=s.min_self_similarity, smoke_queries=s.smoke_queries,
+            batch_size=s.batch_size, device=s.device, max_image_bytes=s.max_image_bytes,
+            fetch_retries=s.fetch_retries, fetch_backoff_s=s.fetch_backoff_s,
+            fetch_timeout_s=s.fetch_timeout_s,
+            activate=s.activate, keep=s.keep, notify=tuple(s.notify), admin_token_env=serve.admin_token_env,
             seed=int(params.get("seed", DEFAULT_SEED)), tracking_uri=tracking_uri(params),
-            lock_wait_s=float(sec.get("lock_wait_s", 600.0)), precision=str(sec.get("precision", "auto")),
-            shard_size=int(sec.get("shard_size", 0)), shards_dir=path(sec.get("shards_dir")),
-            shard_retries=int(sec.get("shard_retries", 1)))
+            lock_wait_s=s.lock_wait_s, precision=s.precision, shard_size=s.shard_size,
+            shards_dir=path(s.shards_dir), shard_retries=s.shard_retries)
 
     def with_(self, **changes: Any) -> DeployConfig:
         return replace(self, **changes)
