@@ -199,7 +199,7 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
     `params` are one subset's flat parameters (`subset_params(section, name)`). Every decision (drops,
     cap, split) is taken on a compact table of the manifest (`read_compact`: an id hash, label and category
     as int16 codes into a small vocabulary, the flags, the sender and, once decided, the split as an int8
-    code: ~30 bytes a photo and no string of its own); then the manifest is streamed a chunk at a time into
+    code: ~22 bytes a photo and no string of its own); then the manifest is streamed a chunk at a time into
     one shard writer per split, so memory does not grow with the photos' paths and hashes. Strings are
     made only for the rows the drop report lists. Within a split, photos keep the source manifest's order.
     """
@@ -701,7 +701,7 @@ def write_shards(manifest: Path, out: Path, shard_size: int, fate: np.ndarray, c
 def read_compact(manifest: Path, attributes: list[str]) -> tuple[pd.DataFrame, Vocabulary]:
     """The manifest as the subset decides on it, one row per photo indexed by its row number: `h` (a 64-bit
     hash of the id), `label` and `category` (int16 codes into the returned vocabulary), `kids`,
-    `sender_id` and the attribute flags. ~20 bytes a photo: no path, sha256, id or label string is held
+    `sender_id` and the attribute flags. ~21 bytes a photo: no path, sha256, id or label string is held
     (the photos are streamed from the manifest when written); a hash collision between two of a million
     ids has a chance of ~1e-8. Read in one pass of `WRITE_ROWS` rows into arrays made to size, so what
     Arrow and the ids' strings take while reading does not grow with the photos."""
