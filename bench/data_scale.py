@@ -9,6 +9,8 @@ each (time ratio / size ratio: 1.0 is linear; peak RSS ratio: the target is <= 1
         [--jobs 2] [--no-dvc] [--out FILE]
 
 A source folder already in `<work>/<N>/source` (images.csv written) is reused, not synthesised again.
+Where synthesising 1M photos does not fit, `bench/replica_source.py` makes a 1M source from the 100k one
+(hard links) for the ingest and subset figures; validate then fails, as it must, on content in two splits.
 """
 
 from __future__ import annotations

@@ -133,6 +133,29 @@ def test_bad_params_are_named(tiny_validated, tmp_path):
         subset(manifest, tmp_path / "x", params(tiny, split={"policy": "grouped", "shares": {"train": 1}}))
 
 
+
+@pytest.mark.parametrize("column", ["label", "sender_id"])
+def test_a_manifest_row_without_label_or_sender_is_named(tiny_validated, tmp_path, column):
+    """The compact table holds codes, not the manifest's values: an empty label or sender stops the subset
+    with the file, row and column, not deep inside the split."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tiny = tiny_validated.source
+    folder = tmp_path / "manifest"
+    shutil.copytree(tiny_validated.manifest, folder)
+    table = pq.read_table(folder / "manifest.parquet")
+    values = table.column(column).to_pylist()
+    values[5] = None
+    table = table.set_column(table.schema.get_field_index(column), column,
+                             pa.array(values, type=table.schema.field(column).type))
+    pq.write_table(table, folder / "manifest.parquet")
+    with pytest.raises(DataError, match=rf"manifest.parquet: row 5: no {column}"):
+        subset(folder / "manifest.parquet", tmp_path / "s", params(tiny))
+    assert not (tmp_path / "s" / "manifest.parquet").exists()
+
 # --- the catalog: every category over the minimum, kids included, grouped by sender ------------------
 
 

@@ -217,8 +217,15 @@ def dataset_info(df: pd.DataFrame, classes: list[str], attributes: list[str], **
     """`dataset.json` content: the label vocabulary and the per-split class counts of df."""
     counts = {s: {c: int(((df["split"] == s) & (df["category"] == c)).sum()) for c in classes}
               for s in SPLITS}
+    return dataset_info_of(counts, len(df), classes, attributes, **extra)
+
+
+def dataset_info_of(counts: dict[str, dict[str, int]], n_images: int, classes: list[str],
+                    attributes: list[str], **extra: Any) -> dict[str, Any]:
+    """`dataset.json` content from counts already made (split -> category -> photos; a class it lacks: 0)."""
+    counts = {s: {c: int(counts.get(s, {}).get(c, 0)) for c in classes} for s in SPLITS}
     return {"classes": list(classes), "attributes": list(attributes),
-            "labels": [*classes, *attributes], **extra, "counts": counts, "n_images": len(df)}
+            "labels": [*classes, *attributes], **extra, "counts": counts, "n_images": n_images}
 
 
 def write_dataset(info: dict[str, Any], folder: Path) -> Path:

@@ -43,7 +43,7 @@ from fashionrec.data.manifest import (
     SPLITS,
     ManifestWriter,
     category_of,
-    dataset_info,
+    dataset_info_of,
     id_hashes,
     labels_of,
     manifest_file,
@@ -53,9 +53,11 @@ from fashionrec.data.reviewed import apply_review
 from fashionrec.data.shards import SHARDS, ShardWriter
 
 POLICIES = ("published", "grouped")
+CODE = np.int16  # label and category codes of the compact table
+TEST = SPLITS.index("test")
 SHARD_SIZE = 1000  # photos per shard (subset.shard_size)
 WRITE_ROWS = 10_000  # manifest rows converted and written at a time
-READ_ROWS = 100_000  # rows of a published split file or of manifest ids hashed at a time
+READ_ROWS = 20_000  # rows of a published split file read at a time
 DROPPED = "dropped"  # dropped.json / dropped.md
 # why a photo of the source is not in a subset (the keys of dropped.json's `by_reason`)
 JUNK = "junk label (subset.drop_labels)"
@@ -93,6 +95,80 @@ class SubsetResult:
         return asdict(self)
 
 
+def encode(values: Any, names: list[str] | tuple[str, ...], dtype: type = np.int16) -> np.ndarray:
+    """Codes of `values` (each one of `names`, unique) into `names`."""
+    codes = pd.Categorical(values, categories=list(names)).codes
+    if (codes < 0).any():   # by construction never: every value comes from the vocabulary
+        raise DataError(f"subset: value {np.asarray(values, dtype=object)[codes < 0][0]!r} is not one of "
+                        f"{list(names)}")
+    return codes.astype(dtype, copy=False)
+
+
+@dataclass
+class Vocabulary:
+    """The few distinct labels and categories that the compact table's int16 `label` / `category` columns
+    are codes into: the decisions compare and count codes, and strings are made only for the rows the drop
+    report lists and for one written chunk at a time. Categories grow as a published file brings new ones."""
+
+    labels: list[str]
+    categories: list[str]
+
+    def label_codes(self, names: Any) -> np.ndarray:
+        """Codes of those of `names` that are labels (the others match no row)."""
+        return np.asarray([self.labels.index(n) for n in names if n in self.labels], dtype=CODE)
+
+    def category_codes(self, names: Any, add: bool = False) -> np.ndarray:
+        """Codes of those of `names` that are categories (the others match no row); with `add`, of every
+        one of them, a new name added to the vocabulary."""
+        codes = []
+        for n in names:
+            if n not in self.categories:
+                if not add:
+                    continue
+                if len(self.categories) > np.iinfo(CODE).max:
+                    raise DataError(f"subset: more than {np.iinfo(CODE).max} distinct categories")
+                self.categories.append(n)
+            codes.append(self.categories.index(n))
+        return np.asarray(codes, dtype=CODE)
+
+    def category_counts(self, codes: np.ndarray) -> dict[str, int]:
+        """Rows per category name (every name of the vocabulary, 0 included) of `codes`."""
+        counts = np.bincount(codes, minlength=len(self.categories))
+        return {name: int(n) for name, n in zip(self.categories, counts, strict=True)}
+
+    def label_names(self, codes: np.ndarray) -> pd.Series:
+        return pd.Series(np.asarray(self.labels, dtype=object)[codes])
+
+    def category_array(self) -> np.ndarray:
+        return np.asarray(self.categories, dtype=object)
+
+    def named(self, df: pd.DataFrame) -> pd.DataFrame:
+        """df with label and category names, and split names where it has int8 split codes."""
+        named = df.assign(label=np.asarray(self.labels, dtype=object)[df["label"].to_numpy()],
+                          category=self.category_array()[df["category"].to_numpy()])
+        if "split" in named.columns and named["split"].dtype == np.int8:
+            named["split"] = np.asarray(SPLITS, dtype=object)[named["split"].to_numpy()]
+        return named
+
+    def coded(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The inverse of `named`."""
+        return df.assign(label=encode(df["label"], self.labels),
+                         category=encode(df["category"], self.categories),
+                         split=encode(df["split"], SPLITS, np.int8))
+
+
+@dataclass
+class Published:
+    """A published split file as codes: the ids' hashes (sorted; an id's first row), its labels' categories
+    (int16 codes into the subset's `Vocabulary`), the splits (int8 codes into SPLITS) and the images it
+    lists that the manifest lacks."""
+
+    h: np.ndarray
+    category: np.ndarray
+    split: np.ndarray
+    missing: list[str]
+
+
 def subset_names(section: dict[str, Any]) -> list[str]:
     """The subsets params define (`subset.subsets`), in params order."""
     names = list(section.get("subsets") or {})
@@ -121,10 +197,11 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
     drop report.
 
     `params` are one subset's flat parameters (`subset_params(section, name)`). Every decision (drops,
-    cap, split) is taken on a compact table of the manifest (`read_compact`: an id hash, the category,
-    the flags and the sender, tens of bytes a photo and no strings of its own); then the manifest is
-    streamed a chunk at a time into one shard writer per split, so memory does not grow with the photos'
-    paths and hashes. Within a split, photos keep the source manifest's order.
+    cap, split) is taken on a compact table of the manifest (`read_compact`: an id hash, label and category
+    as int16 codes into a small vocabulary, the flags, the sender and, once decided, the split as an int8
+    code: ~22 bytes a photo and no string of its own); then the manifest is streamed a chunk at a time into
+    one shard writer per split, so memory does not grow with the photos' paths and hashes. Strings are
+    made only for the rows the drop report lists. Within a split, photos keep the source manifest's order.
     """
     split_params = params.get("split") or {}
     policy = split_params.get("policy", "published")
@@ -135,29 +212,30 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
     attributes = list(params.get("attributes") or [])
     source_dir = Path(manifest).parent / "source"
     path = manifest_file(manifest)
-    df = read_compact(path, attributes)
+    df, vocab = read_compact(path, attributes)
     n_rows = len(df)
     notes: dict[str, Any] = {}
     gone: list[pd.DataFrame] = []
 
-    def drop(mask: pd.Series | np.ndarray, reason: str) -> pd.DataFrame:
-        if not np.asarray(mask).any():   # nothing to drop: no copy of the compact table
+    def drop(mask: np.ndarray, reason: str) -> pd.DataFrame:
+        if not mask.any():   # nothing to drop: no copy of the compact table
             gone.append(df.iloc[:0].assign(reason=reason))
             return df
         gone.append(df[mask].assign(reason=reason))
         return df[~mask]
 
     junk = set(params.get("drop_labels") or [])
-    dropped = df["label"].isin(junk)
-    notes["dropped_labels"] = {str(k): int(v) for k, v in df.loc[dropped, "label"].value_counts().items()}
+    dropped = np.isin(df["label"].to_numpy(), vocab.label_codes(junk))
+    notes["dropped_labels"] = {str(k): int(v) for k, v in
+                               vocab.label_names(df["label"].to_numpy()[dropped]).value_counts().items()}
     df = drop(dropped, JUNK)
 
     keep_in_test = np.empty(0, dtype=np.uint64)
     if policy == "published":
         n_before = len(df)
         pub = read_published_hashed(source_dir / split_params.get("published_file", "top10-splits.csv"),
-                                    np.unique(df["h"].to_numpy()))
-        found, at = lookup(pub["h"].to_numpy(), df["h"].to_numpy())
+                                    vocab, np.unique(df["h"].to_numpy()))
+        found, at = lookup(pub.h, df["h"].to_numpy())
         gone.append(df[~found].assign(reason=UNPUBLISHED))
         df, expected = apply_published(df, pub, found, at, notes)
         del pub, found, at
@@ -168,39 +246,40 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
             if not expected["test"]:
                 raise DataError("subset.split.keep_in_test: needs a test share above 0 in "
                                 "subset.split.shares")
-            pub = read_published_hashed(source_dir / split_params["keep_in_test"])
+            pub = read_published_hashed(source_dir / split_params["keep_in_test"], vocab)
             df = relabel(df, pub, notes)
-            keep_in_test = np.sort(pub.loc[pub["split"] == "test", "h"].to_numpy())
+            keep_in_test = pub.h[pub.split == TEST]   # pub.h is sorted
             del pub
 
     listed = params.get("classes")
-    classes = list(listed or sorted(df["category"].unique()))
-    keep = df["category"].isin(classes)
+    sizes = vocab.category_counts(df["category"].to_numpy())
+    classes = list(listed or sorted(c for c, n in sizes.items() if n))
+    keep = np.isin(df["category"].to_numpy(), vocab.category_codes(classes))
     notes["dropped_other_classes"] = int((~keep).sum())
     df = drop(~keep, NOT_LISTED)
-    empty = [c for c in classes if not (df["category"] == c).any()]
+    sizes = vocab.category_counts(df["category"].to_numpy())
+    empty = [c for c in classes if not sizes.get(c, 0)]
     if empty and listed:
         raise DataError(f"subset.classes: no images for {empty} (after dropping {sorted(junk)})")
     minimum = params.get("min_per_class")
     under: dict[str, int] = {}
     if minimum is not None:
-        sizes = df["category"].value_counts()
-        under = {c: int(sizes.get(c, 0)) for c in classes if sizes.get(c, 0) < int(minimum)}
-        df = drop(df["category"].isin(under), UNDER_MIN)
+        under = {c: sizes.get(c, 0) for c in classes if sizes.get(c, 0) < int(minimum)}
+        df = drop(np.isin(df["category"].to_numpy(), vocab.category_codes(under)), UNDER_MIN)
         classes = [c for c in classes if c not in under]
     notes["under_minimum"] = under
     if not classes:
         raise DataError(f"subset '{name}': no category left with >= subset.min_per_class={minimum} photos "
                         f"(under it: {under})")
     if policy == "published":
-        expected = shares_of(df)
+        expected = shares_of(df["split"].to_numpy())
 
     cap = params.get("max_per_class")
     if cap is not None:
-        before = df
-        df = cap_per_class(df, int(cap), seed).sort_index()
-        notes["capped"] = len(before) - len(df)
-        gone.append(before[~before.index.isin(df.index)].assign(reason=CAPPED))
+        kept = np.sort(cap_per_class(df, int(cap), seed))
+        capped = ~np.isin(df.index.to_numpy(), kept)
+        notes["capped"] = int(capped.sum())
+        df = drop(capped, CAPPED)
     if policy == "grouped":
         hashes = df["h"].to_numpy()
         in_test = lookup(keep_in_test, hashes)[0]
@@ -212,19 +291,24 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
         order = np.argsort(pinned_h)
         pinned_ids, pinned_h = pinned_ids[order], pinned_h[order]
         is_pinned, at = lookup(pinned_h, hashes)
-        strata, names = strata_of(df, attributes)
+        strata, names = strata_of(df, attributes, vocab.categories)
         split = assign_splits(df["sender_id"].to_numpy(), strata, len(names), expected, seed, forced=forced,
                               pinned=is_pinned, pinned_ids=pinned_ids[at[is_pinned]], pinned_splits=pinned)
+        del strata, hashes, at
         df = df.assign(split=split)
         notes["pinned"] = int(is_pinned.sum())
         notes["kept_in_test"] = int(in_test.sum())
-        if (in_test & (df["split"] != "test").to_numpy()).any():  # by construction never
+        if (in_test & (split != TEST)).any():  # by construction never
             raise DataError("subset.split.keep_in_test: a published test image left the test split")
+        del split, in_test, is_pinned
 
     review = params.get("label_review")
     if review:   # after the split: a reviewed row never moves another photo between splits
         n_before = len(df)
-        df, reviewed_out, notes["label_review"] = apply_review(df, Path(review), classes, name)
+        named, reviewed_out, notes["label_review"] = apply_review(vocab.named(df), Path(review), classes,
+                                                                  name)
+        df, reviewed_out = vocab.coded(named), vocab.coded(reviewed_out)
+        del named
         # the split was balanced before the list dropped train photos: validate checks the split, not the list
         expected = {s: (share * n_before - (len(reviewed_out) if s == "train" else 0)) / max(len(df), 1)
                     for s, share in expected.items()}
@@ -234,29 +318,35 @@ def subset(manifest: Path, out: Path, params: dict[str, Any]) -> SubsetResult:
 
     out.mkdir(parents=True, exist_ok=True)
     lost = pd.concat(gone) if gone else df.iloc[:0].assign(reason="")
-    fate = np.full(n_rows, -1, dtype=np.int8)          # kept: its split's index; dropped: -1
-    fate[df.index.to_numpy()] = pd.Categorical(df["split"], categories=SPLITS).codes
-    category = np.empty(n_rows, dtype=object)           # as kept, or as it was when dropped
+    fate = np.full(n_rows, -1, dtype=np.int8)          # kept: its split's code; dropped: -1
+    fate[df.index.to_numpy()] = df["split"].to_numpy()
+    category = np.zeros(n_rows, dtype=CODE)            # as kept, or as it was when dropped: a code
     category[lost.index.to_numpy()] = lost["category"].to_numpy()
     category[df.index.to_numpy()] = df["category"].to_numpy()
+    lost = vocab.named(lost.drop(columns="split", errors="ignore"))   # strings for the dropped rows only
     reasons = pd.Series(lost["reason"].to_numpy(), index=lost.index)
     missing, photos = write_shards(path, out, int(params.get("shard_size") or SHARD_SIZE), fate, category,
-                                   attributes, reasons)
+                                   vocab.category_array(), attributes, reasons)
+    del fate, category
     extra = {"subset": name} if name else {}
     if notes.get("label_review"):
         extra["label_review"] = notes["label_review"]
-    write_dataset(dataset_info(df, classes, attributes, **extra, split_policy=policy, seed=seed,
-                               expected_shares=expected,
-                               min_per_class=None if minimum is None else int(minimum)), out)
+    split_codes, category_codes = df["split"].to_numpy(), df["category"].to_numpy()
+    counts = {s: vocab.category_counts(category_codes[split_codes == k]) for k, s in enumerate(SPLITS)}
+    write_dataset(dataset_info_of(counts, len(df), classes, attributes, **extra, split_policy=policy,
+                                  seed=seed, expected_shares=expected,
+                                  min_per_class=None if minimum is None else int(minimum)), out)
     report = drop_report(lost, photos, df, name, minimum)
     write_drop_report(report, out)
     message = drop_message(report)
     if message:
         log.warning("subset %s: %s", name or out, message)
-    kids = {s: int(df.loc[df["split"] == s, "kids"].sum()) for s in SPLITS}
+    kids = df["kids"].to_numpy()
     return SubsetResult(out=str(out), policy=policy, classes=classes, n_images=len(df), name=name,
-                        message=message, counts={s: int((df["split"] == s).sum()) for s in SPLITS},
-                        kids=kids, missing_files=missing, **notes)
+                        message=message,
+                        counts={s: int((split_codes == k).sum()) for k, s in enumerate(SPLITS)},
+                        kids={s: int(kids[split_codes == k].sum()) for k, s in enumerate(SPLITS)},
+                        missing_files=missing, **notes)
 
 
 def lookup(keys: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -293,20 +383,18 @@ def read_pinned(splits_csv: Path) -> dict[str, str]:
     return dict(zip(pinned["image"], pinned["split"], strict=True))
 
 
-def read_published_hashed(splits_csv: Path, known: np.ndarray | None = None) -> pd.DataFrame:
-    """A published split file as a compact table: `h` (the image id's hash, sorted, first row of an id
-    kept), `category` (of its label) and `split`; read in chunks, so a million rows cost ~20 MB, not the
-    hundreds their strings would. With `known` (sorted id hashes) `attrs["missing"]` lists the file's
-    images not among them."""
+def read_published_hashed(splits_csv: Path, vocab: Vocabulary, known: np.ndarray | None = None) -> Published:
+    """A published split file as codes (`Published`): read in chunks, each label's category coded in
+    `vocab` (new categories added to it), so a million rows cost ~11 MB, not the hundreds their strings
+    would. With `known` (sorted id hashes) `missing` lists the file's images not among them."""
     if not splits_csv.is_file():
         raise DataError(f"{splits_csv}: published split file not found (policy 'published' or "
                         "split.keep_in_test; use subset.split.policy=grouped without keep_in_test "
                         "for a source without one)")
     columns = ("image", "label", "split")
     hashes: list[np.ndarray] = []
-    cat_codes: list[np.ndarray] = []   # per chunk: int16 codes into `categories`, int8 codes into SPLITS
+    cat_codes: list[np.ndarray] = []   # per chunk: int16 codes into vocab.categories, int8 codes into SPLITS
     split_codes: list[np.ndarray] = []
-    categories: list[str] = []
     missing: list[str] = []
     try:
         header = pd.read_csv(splits_csv, dtype=str, keep_default_na=False, nrows=0)
@@ -326,48 +414,45 @@ def read_published_hashed(splits_csv: Path, known: np.ndarray | None = None) -> 
                 if known is not None:
                     missing.extend(ids[~lookup(known, h)[0]])
                 labels, at = np.unique(chunk["label"].to_numpy(dtype=object), return_inverse=True)
-                for c in (category_of(v) for v in labels):
-                    if c not in categories:
-                        categories.append(c)
-                code_of = np.asarray([categories.index(category_of(v)) for v in labels], dtype=np.int16)
+                code_of = vocab.category_codes([category_of(v) for v in labels], add=True)
                 hashes.append(h)
                 cat_codes.append(code_of[at.reshape(-1)])
-                split_codes.append(pd.Categorical(chunk["split"], SPLITS).codes.astype(np.int8))
+                split_codes.append(encode(chunk["split"], SPLITS, np.int8))
+                del chunk, ids, h, labels, at
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{splits_csv}: cannot read CSV ({type(exc).__name__}: {exc})") from exc
+    pa.default_memory_pool().release_unused()   # the chunks' strings, which Arrow's pool would keep
     if not hashes:
-        pub = pd.DataFrame({"h": np.empty(0, np.uint64), "category": [], "split": []})
-        pub.attrs["missing"] = sorted(set(missing))
-        return pub
+        return Published(np.empty(0, np.uint64), np.empty(0, CODE), np.empty(0, np.int8),
+                         sorted(set(missing)))
     h = np.concatenate(hashes)
     del hashes
     _, first = np.unique(h, return_index=True)   # sorted by hash; an id's first row
-    pub = pd.DataFrame({"h": h[first],
-                        "category": np.asarray(categories, dtype=object)[np.concatenate(cat_codes)[first]],
-                        "split": np.asarray(SPLITS, dtype=object)[np.concatenate(split_codes)[first]]})
-    pub.attrs["missing"] = sorted(set(missing))
-    return pub
+    return Published(h[first], np.concatenate(cat_codes)[first], np.concatenate(split_codes)[first],
+                     sorted(set(missing)))
 
 
-def relabel(df: pd.DataFrame, pub: pd.DataFrame, notes: dict[str, Any]) -> pd.DataFrame:
+def relabel(df: pd.DataFrame, pub: Published, notes: dict[str, Any]) -> pd.DataFrame:
     """The published file's category wins over images.csv for the images it lists (the upstream fix)."""
-    found, at = lookup(pub["h"].to_numpy(), df["h"].to_numpy())
-    fixed = np.where(found, pub["category"].to_numpy()[at], df["category"].to_numpy())
-    notes["relabelled"] = int((fixed != df["category"].to_numpy()).sum())
-    return df.assign(category=fixed)
+    found, at = lookup(pub.h, df["h"].to_numpy())
+    given = df["category"].to_numpy()
+    fixed = np.where(found, pub.category[at], given) if len(pub.h) else given
+    notes["relabelled"] = int((fixed != given).sum())
+    return df.assign(category=fixed.astype(CODE, copy=False))
 
 
-def apply_published(df: pd.DataFrame, pub: pd.DataFrame, found: np.ndarray, at: np.ndarray,
+def apply_published(df: pd.DataFrame, pub: Published, found: np.ndarray, at: np.ndarray,
                     notes: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
     """Keep the images of the published split file (`found`, at `at` in it); take its label and split."""
     kept = df[found]
-    category = pub["category"].to_numpy()[at[found]]
+    category = pub.category[at[found]]
     notes["relabelled"] = int((category != kept["category"].to_numpy()).sum())
-    notes["published_missing"] = list(pub.attrs.get("missing", []))
-    kept = kept.assign(category=category, split=pub["split"].to_numpy()[at[found]])
-    return kept, shares_of(kept)
+    notes["published_missing"] = list(pub.missing)
+    split = pub.split[at[found]]
+    kept = kept.assign(category=category, split=split)
+    return kept, shares_of(split)
 
 
 def check_shares(shares: dict[str, Any]) -> dict[str, float]:
@@ -379,25 +464,28 @@ def check_shares(shares: dict[str, Any]) -> dict[str, float]:
     return {s: float(shares[s]) / total for s in SPLITS}
 
 
-def shares_of(df: pd.DataFrame) -> dict[str, float]:
-    n = max(len(df), 1)
-    return {s: round(float((df["split"] == s).sum()) / n, 6) for s in SPLITS}
+def shares_of(split: np.ndarray) -> dict[str, float]:
+    """Each split's share of the rows (`split`: int8 codes into SPLITS)."""
+    n = max(len(split), 1)
+    return {s: round(float((split == k).sum()) / n, 6) for k, s in enumerate(SPLITS)}
 
 
-def cap_per_class(df: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
-    """At most `cap` images per class, a seeded random choice (stable under row order: drawn from the rows
-    ordered by id hash)."""
+def cap_per_class(df: pd.DataFrame, cap: int, seed: int) -> np.ndarray:
+    """The index of at most `cap` rows per class, a seeded random choice (stable under row order: drawn from
+    the rows ordered by id hash)."""
     if cap < 1:
         raise DataError(f"subset.max_per_class: must be >= 1 or null, got {cap}")
-    shuffled = df.sort_values("h", kind="stable").sample(frac=1.0, random_state=seed)
-    return shuffled[shuffled.groupby("category").cumcount() < cap]
+    shuffled = df[["h", "category"]].sort_values("h", kind="stable").sample(frac=1.0, random_state=seed)
+    return shuffled.index.to_numpy()[shuffled.groupby("category").cumcount().to_numpy() < cap]
 
 
-def strata_of(df: pd.DataFrame, attributes: list[str]) -> tuple[np.ndarray, list[str]]:
+def strata_of(df: pd.DataFrame, attributes: list[str],
+              categories: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """Each row's stratum (category x attributes, e.g. `dress/kids`) as a code into the sorted names of the
-    strata present: integers per row, not a string per row."""
+    strata present: integers per row, not a string per row. `categories`: the names df's category codes
+    point into (none: the column holds the names)."""
     codes, cats = pd.factorize(df["category"])
-    names = [str(c) for c in cats]
+    names = [str(c) if categories is None else categories[c] for c in cats]
     for attr in attributes:
         codes = codes * 2 + df[attr].to_numpy(dtype=bool)
         names = [n + suffix for n in names for suffix in ("", f"/{attr}")]
@@ -424,7 +512,7 @@ def grouped_split(df: pd.DataFrame, shares: dict[str, float], seed: int, *, stra
     ids = df["id"].to_numpy(dtype=object)[is_pinned] if pinned else np.empty(0, dtype=object)
     split = assign_splits(df["sender_id"].to_numpy(), codes, len(names), shares, seed, forced=forced,
                           pinned=is_pinned, pinned_ids=ids, pinned_splits=pinned)
-    return pd.Series(split, index=df.index)
+    return pd.Series(np.asarray(SPLITS, dtype=object)[split], index=df.index)
 
 
 def assign_splits(senders: np.ndarray, strata: np.ndarray, n_strata: int, shares: dict[str, float], seed: int,
@@ -432,7 +520,7 @@ def assign_splits(senders: np.ndarray, strata: np.ndarray, n_strata: int, shares
                   pinned_ids: np.ndarray | None = None, pinned_splits: dict[str, str] | None = None
                   ) -> np.ndarray:
     """Assign whole sender groups to splits greedily, keeping each split's stratum counts near its target;
-    each row's split (an array of split names).
+    each row's split (int8 codes into SPLITS).
 
     `forced` senders go to their split first; the others go largest first (seeded order among equals),
     each to the split where it least raises the chi-square distance sum((filled - target)^2 / target) over
@@ -449,7 +537,12 @@ def assign_splits(senders: np.ndarray, strata: np.ndarray, n_strata: int, shares
         assert pinned_ids is not None and pinned_splits is not None
         for rid, sender in sorted(zip(pinned_ids, senders[pinned].tolist(), strict=True)):
             assigned.setdefault(sender, pinned_splits[rid])
-    return pd.Series(senders).map(assigned).to_numpy(dtype=object)
+    if not assigned:
+        return np.empty(0, dtype=np.int8)
+    keys = np.asarray(list(assigned))   # every sender has a split: each row's is found by its sender
+    codes = encode(list(assigned.values()), SPLITS, np.int8)
+    order = np.argsort(keys, kind="stable")
+    return codes[order][np.searchsorted(keys[order], senders)]
 
 
 def balance_senders(senders: np.ndarray, strata: np.ndarray, n_strata: int, shares: dict[str, float],
@@ -534,13 +627,15 @@ def write_drop_report(report: dict[str, Any], out: Path) -> None:
 
 
 def write_shards(manifest: Path, out: Path, shard_size: int, fate: np.ndarray, category: np.ndarray,
-                 attributes: list[str], reasons: pd.Series) -> tuple[list[str], list[dict[str, Any]]]:
-    """Stream the source manifest a chunk at a time: each kept photo (`fate`: its split's index, -1 for a
-    dropped one; `category` as decided) and its JSON record go into `out/shards/<split>-NNNNNN.tar`,
-    `shard_size` a shard, one writer per split, one photo in memory at a time; its manifest row (`path` the
-    member reference, `shard`/`key` where it lies) goes to that split's part, and the parts make
-    `out/manifest.parquet` (train, validation, test). A vanished source file keeps its row (path
-    `missing/<id>`, validate names it). Returns the missing ids and the dropped photos (for the report)."""
+                 categories: np.ndarray, attributes: list[str],
+                 reasons: pd.Series) -> tuple[list[str], list[dict[str, Any]]]:
+    """Stream the source manifest a chunk at a time: each kept photo (`fate`: its split's code, -1 for a
+    dropped one; `category` as decided, a code into `categories`) and its JSON record go into
+    `out/shards/<split>-NNNNNN.tar`, `shard_size` a shard, one writer per split, one photo in memory at a
+    time; its manifest row (`path` the member reference, `shard`/`key` where it lies) goes to that split's
+    part, and the parts make `out/manifest.parquet` (train, validation, test). A vanished source file keeps
+    its row (path `missing/<id>`, validate names it). Returns the missing ids and the dropped photos (for the
+    report)."""
     for old in (out / SHARDS, out / "images"):  # images/: the layout before shards
         shutil.rmtree(old, ignore_errors=True)
     base = str(manifest.parent.resolve())
@@ -557,7 +652,7 @@ def write_shards(manifest: Path, out: Path, shard_size: int, fate: np.ndarray, c
         for batch in reader.iter_batches(batch_size=WRITE_ROWS, columns=columns):
             chunk = batch.to_pandas()
             stop = start + len(chunk)
-            fates, cats = fate[start:stop], category[start:stop]
+            fates, cats = fate[start:stop], categories[category[start:stop]]   # names of this chunk only
             for i in np.flatnonzero(fates < 0):
                 row = chunk.iloc[i]
                 photos.append({"id": row["id"], "label": row["label"], "category": cats[i],
@@ -603,14 +698,16 @@ def write_shards(manifest: Path, out: Path, shard_size: int, fate: np.ndarray, c
     return missing, photos
 
 
-def read_compact(manifest: Path, attributes: list[str]) -> pd.DataFrame:
+def read_compact(manifest: Path, attributes: list[str]) -> tuple[pd.DataFrame, Vocabulary]:
     """The manifest as the subset decides on it, one row per photo indexed by its row number: `h` (a 64-bit
-    hash of the id), `label` and `category` (references to a few shared strings), `kids`,
-    `sender_id` and the attribute flags. Tens of bytes a photo: no path, sha256 or id string is held (the
-    photos are streamed from the manifest when written); a hash collision between two of a million ids has
-    a chance of ~1e-8."""
+    hash of the id), `label` and `category` (int16 codes into the returned vocabulary), `kids`,
+    `sender_id` and the attribute flags. ~21 bytes a photo: no path, sha256, id or label string is held
+    (the photos are streamed from the manifest when written); a hash collision between two of a million
+    ids has a chance of ~1e-8. Read in one pass of `WRITE_ROWS` rows into arrays made to size, so what
+    Arrow and the ids' strings take while reading does not grow with the photos."""
+    flags = [a for a in attributes if a != "kids"]
     try:
-        reader = pq.ParquetFile(manifest, pre_buffer=False)
+        reader = pq.ParquetFile(manifest, pre_buffer=False, read_dictionary=["label", "category"])
         names = reader.schema_arrow.names
         missing = [c for c in COLUMNS if c not in names]
         if missing:
@@ -618,26 +715,46 @@ def read_compact(manifest: Path, attributes: list[str]) -> pd.DataFrame:
         for attr in attributes:
             if attr not in names:
                 raise DataError(f"subset.attributes: '{attr}' is not a boolean manifest column")
-        flags = [a for a in attributes if a != "kids"]
-        table = pq.read_table(manifest, columns=["label", "category", "kids", "sender_id", *flags],
-                              read_dictionary=["label", "category"])
-        df = table.to_pandas()
-        del table
-        pa.default_memory_pool().release_unused()   # the table's buffers, which Arrow's pool would keep
-        for col in ("label", "category"):   # references to the few distinct strings: 8 bytes a row
-            df[col] = df[col].astype(object)
-        hashes = np.empty(len(df), dtype=np.uint64)
+        n = reader.metadata.num_rows
+        vocab = Vocabulary([], [])
+        cols: dict[str, np.ndarray] = {"label": np.empty(n, CODE), "category": np.empty(n, CODE),
+                                       "kids": np.empty(n, bool), "sender_id": np.empty(n, np.int64),
+                                       **{a: np.empty(n, bool) for a in flags}, "h": np.empty(n, np.uint64)}
         start = 0
-        for batch in reader.iter_batches(batch_size=READ_ROWS, columns=["id"]):
-            ids = batch.column(0).to_numpy(zero_copy_only=False)
-            hashes[start:start + len(ids)] = id_hashes(ids)
-            start += len(ids)
-        df["h"] = hashes
+        for batch in reader.iter_batches(batch_size=WRITE_ROWS,
+                                         columns=["id", "label", "category", "kids", "sender_id", *flags]):
+            stop = start + batch.num_rows
+            for col in batch.schema.names:
+                values = batch.column(col)
+                if values.null_count:
+                    row = start + int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+                    raise DataError(f"{manifest}: row {row}: no {col}")
+                if col in attributes and values.type != pa.bool_():
+                    raise DataError(f"subset.attributes: '{col}' is not a boolean manifest column")
+                if col == "id":
+                    cols["h"][start:stop] = id_hashes(values.to_numpy(zero_copy_only=False))
+                elif col in ("label", "category"):
+                    known = vocab.labels if col == "label" else vocab.categories
+                    cols[col][start:stop] = codes_in(values, known)
+                else:
+                    cols[col][start:stop] = values.to_numpy(zero_copy_only=False)
+            start = stop
+            del batch
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{manifest}: cannot read manifest ({type(exc).__name__}: {exc})") from exc
-    for attr in attributes:
-        if df[attr].dtype != bool:
-            raise DataError(f"subset.attributes: '{attr}' is not a boolean manifest column")
-    return df
+    pa.default_memory_pool().release_unused()   # the batches' buffers, which Arrow's pool would keep
+    return pd.DataFrame(cols, copy=False), vocab
+
+
+def codes_in(values: pa.DictionaryArray, names: list[str]) -> np.ndarray:
+    """int16 codes into `names` (new ones appended) of a dictionary-encoded batch column."""
+    remap = np.empty(len(values.dictionary), dtype=CODE)
+    for i, name in enumerate(values.dictionary.to_pylist()):
+        if name not in names:
+            if len(names) > np.iinfo(CODE).max:
+                raise DataError(f"subset: more than {np.iinfo(CODE).max} distinct labels or categories")
+            names.append(name)
+        remap[i] = names.index(name)
+    return remap[values.indices.to_numpy(zero_copy_only=False)]
