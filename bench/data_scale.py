@@ -76,6 +76,7 @@ def project(work: Path, source: Path) -> Path:
     set_dotted(tree, "ingest.source", str(source))
     set_dotted(tree, "ingest.additions", "data/additions")
     tree["subset"]["subsets"] = {"catalog": tree["subset"]["subsets"]["catalog"]}
+    set_dotted(tree, "subset.subsets.catalog.label_review", None)   # it names photos of the real dataset
     (root / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     new_additions(root / "data" / "additions")
     return root

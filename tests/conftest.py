@@ -127,6 +127,7 @@ class TinyProject:
 # the tiny dataset's minimums: 14 photos per category (its small one has 3), 2 per class and split
 TINY_OVERRIDES = {"subset.subsets.catalog.min_per_class": 5,
                   "subset.subsets.catalog.split.shares": {"train": 0.55, "validation": 0.25, "test": 0.2},
+                  "subset.subsets.catalog.label_review": None,   # it names photos of the real dataset
                   "validate.min_per_class": 2, "validate.subsets.catalog.min_per_class": 2}
 
 
