@@ -127,6 +127,14 @@ def score(name: str, emb: np.ndarray, logits: np.ndarray | None, n_test: int, n_
     return row
 
 
+def trained_candidate(project: Path, candidate: str) -> tuple[Any, Path, Path, EmbeddingModel]:
+    """(the evaluate stage's config, model folder, data folder, model) of a candidate trained in `project`."""
+    params = load_params(project.resolve() / "params.yaml")
+    ev = params.section("evaluate")
+    model_dir = params.path(ev["models_dir"]) / candidate
+    return read_config(ev), model_dir, params.path(ev["data"]), load_model(model_dir)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--project", type=Path, required=True,
@@ -136,14 +144,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "embedding_dim.json")
     args = ap.parse_args()
     run = Run("embedding_dim")
-    params = load_params(args.project.resolve() / "params.yaml")
-    ev = params.section("evaluate")
-    cfg = read_config(ev)
+    cfg, model_dir, data_dir, model = trained_candidate(args.project, args.candidate)
     if cfg.flip_tta:
         raise SystemExit("evaluate.flip_tta averages normalised embeddings, so p cannot be recovered")
-    model_dir = params.path(ev["models_dir"]) / args.candidate
-    data_dir = params.path(ev["data"])
-    model = load_model(model_dir)
     card = model.card
     test, inventory = split_frames(read_manifest(data_dir), card, str(data_dir))
     results: dict[str, Any] = {"candidate": args.candidate, "model": str(model_dir), "data": str(data_dir),

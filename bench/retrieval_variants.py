@@ -25,13 +25,11 @@ from typing import Any
 
 import numpy as np
 from common import RESULTS, Run
-from embedding_dim import COMPARED, score
+from embedding_dim import COMPARED, score, trained_candidate
 
-from fashionrec.core.config import load_params
 from fashionrec.data.manifest import read_manifest
-from fashionrec.evaluate.evaluate import read_config, split_frames
+from fashionrec.evaluate.evaluate import split_frames
 from fashionrec.evaluate.instance import make_queries, sample_sources
-from fashionrec.models.store import load_model
 from fashionrec.runtime.embed import embed_images
 from fashionrec.runtime.torch_runner import make_runner
 
@@ -66,12 +64,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "retrieval_variants.json")
     args = ap.parse_args()
     run = Run("retrieval_variants")
-    params = load_params(args.project.resolve() / "params.yaml")
-    ev = params.section("evaluate")
-    cfg = read_config(ev)
-    model_dir = params.path(ev["models_dir"]) / args.candidate
-    data_dir = params.path(ev["data"])
-    model = load_model(model_dir)
+    cfg, model_dir, data_dir, model = trained_candidate(args.project, args.candidate)
     card = model.card
     df = read_manifest(data_dir)
     if args.select_on == "validation":
