@@ -186,6 +186,30 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tiny_validated, m
     assert sorted({m.step for m in losses}) == [1, 2, 3]
 
 
+@pytest.mark.parametrize("candidate", ["simple_cnn", "efficientnet_lite0"])
+def test_channels_last_trains_the_same_model_and_saves_it_contiguous(tiny_validated, mlflow_server: str,
+                                                                     tmp_path: Path, candidate: str) -> None:
+    """The weights' layout while training is a speed choice: the same steps give the same losses and
+    weights up to the summation order (which Adam's normalised steps amplify to about lr per step), and
+    what is saved (then exported) is the ordinary contiguous layout."""
+    for fmt in ("contiguous", "channels_last"):
+        run(tiny_validated, tmp_path / fmt, candidate,
+            section_for(tiny_validated, candidate, epochs=2, patience=5, memory_format=fmt))
+    a = _state(tmp_path / "contiguous" / "models" / candidate)
+    b = _state(tmp_path / "channels_last" / "models" / candidate)
+    assert a.keys() == b.keys()
+    assert all(t.is_contiguous() for t in b.values()), "a channels_last tensor was saved"
+    convs = [k for k in a if a[k].ndim == 4]
+    assert convs, "no convolution weights to compare"
+    for k in convs:
+        torch.testing.assert_close(b[k], a[k], rtol=0.0, atol=0.02, msg=lambda m, k=k: f"{k}: {m}")
+    ha, hb = (pd.read_csv(tmp_path / fmt / "models" / candidate / "history.csv")
+              for fmt in ("contiguous", "channels_last"))
+    assert list(ha["epoch"]) == list(hb["epoch"]) == [1, 2]
+    for col in ("train_loss", "val_loss"):
+        np.testing.assert_allclose(hb[col], ha[col], rtol=5e-3, err_msg=col)
+
+
 def test_resume_refuses_a_changed_config_or_a_missing_checkpoint(tiny_validated, mlflow_server: str,
                                                                  tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="no checkpoint"):
@@ -203,6 +227,7 @@ def test_resume_refuses_a_changed_config_or_a_missing_checkpoint(tiny_validated,
     ({"size": 30}, r"train\.models\.simple_cnn\.size: 30 must be a multiple of 4"),
     ({"arch": "resnet"}, r"train\.models\.simple_cnn\.arch: 'resnet' is not one of"),
     ({"metric_loss": "arcface"}, r"metric_loss: 'arcface' is not one of"),
+    ({"memory_format": "nhwc"}, r"train\.models\.simple_cnn\.memory_format: 'nhwc' is not one of"),
 ])
 def test_bad_config_is_refused_naming_the_key(tiny_validated, tmp_path: Path, changes: dict,
                                               message: str) -> None:

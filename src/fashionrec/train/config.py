@@ -18,6 +18,7 @@ VIEWS = ("center", "hflip")
 FIT_ON = ("train", "train+validation")
 POS_WEIGHTS = ("none", "balanced")
 THRESHOLDS = ("fixed", "validation")
+MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class TrainConfig:
     bn_train: bool = True             # False: the trainable backbone's batch norms keep ImageNet stats
     num_workers: int = 1              # image decoding processes (raw-image training and caches)
     cache_batch_size: int = 32
+    # Layout of the convolution weights while training (the saved model is contiguous either way):
+    # channels_last lets oneDNN's CPU kernels skip reorders (the same model, a different summation order).
+    memory_format: str = "contiguous"   # contiguous | channels_last
     max_steps_per_epoch: int | None = None   # cap (smoke runs of big configs)
     # The final fit: train on train + validation for `epochs` (no early stopping, last weights kept);
     # `epochs_source` must say where that count came from (validation no longer holds anything out).
@@ -93,6 +97,7 @@ class TrainConfig:
               f"must be a non-empty list of {list(VIEWS)}")
         check(self.num_workers >= 0, "num_workers", "must be >= 0")
         check(self.cache_batch_size >= 1, "cache_batch_size", "must be >= 1")
+        check(self.memory_format in MEMORY_FORMATS, "memory_format", f"is not one of {list(MEMORY_FORMATS)}")
         check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
               "must be >= 1 or null")
         check(self.fit_on in FIT_ON, "fit_on", f"is not one of {list(FIT_ON)}")

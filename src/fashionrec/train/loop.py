@@ -361,6 +361,7 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
         steps = min(steps, cfg.max_steps_per_epoch)
     total = steps * cfg.epochs
     optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    model.to(memory_format=memory_format(cfg))   # in place: the same Parameter objects, before the optimizer
     groups = param_groups(model, cfg)
     if not groups:
         raise TrainingError(f"{model.card.candidate}: nothing to train (every parameter is frozen)")
@@ -455,6 +456,7 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
                        f"(no val micro-F1 gain for {cfg.patience} epochs)")
             break
     plain_batch_norm(model)
+    model.to(memory_format=torch.contiguous_format)   # what is saved, exported and evaluated
     if best_state is not None:
         model.load_state_dict(best_state)
     if cfg.attribute_threshold == "validation":
@@ -462,6 +464,11 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
     if rank.main:
         model.after_fit(lambda: inputs.train_pooled(model, device))
     return history, best_epoch, stopped, (start - 1 if checkpoint else None)
+
+
+def memory_format(cfg: TrainConfig) -> torch.memory_format:
+    """The layout the model's convolution weights train in (`memory_format` of the candidate block)."""
+    return torch.channels_last if cfg.memory_format == "channels_last" else torch.contiguous_format
 
 
 def sample_weights(data: TrainingData, cfg: TrainConfig, where: str) -> np.ndarray | None:
