@@ -56,19 +56,20 @@ class FeatureCache:
             np.save(fh, arr)
         os.replace(tmp, path)
 
-    def fetch(self, shas: list[str], compute: Callable[[list[int]], Any], chunk: int = 256,
+    def fetch(self, shas: list[str], compute: Callable[[list[int]], Any],
               desc: str = "cache") -> np.ndarray:
-        """Stack the arrays of `shas`, computing missing ones with `compute(indices)` in chunks.
+        """Stack the arrays of `shas`, computing missing ones with one `compute(indices)` call.
 
-        `compute` yields (index, array) pairs for the indices it is given; each is written at once.
+        `compute` yields (index, array) pairs for the indices it is given; each is written at once, so
+        memory is bounded by the generator's batch, and one call keeps its decoding workers running from
+        the first image to the last (a call per chunk stalled on each new worker's first batch).
         """
         missing = [i for i, sha in enumerate(shas) if not self.path(sha).is_file()]
         if missing:
             with tqdm(total=len(missing), desc=desc, unit="img", leave=False) as bar:
-                for start in range(0, len(missing), chunk):
-                    for i, arr in compute(missing[start:start + chunk]):
-                        self._write(shas[i], arr)
-                        bar.update(1)
+                for i, arr in compute(missing):
+                    self._write(shas[i], arr)
+                    bar.update(1)
         return np.stack([np.load(self.path(sha)) for sha in shas])
 
 
