@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from fashionrec.core.config import load_params
 from fashionrec.core.errors import TrainingError
 from fashionrec.core.tracking import data_version, flatten, tracking_uri
-from fashionrec.evaluate.metrics import f1_threshold
+from fashionrec.evaluate.metrics import f1_threshold, prevalence_threshold
 from fashionrec.models.base import ModelCard
 from fashionrec.models.factory import build_model, new_card
 from fashionrec.models.losses import LossConfig, compute_loss, smooth_targets, supcon_loss, triplet_loss
@@ -232,6 +232,15 @@ def _data(train_targets: list[list[float]], val_targets: list[list[float]]) -> T
                         split("validation", val_targets), Path("m.parquet"))
 
 
+def test_prevalence_threshold_accepts_the_share_scored_highest() -> None:
+    scores = np.array([0.9, 0.1, 0.8, 0.3, 0.7, 0.2, 0.6, 0.4, 0.5, 0.05])
+    assert prevalence_threshold(scores, 0.3) == pytest.approx(0.65)      # 0.9, 0.8, 0.7 accepted
+    assert ((scores >= prevalence_threshold(scores, 0.3)).sum()) == 3
+    assert prevalence_threshold(scores, 0.01) == pytest.approx(0.85)     # at least the top one
+    assert prevalence_threshold(scores, 1.0) == pytest.approx(0.025)     # every one
+    assert prevalence_threshold(scores, 0.0) == 0.5 and prevalence_threshold(np.zeros(0), 0.2) == 0.5
+
+
 def test_f1_threshold_picks_the_best_cut_between_scores() -> None:
     # sorted: 0.9 (pos), 0.8 (neg), 0.3 (pos), 0.2 (neg), 0.1 (neg)
     scores, truth = np.array([0.1, 0.9, 0.3, 0.8, 0.2]), np.array([0, 1, 1, 0, 0], bool)
@@ -284,6 +293,14 @@ def test_validation_joins_train_for_the_final_fit() -> None:
     ({"fit_on": "everything"}, r"x\.fit_on: 'everything' is not one of"),
     ({"attribute_pos_weight": "auto"}, r"x\.attribute_pos_weight: 'auto' is not one of"),
     ({"attribute_threshold": 0.3}, r"x\.attribute_threshold: expected str"),
+    ({"attribute_threshold": "carried", "thresholds_source": "run 1"},
+     r"x\.carried_thresholds: None must map"),
+    ({"attribute_threshold": "carried", "carried_thresholds": {"kids": 0.9}},
+     r"x\.thresholds_source: None must say"),
+    ({"attribute_threshold": "carried", "carried_thresholds": {"kids": 1.5}, "thresholds_source": "run 1"},
+     r"x\.carried_thresholds: .* must be sigmoid thresholds in \(0, 1\)"),
+    ({"fit_on": "train+validation", "epochs_source": "run 1", "attribute_threshold": "prevalence"},
+     r"x\.attribute_threshold: 'prevalence' chooses on photos a final fit"),
     ({"group_weights": {"kids": -1.0}}, r"x\.group_weights: .* must map attribute names to positive"),
     ({"group_weights": {"kids": "x"}}, r"x\.group_weights: expected a mapping of names to float"),
     ({"group_weights": ["kids"]}, r"x\.group_weights: expected a mapping"),
@@ -293,3 +310,22 @@ def test_final_fit_and_attribute_keys_are_checked(block: dict, message: str) -> 
         train_config("x", {"arch": "simple_cnn", **block})
     ok = train_config("x", {"arch": "simple_cnn", "fit_on": "train+validation", "epochs_source": "run 1"})
     assert ok.final_fit and not train_config("x", {"arch": "simple_cnn"}).final_fit
+
+
+def test_zoom_views_frame_the_centre_closer_and_mirror_it() -> None:
+    from fashionrec.train.features import view_of
+
+    x = torch.zeros(1, 3, 20, 20)
+    x[..., :, :10] = 1.0                         # left half white, right half black
+    x[..., 8:12, 8:12] += 2.0                     # a 4 x 4 centre square
+    assert torch.equal(view_of(x, "center", 0.5), x)
+    assert torch.equal(view_of(x, "hflip", 0.5), x.flip(3))
+    zoom = view_of(x, "zoom", 0.5)                # the central 10 x 10, resized to 20 x 20
+    assert zoom.shape == x.shape
+    assert (zoom[..., 7:13, 7:13] >= 2.0).all()   # the square now spans about 8 x 8 pixels
+    assert (zoom[..., 0, 0] == 1.0).all() and (zoom[..., 0, -1] == 0.0).all()
+    assert torch.equal(view_of(x, "zoom_hflip", 0.5), zoom.flip(3))
+    with pytest.raises(TrainingError, match=r"x\.zoom: 1\.2 must be in \[0\.3, 1\)"):
+        train_config("x", {"arch": "efficientnet", "zoom": 1.2})
+    with pytest.raises(TrainingError, match=r"x\.views: .* must be a non-empty list of"):
+        train_config("x", {"arch": "efficientnet", "views": ["center", "tilt"]})

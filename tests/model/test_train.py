@@ -69,7 +69,9 @@ def test_candidate_trains_saves_and_logs_its_run(tiny_validated, mlflow_server: 
 
     with (out / "history.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == COLUMNS
+    thresholds = [f"val_threshold.{a}" for a in model.card.thresholds]   # the project's lite0 carries kids'
+    assert list(rows[0]) == COLUMNS + thresholds
+    assert all(float(rows[-1][c]) == model.card.thresholds[c.split(".", 1)[1]] for c in thresholds)
     assert len(rows) == (1 if candidate == "pixels" else TINY[candidate]["epochs"])
     assert float(rows[-1]["val_micro_f1"]) == pytest.approx(result.val_micro_f1)
 
@@ -276,6 +278,58 @@ def test_final_fit_trains_on_validation_for_the_set_epochs_and_says_validation_i
     plain = MlflowClient(tracking_uri=mlflow_server).get_run(held_out.run_id)
     assert plain.data.tags["validation_held_out"] == "true"
     assert int(plain.data.params["n_train"]) == int((df["split"] == "train").sum())
+
+
+def test_prevalence_threshold_is_chosen_per_epoch_and_a_final_fit_carries_it(
+        tiny_validated, mlflow_server: str, tmp_path: Path) -> None:
+    """attribute_threshold prevalence (a held-out run): the kept weights decide kids for the share of the
+    validation photos that train has kids, history.csv records each epoch's threshold, and a final fit
+    stores the carried one (a held-out run's epoch) as given, saying where it came from. A final fit
+    cannot choose on the photos it trains on, nor carry a threshold for a label that is no attribute."""
+    manifest = tiny_validated.catalog_validated / "manifest.parquet"
+
+    def fit(name: str, **changes):
+        section = section_for(tiny_validated, "simple_cnn", epochs=2, patience=2,
+                              attribute_pos_weight="balanced", **changes)
+        return train("simple_cnn", section, manifest=manifest, out_dir=tmp_path / name / "simple_cnn",
+                     cache_dir=tmp_path / ".cache", checkpoint_dir=tmp_path / ".cache" / name,
+                     tracking_params=tiny_validated.params, seed=0)
+
+    held_out = fit("held", attribute_threshold="prevalence")
+    model = load_model(tmp_path / "held" / "simple_cnn")
+    df = read_manifest(tiny_validated.catalog_validated)
+    train_share = df.loc[df["split"] == "train", "kids"].astype(bool).mean()
+    val = df[df["split"] == "validation"]
+    from fashionrec.data.images import open_image
+
+    batch = torch.from_numpy(np.stack([model.card.prep(open_image(p)) for p in val["abspath"]]))
+    model.eval()
+    with torch.no_grad():
+        _, logits = model(batch)
+    kids = torch.sigmoid(logits[:, model.card.labels.index("kids")]).numpy()
+    decided = int((kids >= model.card.thresholds["kids"]).sum())
+    assert decided == max(1, round(train_share * len(val)))
+    assert model.card.extra["thresholds_from"] == "validation (prevalence)"
+    history = pd.read_csv(tmp_path / "held" / "simple_cnn" / "history.csv").set_index("epoch")
+    assert list(history.columns)[-1] == "val_threshold.kids" and len(history) == 2
+    assert history.loc[held_out.best_epoch, "val_threshold.kids"] == pytest.approx(
+        model.card.thresholds["kids"], abs=1e-6)
+
+    carried = float(history.loc[2, "val_threshold.kids"])
+    fit("final", fit_on="train+validation", epochs_source="2: the held-out run",
+        attribute_threshold="carried", carried_thresholds={"kids": carried},
+        thresholds_source="epoch 2 of the held-out run")
+    final = load_model(tmp_path / "final" / "simple_cnn")
+    assert final.card.thresholds == {"kids": carried}
+    assert final.card.extra["thresholds_from"] == "carried: epoch 2 of the held-out run"
+
+    for rule in ("validation", "prevalence"):
+        with pytest.raises(TrainingError, match=r"simple_cnn\.attribute_threshold: .* chooses on photos"):
+            fit("refused", fit_on="train+validation", epochs_source="2", attribute_threshold=rule)
+    with pytest.raises(TrainingError, match=r"simple_cnn\.carried_thresholds: \['teens'\] are not attr"):
+        fit("refused", attribute_threshold="carried", carried_thresholds={"teens": 0.8},
+            thresholds_source="a run")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_kids_head_gets_a_positive_weight_a_validation_threshold_and_a_group_weight(

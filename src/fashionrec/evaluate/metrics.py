@@ -106,6 +106,19 @@ def f1_threshold(scores: np.ndarray, truth: np.ndarray, default: float = 0.5) ->
     return float((p[best] + below) / 2)
 
 
+def prevalence_threshold(scores: np.ndarray, share: float, default: float = 0.5) -> float:
+    """The decision threshold on `scores` that accepts the `share` of them scored highest (at least one).
+
+    A quantile: stable where a rare attribute has a handful of positives to choose an F1 from. The
+    midpoint between the lowest accepted score and the next lower one; `default` without scores or share."""
+    p = np.sort(np.asarray(scores, dtype=np.float64).ravel())[::-1]
+    if len(p) == 0 or not share > 0:
+        return default
+    k = min(len(p), max(1, round(share * len(p))))
+    below = p[k] if k < len(p) else 0.0
+    return float((p[k - 1] + below) / 2)
+
+
 def one_hot(indices: np.ndarray, n: int) -> np.ndarray:
     """Class indices (N,) -> boolean (N, n)."""
     out = np.zeros((len(indices), n), dtype=bool)

@@ -14,10 +14,10 @@ from fashionrec.models.losses import METRIC_LOSSES
 SCHEDULES = ("constant", "cosine", "onecycle")
 OPTIMIZERS = ("adam", "adamw")
 CLASS_WEIGHTS = ("none", "balanced")
-VIEWS = ("center", "hflip")
+VIEWS = ("center", "hflip", "zoom", "zoom_hflip")
 FIT_ON = ("train", "train+validation")
 POS_WEIGHTS = ("none", "balanced")
-THRESHOLDS = ("fixed", "validation")
+THRESHOLDS = ("fixed", "validation", "prevalence", "carried")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
@@ -44,7 +44,9 @@ class TrainConfig:
     augment: bool = True              # raw images: random resized crop, flip, colour jitter
     crop_scale: tuple[float, float] = (0.35, 1.0)
     color_jitter: float = 0.3
-    views: tuple[str, ...] = VIEWS    # cached inputs: the views computed per image (one drawn per step)
+    views: tuple[str, ...] = ("center", "hflip")   # cached inputs: the views computed per image (one
+                                      # drawn per step): center | hflip | zoom | zoom_hflip
+    zoom: float = 0.8                 # the zoom views keep this share of the eval crop's side
     bn_train: bool = True             # False: the trainable backbone's batch norms keep ImageNet stats
     num_workers: int = 1              # image decoding processes (raw-image training and caches)
     cache_batch_size: int = 32
@@ -57,10 +59,15 @@ class TrainConfig:
     fit_on: str = "train"             # train | train+validation
     epochs_source: str | None = None
     # Rare attributes (kids: ~6 % of the photos): BCE positive weight negatives/positives per attribute
-    # (balanced), the sigmoid threshold stored with the model (validation: the F1-best one on the
-    # validation split; fixed: 0.5), and a loss weight per photo carrying an attribute (e.g. {kids: 3.0}).
+    # (balanced), the sigmoid threshold stored with the model (fixed: 0.5; validation: the F1-best one on
+    # the validation split; prevalence: the one deciding as many validation photos positive as the
+    # attribute's share of train; carried: `carried_thresholds`, chosen on held-out photos by another run,
+    # which `thresholds_source` names: a final fit has no held-out photos of its own), and a loss weight
+    # per photo carrying an attribute (e.g. {kids: 3.0}).
     attribute_pos_weight: str = "none"   # none | balanced
-    attribute_threshold: str = "fixed"   # fixed | validation
+    attribute_threshold: str = "fixed"   # fixed | validation | prevalence | carried
+    carried_thresholds: dict[str, float] | None = None
+    thresholds_source: str | None = None
     group_weights: dict[str, float] | None = None
 
     @property
@@ -95,6 +102,7 @@ class TrainConfig:
         check(0 <= self.color_jitter <= 1, "color_jitter", "must be in [0, 1]")
         check(bool(self.views) and all(v in VIEWS for v in self.views), "views",
               f"must be a non-empty list of {list(VIEWS)}")
+        check(0.3 <= self.zoom < 1, "zoom", "must be in [0.3, 1)")
         check(self.num_workers >= 0, "num_workers", "must be >= 0")
         check(self.cache_batch_size >= 1, "cache_batch_size", "must be >= 1")
         check(self.memory_format in MEMORY_FORMATS, "memory_format", f"is not one of {list(MEMORY_FORMATS)}")
@@ -108,6 +116,18 @@ class TrainConfig:
               f"is not one of {list(POS_WEIGHTS)}")
         check(self.attribute_threshold in THRESHOLDS, "attribute_threshold",
               f"is not one of {list(THRESHOLDS)}")
+        check(not (self.final_fit and self.attribute_threshold in ("validation", "prevalence")),
+              "attribute_threshold",
+              "chooses on photos a final fit (fit_on train+validation) trains on: choose them in a run that "
+              "holds validation out and carry them (attribute_threshold: carried, carried_thresholds, "
+              "thresholds_source)")
+        carried = self.attribute_threshold == "carried"
+        check(not carried or bool(self.carried_thresholds), "carried_thresholds",
+              "must map each attribute to its threshold when attribute_threshold is carried")
+        check(all(0 < t < 1 and math.isfinite(t) for t in (self.carried_thresholds or {}).values()),
+              "carried_thresholds", "must be sigmoid thresholds in (0, 1)")
+        check(not carried or bool(self.thresholds_source and self.thresholds_source.strip()),
+              "thresholds_source", "must say which held-out run chose carried_thresholds")
         check(all(w > 0 and math.isfinite(w) for w in (self.group_weights or {}).values()), "group_weights",
               "must map attribute names to positive weights")
         return errors

@@ -6,6 +6,7 @@ then attributes, so `argmax(logits[:, :len(classes)])` is the category.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,12 @@ class TrainingData:
                        np.concatenate([t.targets, v.targets]), np.concatenate([t.category, v.category]))
         return TrainingData(self.classes, self.labels, merged, v, self.manifest)
 
+    def attribute_shares(self) -> dict[str, float]:
+        """{attribute: share of the train photos carrying it}."""
+        n = len(self.classes)
+        shares = self.train.targets[:, n:].mean(axis=0) if len(self.train) else np.zeros(len(self.attributes))
+        return {name: float(v) for name, v in zip(self.attributes, shares, strict=True)}
+
     def attribute_pos_weight(self) -> tuple[float, ...]:
         """BCE positive weight per label: 1 for the categories, negatives / positives in train for each
         attribute (1 where train has no positive), so a rare attribute's logit is not pushed below 0."""
@@ -61,13 +68,17 @@ class TrainingData:
         ratio = np.where(pos > 0, (len(self.train) - pos) / np.maximum(pos, 1), 1.0)
         return tuple([1.0] * n + [float(r) for r in ratio])
 
+    def check_attributes(self, names: Iterable[str], where: str) -> None:
+        """Raises TrainingError naming the `names` that are not attributes of this data."""
+        unknown = sorted(set(names) - set(self.attributes))
+        if unknown:
+            raise TrainingError(f"{where}: {unknown} are not attributes of the data "
+                                f"({self.attributes}, dataset.json labels after the classes)")
+
     def group_weights(self, weights: dict[str, float], where: str) -> np.ndarray:
         """Per-photo loss weight of the train split: the product of `weights[a]` over the attributes `a` a
         photo carries (1 for a photo with none). Raises TrainingError naming an unknown attribute."""
-        unknown = sorted(set(weights) - set(self.attributes))
-        if unknown:
-            raise TrainingError(f"{where}.group_weights: {unknown} are not attributes of the data "
-                                f"({self.attributes}, dataset.json labels after the classes)")
+        self.check_attributes(weights, f"{where}.group_weights")
         out = np.ones(len(self.train), np.float32)
         for name, w in weights.items():
             column = self.train.targets[:, self.labels.index(name)] > 0

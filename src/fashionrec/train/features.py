@@ -138,17 +138,30 @@ def _front_runner(model: EfficientNetLite, device: torch.device, onnx_path: Path
     return run_onnx
 
 
-def backbone_features(model: EfficientNetLite, split: Split, views: tuple[str, ...], root: Path,
-                      device: torch.device, batch_size: int = 32, num_workers: int = 1) -> np.ndarray:
-    """float16 (N, len(views), ...) activations of the frozen front for each view of each image.
+def view_of(x: torch.Tensor, view: str, zoom: float) -> torch.Tensor:
+    """One view of a batch of eval crops (N, 3, S, S): `center` itself, `hflip` its mirror image, `zoom`
+    its central `zoom` x `zoom` part resized back to S x S (a closer framing, as a random crop gives),
+    `zoom_hflip` that one mirrored."""
+    if view.startswith("zoom"):
+        size = x.shape[-1]
+        side = max(1, round(size * zoom))
+        lo = (size - side) // 2
+        x = torch.nn.functional.interpolate(x[..., lo:lo + side, lo:lo + side], size=(size, size),
+                                            mode="bilinear", align_corners=False, antialias=True)
+    return x.flip(3).contiguous() if view.endswith("hflip") else x
 
-    Views: `center` (the eval crop) and `hflip` (its mirror image).
-    """
+
+def backbone_features(model: EfficientNetLite, split: Split, views: tuple[str, ...], root: Path,
+                      device: torch.device, batch_size: int = 32, num_workers: int = 1,
+                      zoom: float = 0.8) -> np.ndarray:
+    """float16 (N, len(views), ...) activations of the frozen front for each view of each image
+    (`view_of`: center, hflip, zoom, zoom_hflip)."""
     prep = model.card.prep
     weights = Path(weights_file(model.cfg.variant))
     spec = {"variant": model.cfg.variant, "size": prep.size, "crop_fraction": prep.crop_fraction,
             "split": model.split, "pooled": model.split >= len(model.blocks), "views": list(views),
-            "weights": f"{weights.name}:{weights.stat().st_size}", "format": 1}
+            "weights": f"{weights.name}:{weights.stat().st_size}", "format": 1,
+            **({"zoom": zoom} if any(v.startswith("zoom") for v in views) else {})}
     cache = FeatureCache(root, f"efficientnet-{model.cfg.variant}", spec)
     state: dict[str, Callable] = {}
 
@@ -159,7 +172,7 @@ def backbone_features(model: EfficientNetLite, split: Split, views: tuple[str, .
         pos = 0
         for pixels in loader:
             x = to_input(pixels, prep)
-            outs = [state["run"](x if view == "center" else x.flip(3).contiguous()) for view in views]
+            outs = [state["run"](view_of(x, view, zoom)) for view in views]
             for arr in np.stack(outs, axis=1):
                 yield indices[pos], arr
                 pos += 1

@@ -158,7 +158,7 @@ def make_inputs(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, cac
     if kind == "activations":
         def acts(split: Split, views: tuple[str, ...]) -> torch.Tensor:
             return torch.from_numpy(backbone_features(model, split, views, cache_dir, device,
-                                                      cfg.cache_batch_size, cfg.num_workers))
+                                                      cfg.cache_batch_size, cfg.num_workers, cfg.zoom))
 
         # Validation sees the center crop, plus its mirror when the model averages both (tta_flip).
         val_views = ("center", "hflip") if model.cfg.tta_flip else ("center",)

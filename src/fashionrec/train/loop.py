@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from fashionrec.core import tracking
 from fashionrec.core.config import DEFAULT_SEED, Params
 from fashionrec.core.errors import TrainingError
-from fashionrec.evaluate.metrics import accuracy, f1_threshold, micro_f1
+from fashionrec.evaluate.metrics import accuracy, f1_threshold, micro_f1, prevalence_threshold
 from fashionrec.models.base import EmbeddingModel
 from fashionrec.models.factory import ARCHES, arch_config, arch_of, build_model, new_card
 from fashionrec.models.losses import LossConfig, compute_loss
@@ -164,12 +164,22 @@ def validation_outputs(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs,
     return sum(losses) / len(targets), np.concatenate(logits_all), targets
 
 
-def attribute_thresholds(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs, loss_cfg: LossConfig,
-                         device: torch.device, amp: torch.dtype | None,
-                         rank: Rank = SINGLE) -> dict[str, float]:
-    """Each attribute's sigmoid threshold with the best F1 on the validation split (the trained model)."""
-    _, logits, targets = validation_outputs(model, inputs, loss_cfg, device, amp, rank)
-    return chosen_thresholds(logits, targets, model.card.labels, loss_cfg.n_classes)
+ThresholdRule = Callable[[np.ndarray, np.ndarray, list[str], int], dict[str, float]]
+"""(validation logits, targets, labels, number of classes) -> {attribute: sigmoid threshold}."""
+
+
+def threshold_rule(cfg: TrainConfig, data: TrainingData) -> ThresholdRule | None:
+    """How the attributes are decided, as the saved model will decide them (`attribute_threshold`);
+    None: sigmoid >= 0.5."""
+    if cfg.attribute_threshold == "validation":
+        return chosen_thresholds
+    if cfg.attribute_threshold == "prevalence":
+        shares = data.attribute_shares()
+        return lambda logits, targets, labels, n: prevalence_thresholds(logits, labels, n, shares)
+    if cfg.attribute_threshold == "carried":
+        carried = dict(cfg.carried_thresholds or {})
+        return lambda logits, targets, labels, n: carried
+    return None
 
 
 def chosen_thresholds(logits: np.ndarray, targets: np.ndarray, labels: list[str],
@@ -180,26 +190,45 @@ def chosen_thresholds(logits: np.ndarray, targets: np.ndarray, labels: list[str]
             for j in range(n_classes, len(labels))}
 
 
+def prevalence_thresholds(logits: np.ndarray, labels: list[str], n_classes: int,
+                          shares: dict[str, float]) -> dict[str, float]:
+    """{attribute: the sigmoid threshold deciding its `shares` of these photos positive}: a quantile,
+    which a held-out split of a few hundred photos pins down where an F1 over its handful of positives
+    does not."""
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return {labels[j]: round(prevalence_threshold(probs[:, j], shares[labels[j]]), 6)
+            for j in range(n_classes, len(labels))}
+
+
+def thresholds_from(cfg: TrainConfig) -> str:
+    """Where the stored attribute thresholds come from (the card's `thresholds_from`)."""
+    if cfg.attribute_threshold == "carried":
+        return f"carried: {cfg.thresholds_source}"
+    return "validation" if cfg.attribute_threshold == "validation" else "validation (prevalence)"
+
+
 @torch.no_grad()
 def validate(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs, loss_cfg: LossConfig,
              device: torch.device, amp: torch.dtype | None, rank: Rank = SINGLE,
-             attribute_thresholds: bool = False) -> dict[str, float]:
+             rule: ThresholdRule | None = None) -> dict[str, float]:
     """Validation loss (the training's classification loss, comparable with train_loss when no metric
-    loss is added), micro-F1 (sigmoid >= 0.5 over all labels; with `attribute_thresholds`, each attribute
-    at its F1-best threshold on these photos, as the saved model will decide it: a positive-weighted
-    attribute is over-predicted at 0.5) and category accuracy. Under DDP each rank scores its part and
-    every rank gets the scores of the whole split (same early-stopping decisions)."""
+    loss is added), micro-F1 and category accuracy. Micro-F1 decides each attribute as the saved model
+    will: sigmoid >= 0.5 without a `rule`, else at the rule's threshold over these photos (a
+    positive-weighted attribute is over-predicted at 0.5), which is also returned per epoch
+    (`val_threshold.<attribute>`: what a final fit of that many epochs carries). Under DDP each rank
+    scores its part and every rank gets the scores of the whole split (same early-stopping decisions)."""
     loss, logits, targets = validation_outputs(model, inputs, loss_cfg, device, amp, rank)
     n = loss_cfg.n_classes
     decided = logits >= 0.0
-    if attribute_thresholds:
-        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        chosen = chosen_thresholds(logits, targets, model.card.labels, n)
-        for j, threshold in enumerate(chosen.values(), start=n):
-            decided[:, j] = probs[:, j] >= threshold
+    thresholds = {} if rule is None else rule(logits, targets, model.card.labels, n)
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    for label, threshold in thresholds.items():
+        j = model.card.labels.index(label)
+        decided[:, j] = probs[:, j] >= threshold
     return {"val_loss": loss,
             "val_micro_f1": micro_f1(targets, decided),
-            "val_accuracy": accuracy(targets[:, :n].argmax(1), logits[:, :n].argmax(1))}
+            "val_accuracy": accuracy(targets[:, :n].argmax(1), logits[:, :n].argmax(1)),
+            **{f"val_threshold.{label}": t for label, t in thresholds.items()}}
 
 
 def fit_once(model: EmbeddingModel, data: TrainingData, cache_dir: Path, cfg: TrainConfig,
@@ -244,6 +273,7 @@ def train(candidate: str, section: dict[str, Any], *, manifest: Path, out_dir: P
     if cfg.final_fit:
         data = data.with_validation_in_train()
     sample_weights(data, cfg, f"train.models.{candidate}")   # a bad group_weights fails before any run
+    data.check_attributes(cfg.carried_thresholds or {}, f"train.models.{candidate}.carried_thresholds")
     fp = fingerprint(block, seed, data.labels, data.train.shas, data.validation.shas)
     checkpoint = load_checkpoint(checkpoint_dir, fp) if resume else None
 
@@ -306,9 +336,7 @@ def _train_and_log(candidate: str, block: dict[str, Any], model: EmbeddingModel,
                             "data_version": tags["data_version"], "fit_on": cfg.fit_on,
                             "validation_held_out": not cfg.final_fit,
                             **({"epochs_source": cfg.epochs_source} if cfg.final_fit else {}),
-                            **({"thresholds_from": "validation" + (" (trained on: not held out)"
-                                                                   if cfg.final_fit else "")}
-                               if model.card.thresholds else {})}
+                            **({"thresholds_from": thresholds_from(cfg)} if model.card.thresholds else {})}
         model = model.cpu().eval()
         out_dir.mkdir(parents=True, exist_ok=True)
         save_model(model, out_dir)
@@ -353,6 +381,7 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
     if rank.local_rank != 0:
         barrier(rank)      # the node's rank 0 fills the caches first; the others then read them
     inputs = make_inputs(model, data, cfg, cache_dir, device)
+    rule = threshold_rule(cfg, data)
     if rank.local_rank == 0:
         barrier(rank)
     seed_everything(seed)  # filling a cache draws random numbers; a warm cache must not change the run
@@ -427,8 +456,7 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
         check_equal_steps(taken, epoch, rank)
         total_loss, seen = all_sum([total_loss, seen], rank)
         record = {"epoch": epoch, "train_loss": total_loss / max(seen, 1),
-                  **validate(model, inputs, loss_cfg, device, amp, rank,
-                             attribute_thresholds=cfg.attribute_threshold == "validation"),
+                  **validate(model, inputs, loss_cfg, device, amp, rank, rule=rule),
                   "lr": optimizer.param_groups[-1]["lr"]}
         history.append(record)
         if cfg.final_fit:   # validation is trained on: it cannot choose; the last weights are kept
@@ -459,8 +487,9 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
     model.to(memory_format=torch.contiguous_format)   # what is saved, exported and evaluated
     if best_state is not None:
         model.load_state_dict(best_state)
-    if cfg.attribute_threshold == "validation":
-        model.card.thresholds = attribute_thresholds(model, inputs, loss_cfg, device, amp, rank)
+    if rule is not None:   # the kept weights' thresholds (the best epoch's, where validation chose it)
+        _, logits, targets = validation_outputs(model, inputs, loss_cfg, device, amp, rank)
+        model.card.thresholds = rule(logits, targets, model.card.labels, loss_cfg.n_classes)
     if rank.main:
         model.after_fit(lambda: inputs.train_pooled(model, device))
     return history, best_epoch, stopped, (start - 1 if checkpoint else None)

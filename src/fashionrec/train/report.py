@@ -11,8 +11,10 @@ COLUMNS = ["epoch", "train_loss", "val_loss", "val_micro_f1", "val_accuracy", "l
 
 
 def write_history(history: list[dict[str, Any]], path: Path) -> Path:
+    """COLUMNS, then any per-epoch attribute thresholds (`val_threshold.<attribute>`)."""
+    extra = sorted({k for row in history for k in row if k.startswith("val_threshold.")})
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS + extra, extrasaction="ignore")
         writer.writeheader()
         for row in history:
             writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
