@@ -165,7 +165,7 @@ def label_metrics(logits: np.ndarray, test: pd.DataFrame,
     y_pred = logits[:, :n_classes].argmax(axis=1)
     truth = label_matrix(test["labels"], card.labels)
     thresholds = np.array([card.threshold(label) for label in card.labels])
-    predicted = 1.0 / (1.0 + np.exp(-logits.astype(np.float64))) >= thresholds
+    predicted = m.sigmoid(logits) >= thresholds
     scores = {"accuracy": m.accuracy(y_true, y_pred), "micro_f1": m.micro_f1(truth, predicted),
               "macro_f1": m.macro_f1(truth, predicted)}
     # Classes as the argmax decides them (the confusion-matrix view); attributes by their sigmoid, at the

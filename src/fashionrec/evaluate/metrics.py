@@ -83,6 +83,11 @@ def per_label_report(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -
                          "support": np.asarray(support).astype(int)})
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """float64 probabilities of (multi-label) logits."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
 def f1_threshold(scores: np.ndarray, truth: np.ndarray, default: float = 0.5) -> float:
     """The decision threshold on `scores` (probabilities) with the best F1 against boolean `truth`.
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from fashionrec.core import tracking
 from fashionrec.core.config import DEFAULT_SEED, Params
 from fashionrec.core.errors import TrainingError
-from fashionrec.evaluate.metrics import accuracy, f1_threshold, micro_f1, prevalence_threshold
+from fashionrec.evaluate.metrics import accuracy, f1_threshold, micro_f1, prevalence_threshold, sigmoid
 from fashionrec.models.base import EmbeddingModel
 from fashionrec.models.factory import ARCHES, arch_config, arch_of, build_model, new_card
 from fashionrec.models.losses import LossConfig, compute_loss
@@ -185,7 +185,7 @@ def threshold_rule(cfg: TrainConfig, data: TrainingData) -> ThresholdRule | None
 def chosen_thresholds(logits: np.ndarray, targets: np.ndarray, labels: list[str],
                       n_classes: int) -> dict[str, float]:
     """{attribute: its F1-best sigmoid threshold} over these logits (the labels after the classes)."""
-    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    probs = sigmoid(logits)
     return {labels[j]: round(f1_threshold(probs[:, j], targets[:, j]), 6)
             for j in range(n_classes, len(labels))}
 
@@ -195,7 +195,7 @@ def prevalence_thresholds(logits: np.ndarray, labels: list[str], n_classes: int,
     """{attribute: the sigmoid threshold deciding its `shares` of these photos positive}: a quantile,
     which a held-out split of a few hundred photos pins down where an F1 over its handful of positives
     does not."""
-    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    probs = sigmoid(logits)
     return {labels[j]: round(prevalence_threshold(probs[:, j], shares[labels[j]]), 6)
             for j in range(n_classes, len(labels))}
 
@@ -221,7 +221,7 @@ def validate(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs, loss_cfg:
     n = loss_cfg.n_classes
     decided = logits >= 0.0
     thresholds = {} if rule is None else rule(logits, targets, model.card.labels, n)
-    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    probs = sigmoid(logits)
     for label, threshold in thresholds.items():
         j = model.card.labels.index(label)
         decided[:, j] = probs[:, j] >= threshold
