@@ -165,7 +165,7 @@ def validation_outputs(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs,
 
 
 ThresholdRule = Callable[[np.ndarray, np.ndarray, list[str], int], dict[str, float]]
-"""(validation logits, targets, labels, number of classes) -> {attribute: sigmoid threshold}."""
+"""(validation sigmoid probabilities, targets, labels, number of classes) -> {attribute: threshold}."""
 
 
 def threshold_rule(cfg: TrainConfig, data: TrainingData) -> ThresholdRule | None:
@@ -175,27 +175,26 @@ def threshold_rule(cfg: TrainConfig, data: TrainingData) -> ThresholdRule | None
         return chosen_thresholds
     if cfg.attribute_threshold == "prevalence":
         shares = data.attribute_shares()
-        return lambda logits, targets, labels, n: prevalence_thresholds(logits, labels, n, shares)
+        return lambda probs, targets, labels, n: prevalence_thresholds(probs, labels, n, shares)
     if cfg.attribute_threshold == "carried":
         carried = dict(cfg.carried_thresholds or {})
-        return lambda logits, targets, labels, n: carried
+        return lambda probs, targets, labels, n: carried
     return None
 
 
-def chosen_thresholds(logits: np.ndarray, targets: np.ndarray, labels: list[str],
+def chosen_thresholds(probs: np.ndarray, targets: np.ndarray, labels: list[str],
                       n_classes: int) -> dict[str, float]:
-    """{attribute: its F1-best sigmoid threshold} over these logits (the labels after the classes)."""
-    probs = sigmoid(logits)
+    """{attribute: its F1-best sigmoid threshold} over these probabilities (the labels after the
+    classes)."""
     return {labels[j]: round(f1_threshold(probs[:, j], targets[:, j]), 6)
             for j in range(n_classes, len(labels))}
 
 
-def prevalence_thresholds(logits: np.ndarray, labels: list[str], n_classes: int,
+def prevalence_thresholds(probs: np.ndarray, labels: list[str], n_classes: int,
                           shares: dict[str, float]) -> dict[str, float]:
     """{attribute: the sigmoid threshold deciding its `shares` of these photos positive}: a quantile,
     which a held-out split of a few hundred photos pins down where an F1 over its handful of positives
     does not."""
-    probs = sigmoid(logits)
     return {labels[j]: round(prevalence_threshold(probs[:, j], shares[labels[j]]), 6)
             for j in range(n_classes, len(labels))}
 
@@ -220,11 +219,13 @@ def validate(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs, loss_cfg:
     loss, logits, targets = validation_outputs(model, inputs, loss_cfg, device, amp, rank)
     n = loss_cfg.n_classes
     decided = logits >= 0.0
-    thresholds = {} if rule is None else rule(logits, targets, model.card.labels, n)
-    probs = sigmoid(logits)
-    for label, threshold in thresholds.items():
-        j = model.card.labels.index(label)
-        decided[:, j] = probs[:, j] >= threshold
+    thresholds: dict[str, float] = {}
+    if rule is not None:
+        probs = sigmoid(logits)
+        thresholds = rule(probs, targets, model.card.labels, n)
+        for label, threshold in thresholds.items():
+            j = model.card.labels.index(label)
+            decided[:, j] = probs[:, j] >= threshold
     return {"val_loss": loss,
             "val_micro_f1": micro_f1(targets, decided),
             "val_accuracy": accuracy(targets[:, :n].argmax(1), logits[:, :n].argmax(1)),
@@ -487,9 +488,10 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
     model.to(memory_format=torch.contiguous_format)   # what is saved, exported and evaluated
     if best_state is not None:
         model.load_state_dict(best_state)
-    if rule is not None:   # the kept weights' thresholds (the best epoch's, where validation chose it)
-        _, logits, targets = validation_outputs(model, inputs, loss_cfg, device, amp, rank)
-        model.card.thresholds = rule(logits, targets, model.card.labels, loss_cfg.n_classes)
+    if rule is not None:   # the kept weights' thresholds: validate chose them on those weights
+        kept = next(row for row in history if row["epoch"] == best_epoch)
+        model.card.thresholds = {key.removeprefix("val_threshold."): value for key, value in kept.items()
+                                 if key.startswith("val_threshold.")}
     if rank.main:
         model.after_fit(lambda: inputs.train_pooled(model, device))
     return history, best_epoch, stopped, (start - 1 if checkpoint else None)
