@@ -332,6 +332,38 @@ def test_prevalence_threshold_is_chosen_per_epoch_and_a_final_fit_carries_it(
     assert not (tmp_path / "refused").exists()
 
 
+def test_resuming_a_checkpoint_without_recorded_thresholds_chooses_them_on_the_kept_weights(
+        tiny_validated, mlflow_server: str, tmp_path: Path) -> None:
+    """A checkpoint written before history recorded `val_threshold.*` (older code) still yields the
+    kept weights' thresholds on --resume: the same as an uninterrupted run's, never none."""
+    manifest = tiny_validated.catalog_validated / "manifest.parquet"
+    section = section_for(tiny_validated, "simple_cnn", epochs=1, patience=2,
+                          attribute_pos_weight="balanced", attribute_threshold="prevalence")
+
+    def fit(name: str, **kwargs):
+        return train("simple_cnn", section, manifest=manifest, out_dir=tmp_path / name / "simple_cnn",
+                     cache_dir=tmp_path / ".cache", checkpoint_dir=tmp_path / ".cache" / name,
+                     tracking_params=tiny_validated.params, seed=0, **kwargs)
+
+    fit("whole")
+
+    def interrupt(epoch: int, record: dict) -> None:
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit("old", on_epoch_end=interrupt)
+    last = tmp_path / ".cache" / "old" / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    assert any(k.startswith("val_threshold.") for k in ckpt["history"][0])
+    ckpt["history"] = [{k: v for k, v in row.items() if not k.startswith("val_threshold.")}
+                       for row in ckpt["history"]]
+    torch.save(ckpt, last)
+    fit("old", resume=True)
+    whole, resumed = (load_model(tmp_path / name / "simple_cnn") for name in ("whole", "old"))
+    assert set(resumed.card.thresholds) == {"kids"}
+    assert resumed.card.thresholds["kids"] == pytest.approx(whole.card.thresholds["kids"], abs=1e-6)
+
+
 def test_kids_head_gets_a_positive_weight_a_validation_threshold_and_a_group_weight(
         tiny_validated, mlflow_server: str, tmp_path: Path) -> None:
     """On the catalog (kids included): the threshold chosen on validation is stored with the model and

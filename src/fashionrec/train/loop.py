@@ -490,6 +490,10 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
         model.load_state_dict(best_state)
     if rule is not None:   # the kept weights' thresholds: validate chose them on those weights
         kept = next(row for row in history if row["epoch"] == best_epoch)
+        recorded = any(key.startswith("val_threshold.") for key in kept)
+        if not recorded and len(model.card.labels) > loss_cfg.n_classes:
+            # a checkpoint written before history recorded them: choose them again on the kept weights
+            kept = validate(model, inputs, loss_cfg, device, amp, rank, rule=rule)
         model.card.thresholds = {key.removeprefix("val_threshold."): value for key, value in kept.items()
                                  if key.startswith("val_threshold.")}
     if rank.main:
