@@ -54,7 +54,9 @@ deployer: install
 
 test: install browser images
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	@# a worker per core, at most 2 (measured: docs/BENCHMARKS.md); --dist loadfile keeps each file's tests,
+	@# fixtures and order on one worker
+	$(BIN)/python -m pytest -n auto --maxprocesses 2 --dist loadfile
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not image" -x -q
