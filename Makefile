@@ -54,9 +54,7 @@ deployer: install
 
 test: install browser images
 	$(BIN)/lint-imports
-	@# a worker per core, at most 2 (measured: docs/BENCHMARKS.md); --dist loadfile keeps each file's tests,
-	@# fixtures and order on one worker
-	$(BIN)/python -m pytest -n auto --maxprocesses 2 --dist loadfile
+	$(BIN)/python -m pytest
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not image" -x -q

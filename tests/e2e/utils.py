@@ -196,7 +196,9 @@ def register(client: Any, mlflow: Any, onnx_path: Path) -> str:
     from fashionrec.registry.steps import log_onnx
 
     spec_path = onnx_path.parent / "preprocessing.json"
-    with mlflow.start_run():
+    # the stack's own server's Default experiment: mlflow's active experiment is process state, and an
+    # earlier test in this process may have set one that exists only on its own server
+    with mlflow.start_run(experiment_id="0"):
         info = log_onnx(onnx_path, json.loads(spec_path.read_text()), spec_path, NAME, {})
     version = str(info.registered_model_version)
     client.set_model_version_tag(NAME, version, "gate.passed", "true")
