@@ -62,7 +62,7 @@ from fashionrec.train.distributed import (
 from fashionrec.train.features import cached_pixels
 from fashionrec.train.inputs import ArrayInputs, ImageInputs, as_numpy, make_inputs
 from fashionrec.train.recipe import resolve_recipe
-from fashionrec.train.report import plot_history, write_history
+from fashionrec.train.report import THRESHOLD, plot_history, thresholds_of, write_history
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
@@ -229,7 +229,7 @@ def validate(model: EmbeddingModel, inputs: ArrayInputs | ImageInputs, loss_cfg:
     return {"val_loss": loss,
             "val_micro_f1": micro_f1(targets, decided),
             "val_accuracy": accuracy(targets[:, :n].argmax(1), logits[:, :n].argmax(1)),
-            **{f"val_threshold.{label}": t for label, t in thresholds.items()}}
+            **{f"{THRESHOLD}{label}": t for label, t in thresholds.items()}}
 
 
 def fit_once(model: EmbeddingModel, data: TrainingData, cache_dir: Path, cfg: TrainConfig,
@@ -489,13 +489,11 @@ def _fit(model: EmbeddingModel, data: TrainingData, cfg: TrainConfig, loss_cfg: 
     if best_state is not None:
         model.load_state_dict(best_state)
     if rule is not None:   # the kept weights' thresholds: validate chose them on those weights
-        kept = next(row for row in history if row["epoch"] == best_epoch)
-        recorded = any(key.startswith("val_threshold.") for key in kept)
-        if not recorded and len(model.card.labels) > loss_cfg.n_classes:
+        thresholds = thresholds_of(next(row for row in history if row["epoch"] == best_epoch))
+        if not thresholds and len(model.card.labels) > loss_cfg.n_classes:
             # a checkpoint written before history recorded them: choose them again on the kept weights
-            kept = validate(model, inputs, loss_cfg, device, amp, rank, rule=rule)
-        model.card.thresholds = {key.removeprefix("val_threshold."): value for key, value in kept.items()
-                                 if key.startswith("val_threshold.")}
+            thresholds = thresholds_of(validate(model, inputs, loss_cfg, device, amp, rank, rule=rule))
+        model.card.thresholds = thresholds
     if rank.main:
         model.after_fit(lambda: inputs.train_pooled(model, device))
     return history, best_epoch, stopped, (start - 1 if checkpoint else None)

@@ -8,11 +8,17 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ["epoch", "train_loss", "val_loss", "val_micro_f1", "val_accuracy", "lr"]
+THRESHOLD = "val_threshold."   # + attribute: the epoch's attribute threshold, where a threshold rule is set
+
+
+def thresholds_of(record: dict[str, Any]) -> dict[str, float]:
+    """{attribute: threshold} recorded in one epoch's history row."""
+    return {key.removeprefix(THRESHOLD): value for key, value in record.items() if key.startswith(THRESHOLD)}
 
 
 def write_history(history: list[dict[str, Any]], path: Path) -> Path:
     """COLUMNS, then any per-epoch attribute thresholds (`val_threshold.<attribute>`)."""
-    extra = sorted({k for row in history for k in row if k.startswith("val_threshold.")})
+    extra = sorted({k for row in history for k in row if k.startswith(THRESHOLD)})
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS + extra, extrasaction="ignore")
         writer.writeheader()
